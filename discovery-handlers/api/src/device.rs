@@ -1,0 +1,108 @@
+//! What a handler reports: devices and snapshots.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One device as a handler sees it. Only stable facts belong here: two scans of an unchanged
+/// device must produce equal values, so that nothing is written to the cluster for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Stable identity of the device within its handler (for example
+    /// `modbus+tcp://10.0.7.3:502/1`). It names the Instance, so it must not change when
+    /// the device is seen again.
+    pub id: String,
+    /// Connection details handed to brokers as environment variables. Keys are already
+    /// sanitised environment variable names with the handler's prefix (`MODBUS_HOST`).
+    pub properties: BTreeMap<String, String>,
+    /// Device nodes to pass into a broker container (local devices only).
+    pub device_specs: Vec<DeviceSpec>,
+    /// Host paths to mount into a broker container (local devices only).
+    pub mounts: Vec<Mount>,
+}
+
+/// A device node made available to a broker container.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSpec {
+    /// Path of the device node inside the container.
+    pub container_path: String,
+    /// Path of the device node on the host.
+    pub host_path: String,
+    /// cgroup permissions: any combination of `r` (read), `w` (write) and `m` (mknod).
+    pub permissions: String,
+}
+
+/// A host path mounted into a broker container.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Mount {
+    /// Path inside the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Whether the mount is read-only.
+    pub read_only: bool,
+}
+
+/// Every device a handler can see at one moment, sorted by id. A device that is missing from
+/// a snapshot is not gone yet: the agent applies the Configuration's offline grace period.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    devices: Vec<Device>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; devices are sorted by id and duplicates (same id) are merged,
+    /// keeping the first.
+    pub fn new(mut devices: Vec<Device>) -> Self {
+        devices.sort_by(|a, b| a.id.cmp(&b.id));
+        devices.dedup_by(|later, first| later.id == first.id);
+        Self { devices }
+    }
+
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    pub fn into_devices(self) -> Vec<Device> {
+        self.devices
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(id: &str, v: &str) -> Device {
+        Device {
+            id: id.into(),
+            properties: [("X".to_string(), v.to_string())].into(),
+            ..Device::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_is_sorted_and_deduplicated() {
+        let s = Snapshot::new(vec![dev("b", "1"), dev("a", "1"), dev("b", "2")]);
+        let ids: Vec<_> = s.devices().iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(s.devices()[1].properties["X"], "1");
+    }
+
+    #[test]
+    fn order_of_discovery_does_not_change_a_snapshot() {
+        let a = Snapshot::new(vec![dev("x", "1"), dev("y", "1")]);
+        let b = Snapshot::new(vec![dev("y", "1"), dev("x", "1")]);
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,193 @@
+//! Identification of one unit: Read Device Identification, then the register probe.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use dowser_discovery_api::details::modbus::{RegisterProbe, RegisterTable};
+use tokio::time::timeout;
+use tokio_modbus::{
+    ExceptionCode, Slave,
+    client::{Context, Reader},
+    prelude::SlaveContext,
+};
+
+/// Most Read Device Identification requests per unit (a device may split its objects over
+/// several responses with "more follows").
+const MAX_IDENT_REQUESTS: usize = 8;
+/// Longest identification value kept, in bytes.
+const MAX_VALUE_LEN: usize = 128;
+
+/// What a unit told about itself (identification objects 0x00 to 0x06).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub objects: BTreeMap<u8, String>,
+}
+
+impl Identity {
+    pub fn get(&self, id: u8) -> Option<&str> {
+        self.objects.get(&id).map(String::as_str)
+    }
+    pub fn vendor_name(&self) -> Option<&str> {
+        self.get(0x00)
+    }
+    pub fn product_code(&self) -> Option<&str> {
+        self.get(0x01)
+    }
+    pub fn revision(&self) -> Option<&str> {
+        self.get(0x02)
+    }
+}
+
+/// The outcome of probing one unit.
+#[derive(Debug)]
+pub enum UnitOutcome {
+    /// The unit is there; identification when it gave one.
+    Present(Option<Identity>),
+    /// The unit answered, but says it is not there (a gateway's 0x0A/0x0B), or the probe
+    /// failed.
+    Absent,
+    /// No usable answer in time, or a broken answer: the connection must not be reused.
+    Broken,
+}
+
+enum Answer<T> {
+    Ok(T),
+    Exception(ExceptionCode),
+    Broken,
+}
+
+fn is_gateway_miss(code: ExceptionCode) -> bool {
+    matches!(
+        code,
+        ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice
+    )
+}
+
+async fn call<T, F>(request_timeout: Duration, fut: F) -> Answer<T>
+where
+    F: std::future::Future<Output = tokio_modbus::Result<T>>,
+{
+    match timeout(request_timeout, fut).await {
+        Ok(Ok(Ok(v))) => Answer::Ok(v),
+        Ok(Ok(Err(code))) => Answer::Exception(code),
+        Ok(Err(_)) | Err(_) => Answer::Broken,
+    }
+}
+
+/// Reads the basic identification objects of `unit`, following "more follows".
+async fn read_identity(ctx: &mut Context, request_timeout: Duration) -> Answer<Identity> {
+    use tokio_modbus::prelude::ReadCode;
+    let mut identity = Identity::default();
+    let mut next = 0u8;
+    for _ in 0..MAX_IDENT_REQUESTS {
+        let rsp = match call(
+            request_timeout,
+            ctx.read_device_identification(ReadCode::Basic, next),
+        )
+        .await
+        {
+            Answer::Ok(r) => r,
+            Answer::Exception(c) => return Answer::Exception(c),
+            Answer::Broken => return Answer::Broken,
+        };
+        for obj in &rsp.device_id_objects {
+            identity.objects.insert(obj.id, clean(&obj.value));
+        }
+        // A device that keeps saying "more follows" without moving on must not loop us.
+        if !rsp.more_follows || rsp.next_object_id <= next {
+            break;
+        }
+        next = rsp.next_object_id;
+    }
+    identity.objects.retain(|_, v| !v.is_empty());
+    Answer::Ok(identity)
+}
+
+/// Printable text of an identification value: invalid UTF-8 replaced, control characters
+/// dropped, surrounding spaces and NULs trimmed, bounded length.
+fn clean(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_VALUE_LEN)]);
+    s.chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+async fn read_probe(
+    ctx: &mut Context,
+    probe: &RegisterProbe,
+    request_timeout: Duration,
+) -> Answer<()> {
+    let (addr, n) = (probe.address as u16, probe.count as u16);
+    let answer = match probe.table {
+        RegisterTable::HoldingRegisters => call(request_timeout, ctx.read_holding_registers(addr, n)).await.map(),
+        RegisterTable::InputRegisters => call(request_timeout, ctx.read_input_registers(addr, n)).await.map(),
+        RegisterTable::Coils => call(request_timeout, ctx.read_coils(addr, n)).await.map(),
+        RegisterTable::DiscreteInputs => call(request_timeout, ctx.read_discrete_inputs(addr, n)).await.map(),
+    };
+    answer
+}
+
+impl<T> Answer<T> {
+    fn map(self) -> Answer<()> {
+        match self {
+            Answer::Ok(_) => Answer::Ok(()),
+            Answer::Exception(c) => Answer::Exception(c),
+            Answer::Broken => Answer::Broken,
+        }
+    }
+}
+
+/// Probes one unit on an open connection.
+///
+/// - Identification answered: present, identified.
+/// - A gateway's "no such device" (0x0A/0x0B): absent.
+/// - Any other exception, a broken answer or silence: the register probe decides when one is
+///   configured (a normal response means present). Without a probe, a unit that answered
+///   with an exception is present but unidentified, and a silent one is not there.
+pub async fn probe_unit(
+    ctx: &mut Context,
+    unit: u8,
+    probe: Option<&RegisterProbe>,
+    request_timeout: Duration,
+    reconnect: impl AsyncFnOnce() -> Option<Context>,
+) -> UnitOutcome {
+    ctx.set_slave(Slave(unit));
+    let first = read_identity(ctx, request_timeout).await;
+    let mut broken = false;
+    match first {
+        Answer::Ok(identity) => return UnitOutcome::Present(Some(identity)),
+        Answer::Exception(c) if is_gateway_miss(c) => return UnitOutcome::Absent,
+        Answer::Exception(_) if probe.is_none() => return UnitOutcome::Present(None),
+        Answer::Exception(_) => {}
+        Answer::Broken if probe.is_none() => return UnitOutcome::Broken,
+        Answer::Broken => broken = true,
+    }
+    let probe = probe.expect("handled above");
+    if broken {
+        // A late reply to the identification request must not be read as the probe's answer.
+        match reconnect().await {
+            Some(fresh) => *ctx = fresh,
+            None => return UnitOutcome::Broken,
+        }
+        ctx.set_slave(Slave(unit));
+    }
+    match read_probe(ctx, probe, request_timeout).await {
+        Answer::Ok(()) => UnitOutcome::Present(None),
+        Answer::Exception(_) => UnitOutcome::Absent,
+        Answer::Broken => UnitOutcome::Broken,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identification_values_are_cleaned() {
+        assert_eq!(clean(b"  Acme\0\0"), "Acme");
+        assert_eq!(clean(b"A\x01c\x7fme"), "Acme");
+        assert_eq!(clean(&[0xff, b'x']), "\u{fffd}x");
+        assert_eq!(clean(&[b'a'; 500]).len(), MAX_VALUE_LEN);
+    }
+}

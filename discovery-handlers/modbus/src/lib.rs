@@ -1,0 +1,63 @@
+//! Modbus discovery for dowser.
+//!
+//! Modbus TCP: every target × port × unit id is probed with Read Device Identification
+//! (function 0x2B, MEI type 0x0E, basic objects), falling back to a configured register
+//! probe. Probes are bounded in time, concurrency and connection rate; a unit that misbehaves
+//! costs a timeout and is simply not found.
+
+mod identify;
+mod scan;
+
+use dowser_discovery_api::{
+    DiscoveryError, DiscoveryHandler, FieldError, Properties, SnapshotStream,
+    details::ModbusDetails,
+};
+use futures::StreamExt;
+
+pub use identify::Identity;
+pub use scan::scan;
+
+/// The Modbus discovery handler.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModbusHandler;
+
+impl DiscoveryHandler for ModbusHandler {
+    type Details = ModbusDetails;
+
+    fn name(&self) -> &'static str {
+        "modbus"
+    }
+
+    fn shared(&self, details: &ModbusDetails) -> bool {
+        // A TCP device is reachable from every node on its network; an RTU unit hangs off
+        // one node's serial line.
+        details.rtu.is_none()
+    }
+
+    fn validate(&self, details: &ModbusDetails, path: &str) -> Vec<FieldError> {
+        let mut errors = details.validate(path);
+        if details.rtu.is_some() {
+            errors.push(FieldError::new(
+                format!("{path}.rtu"),
+                "Modbus RTU discovery is not available in this version of dowser; use targets (Modbus TCP)",
+            ));
+        }
+        errors
+    }
+
+    fn discover(&self, details: ModbusDetails, _properties: Properties) -> SnapshotStream {
+        let errors = self.validate(&details, "spec.discovery.modbus");
+        if !errors.is_empty() {
+            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) }).boxed();
+        }
+        let interval = std::time::Duration::from_secs(u64::from(details.interval_seconds));
+        futures::stream::unfold((details, true), move |(details, first)| async move {
+            if !first {
+                tokio::time::sleep(interval).await;
+            }
+            let snapshot = scan(&details).await;
+            Some((Ok(snapshot), (details, false)))
+        })
+        .boxed()
+    }
+}

@@ -1,0 +1,238 @@
+//! One Modbus TCP sweep: targets × ports × unit ids → a snapshot.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use dowser_discovery_api::{
+    CompiledFilter, Device, Filter, Snapshot,
+    details::{
+        ModbusDetails,
+        modbus::{Host, RegisterProbe},
+    },
+};
+use futures::StreamExt;
+use tokio::{net::TcpStream, sync::Mutex, time::Instant};
+use tokio_modbus::client::{Context, tcp};
+use tracing::{debug, trace};
+
+use crate::identify::{Identity, UnitOutcome, probe_unit};
+
+/// Spaces out new connections to at most `per_second`.
+struct RateLimiter {
+    gap: Duration,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    fn new(per_second: u32) -> Self {
+        Self {
+            gap: Duration::from_secs(1) / per_second.max(1),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.gap;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+struct Settings {
+    units: Vec<u8>,
+    probe: Option<RegisterProbe>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    rate: RateLimiter,
+    vendor: CompiledFilter,
+    product: CompiledFilter,
+    revision: CompiledFilter,
+}
+
+fn compile(filter: &Option<Filter>) -> CompiledFilter {
+    // Details were validated before a scan starts; an invalid pattern cannot get here.
+    filter
+        .as_ref()
+        .and_then(|f| f.compile().ok())
+        .unwrap_or_default()
+}
+
+/// One endpoint to probe: how it is named in device ids, and its port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Endpoint {
+    host: Host,
+    port: u16,
+}
+
+/// Scans every target once and returns what answered. Unreachable, silent or misbehaving
+/// endpoints are simply absent from the snapshot.
+pub async fn scan(details: &ModbusDetails) -> Snapshot {
+    let started = std::time::Instant::now();
+    let settings = Arc::new(Settings {
+        units: details.unit_id_list(),
+        probe: details.register_probe.clone(),
+        connect_timeout: Duration::from_millis(details.connect_timeout_ms.into()),
+        request_timeout: Duration::from_millis(details.request_timeout_ms.into()),
+        rate: RateLimiter::new(details.max_connections_per_second),
+        vendor: compile(&details.vendor_names),
+        product: compile(&details.product_codes),
+        revision: compile(&details.revisions),
+    });
+    let ports = details.effective_ports();
+    let mut endpoints = BTreeSet::new();
+    for target in details.parsed_targets() {
+        for (host, port) in target.hosts() {
+            match port {
+                Some(p) => {
+                    endpoints.insert(Endpoint { host, port: p });
+                }
+                None => endpoints.extend(ports.iter().map(|&port| Endpoint {
+                    host: host.clone(),
+                    port,
+                })),
+            }
+        }
+    }
+    let total = endpoints.len();
+    let devices: Vec<Device> = futures::stream::iter(endpoints)
+        .map(|ep| {
+            let settings = settings.clone();
+            async move { probe_endpoint(ep, &settings).await }
+        })
+        .buffer_unordered(details.concurrency.max(1) as usize)
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
+    debug!(
+        endpoints = total,
+        devices = devices.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "modbus scan done"
+    );
+    Snapshot::new(devices)
+}
+
+async fn resolve(host: &Host, port: u16, within: Duration) -> Option<SocketAddr> {
+    match host {
+        Host::Ip(ip) => Some(SocketAddr::new(*ip, port)),
+        Host::Name(name) => {
+            let found = tokio::time::timeout(within, tokio::net::lookup_host((name.as_str(), port)))
+                .await
+                .ok()?
+                .ok()?;
+            let all: Vec<SocketAddr> = found.collect();
+            // Prefer IPv4, which is what plant networks mostly run.
+            all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, settings: &Settings) -> Option<Context> {
+    settings.rate.wait().await;
+    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    Some(tcp::attach(stream))
+}
+
+async fn probe_endpoint(ep: Endpoint, settings: &Settings) -> Vec<Device> {
+    let Some(addr) = resolve(&ep.host, ep.port, settings.connect_timeout).await else {
+        trace!(host = %ep.host, "does not resolve");
+        return vec![];
+    };
+    let Some(mut ctx) = connect(addr, settings).await else {
+        trace!(%addr, "closed");
+        return vec![];
+    };
+    let mut devices = Vec::new();
+    for &unit in &settings.units {
+        let outcome = probe_unit(
+            &mut ctx,
+            unit,
+            settings.probe.as_ref(),
+            settings.request_timeout,
+            async || connect(addr, settings).await,
+        )
+        .await;
+        match outcome {
+            UnitOutcome::Present(identity) => {
+                if let Some(d) = device(&ep, unit, identity, settings) {
+                    devices.push(d);
+                }
+            }
+            UnitOutcome::Absent => {}
+            UnitOutcome::Broken => {
+                // A unit that does not answer may sit beside units that do (a device that
+                // ignores other unit ids, a gateway): go on with the next unit id, but on a
+                // new connection. The old connection may still deliver a late reply: never reuse it.
+                match connect(addr, settings).await {
+                    Some(fresh) => ctx = fresh,
+                    None => break,
+                }
+            }
+        }
+    }
+    devices
+}
+
+/// Environment names of identification objects 0x00–0x06 (Modbus Application Protocol
+/// 1.1b3, 6.21).
+const OBJECT_NAMES: [(u8, &str); 7] = [
+    (0x00, "MODBUS_VENDOR_NAME"),
+    (0x01, "MODBUS_PRODUCT_CODE"),
+    (0x02, "MODBUS_REVISION"),
+    (0x03, "MODBUS_VENDOR_URL"),
+    (0x04, "MODBUS_PRODUCT_NAME"),
+    (0x05, "MODBUS_MODEL_NAME"),
+    (0x06, "MODBUS_USER_APPLICATION_NAME"),
+];
+
+fn device(
+    ep: &Endpoint,
+    unit: u8,
+    identity: Option<Identity>,
+    settings: &Settings,
+) -> Option<Device> {
+    let identity = identity.unwrap_or_default();
+    if !settings.vendor.accepts(identity.vendor_name())
+        || !settings.product.accepts(identity.product_code())
+        || !settings.revision.accepts(identity.revision())
+    {
+        return None;
+    }
+    let host = match &ep.host {
+        Host::Ip(ip) => ip.to_string(),
+        Host::Name(n) => n.to_ascii_lowercase(),
+    };
+    let host_in_url = match &ep.host {
+        Host::Ip(IpAddr::V6(_)) => format!("[{host}]"),
+        _ => host.clone(),
+    };
+    let mut properties = BTreeMap::from([
+        ("MODBUS_TRANSPORT".to_string(), "tcp".to_string()),
+        ("MODBUS_HOST".to_string(), host),
+        ("MODBUS_PORT".to_string(), ep.port.to_string()),
+        ("MODBUS_UNIT_ID".to_string(), unit.to_string()),
+    ]);
+    for (id, name) in OBJECT_NAMES {
+        if let Some(v) = identity.get(id) {
+            properties.insert(name.to_string(), v.to_string());
+        }
+    }
+    Some(Device {
+        id: format!("modbus+tcp://{host_in_url}:{}/{unit}", ep.port),
+        properties,
+        ..Device::default()
+    })
+}

@@ -1,0 +1,259 @@
+use std::collections::BTreeMap;
+
+use dowser_discovery_api::{
+    details::Discovery,
+    validation::{Rule, add_rules},
+};
+use k8s_openapi::{
+    api::{batch::v1::JobSpec, core::v1::{PodSpec, ServiceSpec}},
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time},
+};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema::{list_map, preserve_unknown_object};
+
+/// The most brokers or pods that may use one device at once.
+pub const MAX_CAPACITY: u32 = 64;
+
+const SPEC_RULES: &[Rule] = &[
+    Rule::new(
+        "!has(self.instanceServiceSpec) || has(self.brokerSpec)",
+        "instanceServiceSpec needs a brokerSpec: a Service selects the broker pods",
+    )
+    .at(".instanceServiceSpec"),
+    Rule::new(
+        "!has(self.configurationServiceSpec) || has(self.brokerSpec)",
+        "configurationServiceSpec needs a brokerSpec: a Service selects the broker pods",
+    )
+    .at(".configurationServiceSpec"),
+    Rule::new(
+        "!has(self.brokerSpec) || !has(self.brokerSpec.brokerJobSpec) || (!has(self.instanceServiceSpec) && !has(self.configurationServiceSpec))",
+        "Services are made for broker pods only; Job brokers run to completion and cannot back a Service",
+    ),
+];
+
+fn spec_rules(schema: &mut schemars::Schema) {
+    add_rules(schema, SPEC_RULES);
+}
+
+fn one_broker(schema: &mut schemars::Schema) {
+    add_rules(
+        schema,
+        &[Rule::new(
+            "has(self.brokerPodSpec) != has(self.brokerJobSpec)",
+            "set exactly one of brokerPodSpec and brokerJobSpec",
+        )],
+    );
+}
+
+fn one_value(schema: &mut schemars::Schema) {
+    add_rules(
+        schema,
+        &[Rule::new(
+            "has(self.value) != has(self.valueFrom)",
+            "set exactly one of value and valueFrom",
+        )],
+    );
+}
+
+fn one_source(schema: &mut schemars::Schema) {
+    add_rules(
+        schema,
+        &[Rule::new(
+            "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+            "set exactly one of secretKeyRef and configMapKeyRef",
+        )],
+    );
+}
+
+fn broker_property_names(schema: &mut schemars::Schema) {
+    add_rules(
+        schema,
+        &[Rule::new(
+            "self.all(k, k.matches('^[A-Z_][A-Z0-9_]*$'))",
+            "brokerProperties keys must be environment variable names: upper case letters, digits and _, not starting with a digit",
+        )],
+    );
+}
+
+fn properties_list(schema: &mut schemars::Schema) {
+    list_map(schema, &["name"]);
+}
+
+fn default_capacity() -> u32 {
+    1
+}
+
+fn default_grace() -> u32 {
+    30
+}
+
+/// What devices to look for, on which nodes, and what to run next to each one.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "dowser.dev",
+    version = "v1alpha1",
+    kind = "Configuration",
+    namespaced,
+    status = "ConfigurationStatus",
+    shortname = "dwc",
+    category = "dowser",
+    printcolumn = r#"{"name":"Capacity","type":"integer","jsonPath":".spec.capacity","description":"Brokers or pods that may use one device at once"}"#,
+    printcolumn = r#"{"name":"Instances","type":"integer","jsonPath":".status.instances","description":"Devices found"}"#,
+    printcolumn = r#"{"name":"Brokers","type":"integer","jsonPath":".status.brokers","description":"Broker pods or Jobs running"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status","description":"Whether the Configuration is valid"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether every broker that should run is running"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = spec_rules)]
+pub struct ConfigurationSpec {
+    /// What to look for: exactly one of modbus, opcua, ble, serial, mdns, with its details.
+    pub discovery: Discovery,
+    /// Values handed to the discovery handler (credentials and the like), from literals,
+    /// Secrets or ConfigMaps in the Configuration's namespace. Names are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), transform = properties_list)]
+    pub properties: Vec<Property>,
+    /// Which nodes' agents run this discovery. Default: every node with an agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// How many brokers or pods may use one device at the same time.
+    #[serde(default = "default_capacity")]
+    #[schemars(range(min = 1, max = MAX_CAPACITY))]
+    pub capacity: u32,
+    /// How long a device may go unseen before a node stops offering it, in seconds. A
+    /// device missed by one scan is not gone.
+    #[serde(default = "default_grace")]
+    #[schemars(range(max = 86400))]
+    pub offline_grace_period_seconds: u32,
+    /// The workload to run for each device. Absent: devices are only advertised as
+    /// resources, for pods of your own that request them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_spec: Option<BrokerSpec>,
+    /// A Service made for each Instance, selecting that Instance's broker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub instance_service_spec: Option<ServiceSpec>,
+    /// A Service over the broker pods of every Instance of this Configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub configuration_service_spec: Option<ServiceSpec>,
+    /// Extra environment variables for every broker, beside the device's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64), transform = broker_property_names, inner(length(max = 4096)))]
+    pub broker_properties: BTreeMap<String, String>,
+}
+
+/// A named value for the discovery handler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = one_value)]
+pub struct Property {
+    /// The name the handler knows the value by (`USERNAME`, `PASSWORD`...).
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Z_][A-Z0-9_]*$"))]
+    pub name: String,
+    /// A literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    /// Where to read the value from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<PropertySource>,
+}
+
+/// A Secret or ConfigMap key in the Configuration's namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = one_source)]
+pub struct PropertySource {
+    /// A key of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+    /// A key of a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+/// One key of a Secret or ConfigMap.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRef {
+    /// Name of the Secret or ConfigMap.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// The key within it.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+    /// Whether discovery may run when the key does not exist (the property is then absent).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// The broker workload: a Pod per device and chosen node, or a Job per device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = one_broker)]
+pub struct BrokerSpec {
+    /// Pod spec of a long-running broker. A Pod runs on each node chosen for a device (up
+    /// to `capacity`), pinned to that node and requesting the device's resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub broker_pod_spec: Option<PodSpec>,
+    /// Job spec of a broker that runs once per device (commissioning, firmware checks...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub broker_job_spec: Option<JobSpec>,
+}
+
+/// What dowser observed for a Configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigurationStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` (the Configuration is valid; the message says what to fix when not) and
+    /// `Ready` (every broker that should run is running).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = condition_list)]
+    pub conditions: Vec<Condition>,
+    /// How many Instances (devices) exist for this Configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    /// How many broker Pods or Jobs are running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<u32>,
+    /// Discovery health on each node that runs this Configuration; each agent writes only
+    /// its own entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = node_list)]
+    pub nodes: Vec<NodeDiscoveryStatus>,
+}
+
+fn condition_list(schema: &mut schemars::Schema) {
+    list_map(schema, &["type"]);
+}
+
+fn node_list(schema: &mut schemars::Schema) {
+    list_map(schema, &["node"]);
+}
+
+/// Discovery on one node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDiscoveryStatus {
+    /// The node.
+    pub node: String,
+    /// When the last discovery round ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scan: Option<Time>,
+    /// How many devices the node sees.
+    #[serde(default)]
+    pub devices: u32,
+    /// Why discovery does not run or failed on this node; absent when healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

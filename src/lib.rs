@@ -1,0 +1,7 @@
+//! dowser: discovers industrial and IoT leaf devices from the nodes that can reach them and
+//! advertises each one to Kubernetes.
+
+pub mod cli;
+pub mod crd;
+pub mod handlers;
+pub mod validate;
