@@ -4,4 +4,5 @@
 pub mod cli;
 pub mod crd;
 pub mod handlers;
+pub mod preview;
 pub mod validate;

@@ -5,7 +5,10 @@ use dowser_discovery_api::{
     validation::{Rule, add_rules},
 };
 use k8s_openapi::{
-    api::{batch::v1::JobSpec, core::v1::{PodSpec, ServiceSpec}},
+    api::{
+        batch::v1::JobSpec,
+        core::v1::{PodSpec, ServiceSpec},
+    },
     apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time},
 };
 use kube::CustomResource;
@@ -96,6 +99,7 @@ fn default_grace() -> u32 {
     group = "dowser.dev",
     version = "v1alpha1",
     kind = "Configuration",
+    doc = "A Configuration tells dowser what devices to look for (one discovery handler and its details), on which nodes, and which broker workload to run next to each device found.",
     namespaced,
     status = "ConfigurationStatus",
     shortname = "dwc",
@@ -182,7 +186,10 @@ pub struct PropertySource {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyRef {
     /// Name of the Secret or ConfigMap.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// The key within it.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]

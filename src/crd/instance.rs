@@ -14,6 +14,7 @@ use super::schema::{list_map, list_set};
     group = "dowser.dev",
     version = "v1alpha1",
     kind = "Instance",
+    doc = "An Instance is one device found by a Configuration: its stable identity, the connection details handed to brokers, the nodes that can reach it and which node holds each of its slots. The extended resource dowser.dev/<instance name> schedules pods next to it.",
     namespaced,
     status = "InstanceStatus",
     shortname = "dwi",

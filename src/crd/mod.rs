@@ -10,8 +10,8 @@ pub mod schema;
 pub use configuration::*;
 pub use instance::*;
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 /// The API group.
 pub const GROUP: &str = "dowser.dev";

@@ -34,7 +34,15 @@ fn walk(s: &Value, path: &str, out: &mut Vec<String>) {
         out.push(format!("{path}: schema is not an object"));
         return;
     };
-    for banned in ["$ref", "oneOf", "anyOf", "allOf", "not", "definitions", "$defs"] {
+    for banned in [
+        "$ref",
+        "oneOf",
+        "anyOf",
+        "allOf",
+        "not",
+        "definitions",
+        "$defs",
+    ] {
         if obj.contains_key(banned) {
             out.push(format!("{path}: uses {banned}"));
         }
@@ -76,10 +84,16 @@ fn walk(s: &Value, path: &str, out: &mut Vec<String>) {
     }
     if let Some(Value::Array(rules)) = obj.get("x-kubernetes-validations") {
         for r in rules {
-            if r.get("rule").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if r.get("rule")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 out.push(format!("{path}: validation without a rule"));
             }
-            if r.get("message").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if r.get("message")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 out.push(format!("{path}: validation rule without a message"));
             }
         }
@@ -89,9 +103,15 @@ fn walk(s: &Value, path: &str, out: &mut Vec<String>) {
         && !obj.contains_key("properties")
         && !obj.contains_key("additionalProperties")
     {
-        out.push(format!("{path}: object without properties or additionalProperties"));
+        out.push(format!(
+            "{path}: object without properties or additionalProperties"
+        ));
     }
-    if !obj.contains_key("description") && !path.is_empty() && !path.ends_with("[]") && !path.ends_with("{}") {
+    if !obj.contains_key("description")
+        && !path.is_empty()
+        && !path.ends_with("[]")
+        && !path.ends_with("{}")
+    {
         out.push(format!("{path}: no description"));
     }
 }

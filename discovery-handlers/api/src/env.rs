@@ -58,7 +58,10 @@ mod tests {
     #[test]
     fn prefix_and_hash_suffix() {
         assert_eq!(prefixed("MDNS_TXT", "fw-version"), "MDNS_TXT_FW_VERSION");
-        assert_eq!(with_hash("MODBUS_HOST", "77f91fafb55b"), "MODBUS_HOST_77F91FAFB55B");
+        assert_eq!(
+            with_hash("MODBUS_HOST", "77f91fafb55b"),
+            "MODBUS_HOST_77F91FAFB55B"
+        );
     }
 
     #[test]
@@ -68,5 +71,43 @@ mod tests {
         assert!(!is_valid("1X"));
         assert!(!is_valid("modbus"));
         assert!(!is_valid(""));
+    }
+}
+
+/// The environment a broker gets for one device: the device's properties and the
+/// Configuration's `brokerProperties` (device properties win on a clash), each both plain
+/// and suffixed with the Instance hash.
+pub fn broker_env(
+    device_properties: &std::collections::BTreeMap<String, String>,
+    broker_properties: &std::collections::BTreeMap<String, String>,
+    hash: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut env = std::collections::BTreeMap::new();
+    for (k, v) in broker_properties.iter().chain(device_properties) {
+        let name = sanitize(k);
+        env.insert(with_hash(&name, hash), v.clone());
+        env.insert(name, v.clone());
+    }
+    env
+}
+
+#[cfg(test)]
+mod broker_env_tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_suffixed_and_device_wins() {
+        let device = [("MODBUS_HOST".to_string(), "10.0.0.1".to_string())].into();
+        let broker = [
+            ("MODBUS_HOST".to_string(), "ignored".to_string()),
+            ("LOG_LEVEL".to_string(), "debug".to_string()),
+        ]
+        .into();
+        let env = broker_env(&device, &broker, "abc123");
+        assert_eq!(env["MODBUS_HOST"], "10.0.0.1");
+        assert_eq!(env["MODBUS_HOST_ABC123"], "10.0.0.1");
+        assert_eq!(env["LOG_LEVEL"], "debug");
+        assert_eq!(env["LOG_LEVEL_ABC123"], "debug");
+        assert_eq!(env.len(), 4);
     }
 }

@@ -162,7 +162,9 @@ mod tests {
         assert_eq!(errors.len(), 2);
         assert_eq!(errors[0].path, "spec.x.names.include[1]");
         assert!(
-            errors[0].message.starts_with("invalid regular expression \"(unclosed\""),
+            errors[0]
+                .message
+                .starts_with("invalid regular expression \"(unclosed\""),
             "{}",
             errors[0].message
         );

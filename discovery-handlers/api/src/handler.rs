@@ -48,7 +48,9 @@ pub trait DiscoveryHandler: Send + Sync + 'static {
     /// that sees it) or only from the node it is attached to (one Instance per node).
     fn shared(&self, details: &Self::Details) -> bool;
 
-    /// Checks the rules the schema cannot express (regular expressions, address counts...).
+    /// What this handler cannot do with details that are valid in themselves (a transport
+    /// this build or platform lacks). The rules of the details themselves are checked by
+    /// their own `validate` in [`crate::details`], shared by every binary.
     /// `path` is the field path of the details, used as the prefix of every error.
     fn validate(&self, details: &Self::Details, path: &str) -> Vec<FieldError>;
 

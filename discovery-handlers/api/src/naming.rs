@@ -50,7 +50,10 @@ pub fn instance_resource(instance: &str) -> String {
 
 /// The extended resource of any device of a Configuration: `dowser.dev/<configuration>`.
 pub fn configuration_resource(configuration: &str) -> String {
-    format!("{RESOURCE_DOMAIN}/{}", label_prefix(configuration, MAX_LABEL))
+    format!(
+        "{RESOURCE_DOMAIN}/{}",
+        label_prefix(configuration, MAX_LABEL)
+    )
 }
 
 /// Whether `s` is a valid DNS label (RFC 1123): 1–63 characters of `[a-z0-9-]`, starting

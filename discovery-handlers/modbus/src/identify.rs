@@ -119,13 +119,20 @@ async fn read_probe(
     request_timeout: Duration,
 ) -> Answer<()> {
     let (addr, n) = (probe.address as u16, probe.count as u16);
-    let answer = match probe.table {
-        RegisterTable::HoldingRegisters => call(request_timeout, ctx.read_holding_registers(addr, n)).await.map(),
-        RegisterTable::InputRegisters => call(request_timeout, ctx.read_input_registers(addr, n)).await.map(),
+    match probe.table {
+        RegisterTable::HoldingRegisters => {
+            call(request_timeout, ctx.read_holding_registers(addr, n))
+                .await
+                .map()
+        }
+        RegisterTable::InputRegisters => call(request_timeout, ctx.read_input_registers(addr, n))
+            .await
+            .map(),
         RegisterTable::Coils => call(request_timeout, ctx.read_coils(addr, n)).await.map(),
-        RegisterTable::DiscreteInputs => call(request_timeout, ctx.read_discrete_inputs(addr, n)).await.map(),
-    };
-    answer
+        RegisterTable::DiscreteInputs => call(request_timeout, ctx.read_discrete_inputs(addr, n))
+            .await
+            .map(),
+    }
 }
 
 impl<T> Answer<T> {

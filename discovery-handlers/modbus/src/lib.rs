@@ -29,13 +29,11 @@ impl DiscoveryHandler for ModbusHandler {
     }
 
     fn shared(&self, details: &ModbusDetails) -> bool {
-        // A TCP device is reachable from every node on its network; an RTU unit hangs off
-        // one node's serial line.
-        details.rtu.is_none()
+        dowser_discovery_api::details::Selected::Modbus(details).shared()
     }
 
     fn validate(&self, details: &ModbusDetails, path: &str) -> Vec<FieldError> {
-        let mut errors = details.validate(path);
+        let mut errors = Vec::new();
         if details.rtu.is_some() {
             errors.push(FieldError::new(
                 format!("{path}.rtu"),
@@ -46,9 +44,12 @@ impl DiscoveryHandler for ModbusHandler {
     }
 
     fn discover(&self, details: ModbusDetails, _properties: Properties) -> SnapshotStream {
-        let errors = self.validate(&details, "spec.discovery.modbus");
+        let path = "spec.discovery.modbus";
+        let mut errors = details.validate(path);
+        errors.extend(self.validate(&details, path));
         if !errors.is_empty() {
-            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) }).boxed();
+            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) })
+                .boxed();
         }
         let interval = std::time::Duration::from_secs(u64::from(details.interval_seconds));
         futures::stream::unfold((details, true), move |(details, first)| async move {

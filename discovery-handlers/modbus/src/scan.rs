@@ -125,10 +125,11 @@ async fn resolve(host: &Host, port: u16, within: Duration) -> Option<SocketAddr>
     match host {
         Host::Ip(ip) => Some(SocketAddr::new(*ip, port)),
         Host::Name(name) => {
-            let found = tokio::time::timeout(within, tokio::net::lookup_host((name.as_str(), port)))
-                .await
-                .ok()?
-                .ok()?;
+            let found =
+                tokio::time::timeout(within, tokio::net::lookup_host((name.as_str(), port)))
+                    .await
+                    .ok()?
+                    .ok()?;
             let all: Vec<SocketAddr> = found.collect();
             // Prefer IPv4, which is what plant networks mostly run.
             all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()

@@ -180,7 +180,11 @@ async fn units_without_identification_fall_back_to_the_register_probe() {
     // Without a probe, a unit that answers with an exception is there, unidentified.
     let snap = scan(&details(vec![target(d.addr)], &["1"])).await;
     assert_eq!(snap.len(), 1);
-    assert!(!snap.devices()[0].properties.contains_key("MODBUS_VENDOR_NAME"));
+    assert!(
+        !snap.devices()[0]
+            .properties
+            .contains_key("MODBUS_VENDOR_NAME")
+    );
     // With a probe, the registers decide: address 0 exists, address 1000 does not.
     let mut with_probe = details(vec![target(d.addr)], &["1"]);
     with_probe.register_probe = Some(RegisterProbe {
@@ -252,7 +256,11 @@ async fn host_names_are_resolved_and_kept_in_the_device_id() {
         Mode::Normal,
     )
     .await;
-    let snap = scan(&details(vec![format!("localhost:{}", d.addr.port())], &["1"])).await;
+    let snap = scan(&details(
+        vec![format!("localhost:{}", d.addr.port())],
+        &["1"],
+    ))
+    .await;
     assert_eq!(
         ids(snap.devices()),
         [format!("modbus+tcp://localhost:{}/1", d.addr.port())]

@@ -51,7 +51,10 @@ impl Fleet {
                 ));
             }
             if l.config.units.is_empty() {
-                lines.push(format!("modbus-tcp {} (no units) mode={}", l.addr, l.config.mode));
+                lines.push(format!(
+                    "modbus-tcp {} (no units) mode={}",
+                    l.addr, l.config.mode
+                ));
             }
         }
         lines

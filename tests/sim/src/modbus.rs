@@ -356,7 +356,11 @@ fn device_identification(unit: &UnitConfig, pdu: &[u8]) -> Vec<u8> {
         }
         _ => return exception(0x2B, 0x03),
     };
-    let start = if objects.contains_key(&start) { start } else { 0 };
+    let start = if objects.contains_key(&start) {
+        start
+    } else {
+        0
+    };
     let selected: Vec<(u8, &str)> = objects
         .range(start..=last)
         .map(|(id, v)| (*id, *v))
@@ -414,8 +418,17 @@ mod tests {
     #[test]
     fn registers_out_of_range_are_an_exception() {
         let unit = UnitConfig::identified(1, "a", "b", "c");
-        assert_eq!(respond(&unit, Mode::Normal, &[0x03, 0, 15, 0, 2]), [0x83, 0x02]);
-        assert_eq!(respond(&unit, Mode::Normal, &[0x03, 0, 0, 0, 1])[..2], [0x03, 2]);
-        assert_eq!(respond(&unit, Mode::Exception, &[0x2B, 0x0E, 1, 0]), [0xAB, 0x01]);
+        assert_eq!(
+            respond(&unit, Mode::Normal, &[0x03, 0, 15, 0, 2]),
+            [0x83, 0x02]
+        );
+        assert_eq!(
+            respond(&unit, Mode::Normal, &[0x03, 0, 0, 0, 1])[..2],
+            [0x03, 2]
+        );
+        assert_eq!(
+            respond(&unit, Mode::Exception, &[0x2B, 0x0E, 1, 0]),
+            [0xAB, 0x01]
+        );
     }
 }

@@ -84,6 +84,8 @@ impl Selected<'_> {
     /// one place that decides it for every handler.
     pub fn shared(&self) -> bool {
         match self {
+            // A TCP device is reachable from every node on its network; an RTU unit hangs off
+            // one node's serial line.
             Selected::Modbus(d) => d.rtu.is_none(),
             Selected::Opcua(_) | Selected::Mdns(_) => true,
             // A BLE device is heard by every node in radio range; it is not attached to one.

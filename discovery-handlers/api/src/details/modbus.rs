@@ -41,12 +41,23 @@ const MODBUS_RULES: &[Rule] = &[
         "ports apply to Modbus TCP only; a serial line is chosen with rtu.lines",
     )
     .at(".ports"),
-    Rule::new(
-        "self.requestTimeoutMs >= self.connectTimeoutMs || self.requestTimeoutMs >= 100",
-        "requestTimeoutMs must be at least 100 or at least connectTimeoutMs",
-    )
-    .at(".requestTimeoutMs"),
 ];
+
+const PROBE_RULES: &[Rule] = &[
+    Rule::new(
+        "self.table == 'coils' || self.table == 'discreteInputs' || self.count <= 125",
+        "at most 125 registers can be read at once",
+    )
+    .at(".count"),
+    Rule::new(
+        "self.address + self.count <= 65536",
+        "address + count goes past the last address (65535)",
+    ),
+];
+
+fn probe_rules(schema: &mut schemars::Schema) {
+    add_rules(schema, PROBE_RULES);
+}
 
 fn modbus_rules(schema: &mut schemars::Schema) {
     add_rules(schema, MODBUS_RULES);
@@ -185,6 +196,7 @@ pub enum Parity {
 /// A register read that proves a unit is there.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = probe_rules)]
 pub struct RegisterProbe {
     /// Which table to read.
     pub table: RegisterTable,
@@ -282,24 +294,6 @@ impl ModbusDetails {
                 )),
                 Ok(_) => {}
                 Err(e) => errors.push(FieldError::new(format!("{path}.unitIds[{i}]"), e)),
-            }
-        }
-        if let Some(p) = &self.register_probe {
-            let max = match p.table {
-                RegisterTable::HoldingRegisters | RegisterTable::InputRegisters => 125,
-                RegisterTable::Coils | RegisterTable::DiscreteInputs => 2000,
-            };
-            if p.count > max {
-                errors.push(FieldError::new(
-                    format!("{path}.registerProbe.count"),
-                    format!("at most {max} can be read at once from {:?}", p.table),
-                ));
-            }
-            if p.address + p.count > 65536 {
-                errors.push(FieldError::new(
-                    format!("{path}.registerProbe"),
-                    "address + count goes past the last address (65535)".to_string(),
-                ));
             }
         }
         for (name, filter) in [
@@ -506,7 +500,9 @@ impl Target {
     /// The hosts the target names, each with its own port if it has one.
     pub fn hosts(&self) -> Box<dyn Iterator<Item = (Host, Option<u16>)> + Send + '_> {
         match self {
-            Target::Host { name, port } => Box::new(std::iter::once((Host::Name(name.clone()), *port))),
+            Target::Host { name, port } => {
+                Box::new(std::iter::once((Host::Name(name.clone()), *port)))
+            }
             Target::Address { ip, port } => Box::new(std::iter::once((Host::Ip(*ip), *port))),
             Target::Network(IpNet::V4(net)) if net.prefix_len() <= 30 => {
                 Box::new(net.hosts().map(|ip| (Host::Ip(IpAddr::V4(ip)), None)))
@@ -563,14 +559,23 @@ mod tests {
         // host bits are ignored, as `ip route` does
         assert_eq!(t("10.0.7.77/24"), t("10.0.7.0/24"));
         assert_eq!(t("10.0.0.0/16").address_count(), 65534);
-        assert_eq!(hosts("fd00::/126"), ["[fd00::]", "[fd00::1]", "[fd00::2]", "[fd00::3]"]);
+        assert_eq!(
+            hosts("fd00::/126"),
+            ["[fd00::]", "[fd00::1]", "[fd00::2]", "[fd00::3]"]
+        );
     }
 
     #[test]
     fn ranges_full_and_short() {
-        assert_eq!(hosts("10.0.7.10-10.0.7.12"), ["10.0.7.10", "10.0.7.11", "10.0.7.12"]);
+        assert_eq!(
+            hosts("10.0.7.10-10.0.7.12"),
+            ["10.0.7.10", "10.0.7.11", "10.0.7.12"]
+        );
         assert_eq!(hosts("10.0.7.254-10.0.8.1").len(), 4);
-        assert_eq!(hosts("10.0.7.10-12"), ["10.0.7.10", "10.0.7.11", "10.0.7.12"]);
+        assert_eq!(
+            hosts("10.0.7.10-12"),
+            ["10.0.7.10", "10.0.7.11", "10.0.7.12"]
+        );
         assert_eq!(t("fd00::1-fd00::ff").address_count(), 255);
     }
 
@@ -611,7 +616,11 @@ mod tests {
     fn unit_ranges() {
         assert_eq!(parse_unit_range("7").unwrap(), 7..=7);
         assert_eq!(parse_unit_range("1-4").unwrap(), 1..=4);
-        assert!(parse_unit_range("4-1").unwrap_err().contains("starts after it ends"));
+        assert!(
+            parse_unit_range("4-1")
+                .unwrap_err()
+                .contains("starts after it ends")
+        );
         assert!(parse_unit_range("256").is_err());
         let d = ModbusDetails {
             unit_ids: vec!["3-5".into(), "1".into(), "4".into()],

@@ -1,0 +1,369 @@
+//! `dowser discover`: a Configuration tried on this machine, with no cluster.
+
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal, Read, Write},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use dowser_discovery_api::{FieldError, Properties, Snapshot, details::Selected};
+use futures::StreamExt;
+
+use crate::{
+    crd::Configuration,
+    handlers,
+    preview::{InstancePreview, instance_for},
+    validate,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct DiscoverArgs {
+    /// The Configuration file (YAML, as for `kubectl apply -f`; `-` reads standard input).
+    /// Documents of other kinds in the file are skipped.
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Keep discovering and print the devices again whenever they change.
+    #[arg(long)]
+    pub watch: bool,
+    /// Node name used for devices that belong to one node (their Instance name includes it).
+    #[arg(long, env = "NODE_NAME")]
+    pub node: Option<String>,
+    /// A value for a property that comes from a Secret or ConfigMap (repeatable), since
+    /// there is no cluster to read it from: `--property PASSWORD=secret`.
+    #[arg(long = "property", value_name = "NAME=VALUE")]
+    pub properties: Vec<String>,
+    /// Give up on a discovery round after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+/// Exit code for invalid input.
+const INVALID: i32 = 1;
+
+pub async fn run(args: DiscoverArgs) -> anyhow::Result<i32> {
+    let text = read_input(&args.file)?;
+    let shown = args.file.display().to_string();
+    let docs = validate::yaml_documents(&text)
+        .map_err(|e| anyhow::anyhow!("{shown} is not valid YAML: {e}"))?;
+    let mut configs = Vec::new();
+    let mut invalid = false;
+    for doc in docs
+        .iter()
+        .filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some("Configuration"))
+    {
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("<unnamed>")
+            .to_string();
+        let checked = validate::configuration(doc).and_then(|c| {
+            let selected = c.spec.discovery.selected().map_err(|e| vec![e])?;
+            let errors = handlers::validate(selected, "spec.discovery");
+            if errors.is_empty() {
+                Ok(c)
+            } else {
+                Err(errors)
+            }
+        });
+        match checked {
+            Ok(c) => configs.push(c),
+            Err(errors) => {
+                invalid = true;
+                report_invalid(&shown, &name, &errors);
+            }
+        }
+    }
+    if invalid {
+        return Ok(INVALID);
+    }
+    if configs.is_empty() {
+        eprintln!(
+            "error: {shown} has no Configuration (apiVersion: dowser.dev/v1alpha1, kind: Configuration)"
+        );
+        return Ok(INVALID);
+    }
+    let overrides = parse_overrides(&args.properties)?;
+    let mut resolved = Vec::new();
+    for c in &configs {
+        match resolve_properties(c, &overrides) {
+            Ok(p) => resolved.push(p),
+            Err(errors) => {
+                invalid = true;
+                report_invalid(&shown, c.metadata.name.as_deref().unwrap_or(""), &errors);
+            }
+        }
+    }
+    if invalid {
+        return Ok(INVALID);
+    }
+    let node = args.node.clone().unwrap_or_else(hostname);
+    if args.watch {
+        anyhow::ensure!(
+            configs.len() == 1,
+            "--watch takes a file with one Configuration ({shown} has {})",
+            configs.len()
+        );
+        return watch(&configs[0], resolved.remove(0), &node, &args).await;
+    }
+    let mut all = Vec::new();
+    for (config, props) in configs.iter().zip(resolved) {
+        let started = Instant::now();
+        let snapshot = once(config, props, args.timeout).await?;
+        eprintln!(
+            "{} found {} device{} in {:.2} s",
+            config.metadata.name.as_deref().unwrap_or(""),
+            snapshot.len(),
+            if snapshot.len() == 1 { "" } else { "s" },
+            started.elapsed().as_secs_f64()
+        );
+        all.extend(previews(config, &node, &snapshot));
+    }
+    print(&all, args.output)?;
+    Ok(0)
+}
+
+/// Writes output; a reader that went away (`| head`) is not an error.
+fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn read_input(file: &PathBuf) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+    }
+}
+
+fn report_invalid(file: &str, name: &str, errors: &[FieldError]) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "error: {file}: The Configuration \"{name}\" is invalid:"
+    );
+    for e in errors {
+        let _ = writeln!(err, "  * {e}");
+    }
+}
+
+fn parse_overrides(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--property {s:?} is not NAME=VALUE"))
+        })
+        .collect()
+}
+
+/// Literal properties, plus the `--property` values standing in for Secrets and ConfigMaps.
+fn resolve_properties(
+    config: &Configuration,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Properties, Vec<FieldError>> {
+    let mut props = Properties::new();
+    let mut errors = Vec::new();
+    for (i, p) in config.spec.properties.iter().enumerate() {
+        if let Some(v) = overrides.get(&p.name) {
+            props.insert(p.name.clone(), v.clone());
+            continue;
+        }
+        if let Some(v) = &p.value {
+            props.insert(p.name.clone(), v.clone());
+            continue;
+        }
+        let Some(from) = &p.value_from else { continue };
+        let (kind, key_ref) = match (&from.secret_key_ref, &from.config_map_key_ref) {
+            (Some(r), _) => ("Secret", r),
+            (None, Some(r)) => ("ConfigMap", r),
+            (None, None) => continue,
+        };
+        if !key_ref.optional {
+            errors.push(FieldError::new(
+                format!("spec.properties[{i}]"),
+                format!(
+                    "{} comes from key {:?} of {kind} {:?}, and dowser discover runs without a cluster: pass --property {}=VALUE",
+                    p.name, key_ref.key, key_ref.name, p.name
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(props)
+    } else {
+        Err(errors)
+    }
+}
+
+fn selected(config: &Configuration) -> Selected<'_> {
+    config
+        .spec
+        .discovery
+        .selected()
+        .expect("validated Configurations select one handler")
+}
+
+async fn once(config: &Configuration, props: Properties, timeout: u64) -> anyhow::Result<Snapshot> {
+    let handler = selected(config);
+    let mut stream = handlers::discover(handler, props)?;
+    let spinner = spinner(&format!(
+        "discovering with {} for {}",
+        handler.name(),
+        config.metadata.name.as_deref().unwrap_or("")
+    ));
+    let next = tokio::time::timeout(Duration::from_secs(timeout), stream.next()).await;
+    spinner.finish_and_clear();
+    match next {
+        Err(_) => anyhow::bail!("discovery did not finish within {timeout} s (--timeout)"),
+        Ok(None) => anyhow::bail!("the {} handler stopped without a result", handler.name()),
+        Ok(Some(result)) => Ok(result?),
+    }
+}
+
+async fn watch(
+    config: &Configuration,
+    props: Properties,
+    node: &str,
+    args: &DiscoverArgs,
+) -> anyhow::Result<i32> {
+    let mut stream = handlers::discover(selected(config), props)?;
+    let mut last: Option<Snapshot> = None;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            _ = &mut ctrl_c => return Ok(0),
+        };
+        let Some(result) = next else { return Ok(0) };
+        match result {
+            Ok(snapshot) => {
+                if last.as_ref() == Some(&snapshot) {
+                    continue;
+                }
+                let now = time_of_day();
+                eprintln!("[{now}] {} device(s)", snapshot.len());
+                print(&previews(config, node, &snapshot), args.output)?;
+                last = Some(snapshot);
+            }
+            Err(e) => eprintln!("[{}] discovery failed: {e}", time_of_day()),
+        }
+    }
+}
+
+fn previews(config: &Configuration, node: &str, snapshot: &Snapshot) -> Vec<InstancePreview> {
+    let shared = selected(config).shared();
+    snapshot
+        .devices()
+        .iter()
+        .map(|d| instance_for(config, shared, node, d))
+        .collect()
+}
+
+fn print(previews: &[InstancePreview], output: Output) -> anyhow::Result<()> {
+    let text = render(previews, output)?;
+    ignore_broken_pipe(std::io::stdout().lock().write_all(text.as_bytes()))
+}
+
+fn render(previews: &[InstancePreview], output: Output) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match output {
+        Output::Json => {
+            out = serde_json::to_string_pretty(previews)?;
+            out.push('\n');
+        }
+        Output::Yaml => out = serde_yaml::to_string(previews)?,
+        Output::Table => {
+            if previews.is_empty() {
+                writeln!(out, "No devices found.")?;
+                return Ok(out);
+            }
+            let w_name = previews
+                .iter()
+                .map(|p| p.name.len())
+                .max()
+                .unwrap_or(0)
+                .max(8);
+            let w_dev = previews
+                .iter()
+                .map(|p| p.device_id.len())
+                .max()
+                .unwrap_or(0)
+                .max(6);
+            writeln!(out, "{:w_name$}  {:w_dev$}  RESOURCE", "INSTANCE", "DEVICE")?;
+            for p in previews {
+                writeln!(
+                    out,
+                    "{:w_name$}  {:w_dev$}  {}",
+                    p.name, p.device_id, p.resources[0]
+                )?;
+                let plain: Vec<String> = p
+                    .instance
+                    .spec
+                    .properties
+                    .keys()
+                    .filter_map(|k| p.env.get_key_value(k.as_str()))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                if !plain.is_empty() {
+                    writeln!(out, "    {}", plain.join(" "))?;
+                }
+            }
+            if let Some(first) = previews[0].instance.spec.properties.keys().next() {
+                writeln!(
+                    out,
+                    "\nBrokers get these variables and the brokerProperties, as they are and suffixed with the instance hash ({}).",
+                    dowser_discovery_api::env::with_hash(first, &previews[0].hash)
+                )?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn spinner(message: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(format!("{message}…"));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+fn time_of_day() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}

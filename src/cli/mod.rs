@@ -1,0 +1,72 @@
+//! The `dowser` command line.
+
+mod discover;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use discover::DiscoverArgs;
+
+/// dowser finds industrial and IoT devices from the nodes that can reach them and advertises
+/// each one to Kubernetes as a schedulable resource.
+#[derive(Parser, Debug)]
+#[command(name = "dowser", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "DOWSER_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Try a Configuration on this machine, without a cluster: validate it as the cluster
+    /// would, run its discovery once (or keep watching) and print the Instances it would
+    /// create.
+    Discover(DiscoverArgs),
+    /// Print the CustomResourceDefinitions (or write them into a directory).
+    Crds {
+        /// Write one file per CRD into this directory instead of printing them.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Runs a command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Discover(args) => discover::run(args).await,
+        Command::Crds { dir } => {
+            let crds = crate::crd::crds();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    for crd in &crds {
+                        let path = dir.join(crate::crd::crd_file_name(crd));
+                        std::fs::write(&path, crate::crd::crd_file(crd))?;
+                        eprintln!("wrote {}", path.display());
+                    }
+                }
+                None => {
+                    let docs: Vec<String> = crds.iter().map(crate::crd::crd_file).collect();
+                    print!("{}", docs.join("---\n"));
+                }
+            }
+            Ok(0)
+        }
+    }
+}
