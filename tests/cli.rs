@@ -179,7 +179,9 @@ spec:
     );
     assert!(err.contains("spec.capacity: Invalid value: 0: spec.capacity in body should be greater than or equal to 1"), "{err}");
     assert!(
-        err.contains("spec.discovery.modbus.taregts: field not declared in schema"),
+        err.contains(
+            "spec.discovery.modbus.taregts: unknown field \"spec.discovery.modbus.taregts\""
+        ),
         "{err}"
     );
     assert!(

@@ -51,10 +51,10 @@ pub fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldEr
                     _ if preserve => {}
                     _ if path.is_empty()
                         && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
-                    _ => errors.push(FieldError::new(
-                        child,
-                        "field not declared in schema (unknown field)",
-                    )),
+                    _ => {
+                        let message = format!("unknown field \"{child}\"");
+                        errors.push(FieldError::new(child, message));
+                    }
                 }
             }
             count_limits(s, obj.len(), path, value, errors);

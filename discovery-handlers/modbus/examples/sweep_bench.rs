@@ -62,10 +62,16 @@ async fn main() {
 
     println!("| scan (median of {ROUNDS}, defaults: concurrency 64, 500 connections/s) | time |");
     println!("|---|---|");
-    println!("| sweep of 254 closed addresses × 1 port | {:.3} s |", sweep.as_secs_f64());
+    println!(
+        "| sweep of 254 closed addresses × 1 port | {:.3} s |",
+        sweep.as_secs_f64()
+    );
     println!(
         "| same, maxConnectionsPerSecond 100000 | {:.3} s |",
         sweep_fast.as_secs_f64()
     );
-    println!("| identify 100 units (50 devices × 2 unit ids) | {:.3} s |", ident.as_secs_f64());
+    println!(
+        "| identify 100 units (50 devices × 2 unit ids) | {:.3} s |",
+        ident.as_secs_f64()
+    );
 }
