@@ -22,7 +22,14 @@ pub const INSTANCE_LABEL: &str = "dowser.dev/instance";
 
 /// The CRDs, in the order they are installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Configuration::crd(), Instance::crd()]
+    [Configuration::crd(), Instance::crd()]
+        .into_iter()
+        .map(|crd| {
+            let mut v = serde_json::to_value(crd).expect("a CRD serialises");
+            schema::unwrap_descriptions(&mut v);
+            serde_json::from_value(v).expect("a CRD deserialises")
+        })
+        .collect()
 }
 
 /// The CRDs as one multi-document YAML stream, exactly as committed in `crds/`.

@@ -21,6 +21,30 @@ pub fn list_map(schema: &mut Schema, keys: &[&str]) {
     schema.insert("x-kubernetes-list-map-keys".into(), json!(keys));
 }
 
+/// Joins the lines of every `description` into paragraphs: doc comments are wrapped for the
+/// source, while `kubectl explain` wraps text itself.
+pub fn unwrap_descriptions(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match child {
+                    Value::String(text) if k == "description" => *text = unwrap(text),
+                    _ => unwrap_descriptions(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+fn unwrap(text: &str) -> String {
+    text.split("\n\n")
+        .map(|para| para.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// Problems that make a schema non-structural or unusable by the API server, as paths with a
 /// reason. Empty for a good schema.
 pub fn structural_problems(schema: &Value) -> Vec<String> {
@@ -113,5 +137,49 @@ fn walk(s: &Value, path: &str, out: &mut Vec<String>) {
         && !path.ends_with("{}")
     {
         out.push(format!("{path}: no description"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_what_the_api_server_would_refuse() {
+        let bad = json!({
+            "type": "object",
+            "properties": {
+                "a": {"description": "no type"},
+                "b": {"type": "array", "description": "no items"},
+                "c": {"type": "object", "description": "x", "properties": {"d": {"type": "string"}}, "additionalProperties": {"type": "string"}},
+                "e": {"type": "string"},
+                "f": {"anyOf": [{"type": "string"}], "type": "string", "description": "x"},
+                "g": {"type": "string", "description": "x", "x-kubernetes-validations": [{"rule": "true"}]}
+            },
+            "required": ["missing"]
+        });
+        let problems = structural_problems(&bad);
+        for needle in [
+            ".a: no type",
+            ".b: array without items",
+            ".c: both properties and additionalProperties",
+            ".e: no description",
+            ".f: uses anyOf",
+            ".g: validation rule without a message",
+            ": required \"missing\" is not a property",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{needle} not in {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn descriptions_become_paragraphs() {
+        let mut v = json!({"description": "one\n two\n\nthree", "x": [{"description": "a\nb"}]});
+        unwrap_descriptions(&mut v);
+        assert_eq!(v["description"], "one two\n\nthree");
+        assert_eq!(v["x"][0]["description"], "a b");
     }
 }
