@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole dowser test suite: lint, unit, protocol (dowser-sim and third-party peers),
-# CLI. Installs what it needs (as root on a fresh machine, without asking) and caches it
+# CLI, and the CRDs on a real local control plane (built from the Kubernetes Go modules). Installs what it needs (as root on a fresh machine, without asking) and caches it
 # outside the repository in ${DOWSER_CACHE:-~/.cache/dowser}.
 # Usage: tests/test.sh
 set -euo pipefail
@@ -39,6 +39,13 @@ fi
 export DOWSER_PYTHON="$venv/bin/python"
 "$DOWSER_PYTHON" -c 'import pymodbus; print("pymodbus", pymodbus.__version__)' >&2
 
+step "local Kubernetes control plane binaries (built from Go modules, cached)"
+command -v go >/dev/null || fail "go is missing: the control plane is built from the Kubernetes Go modules"
+command -v openssl >/dev/null || apt_install openssl
+DOWSER_K8S_BIN=$(tests/cluster/build-binaries.sh | tail -n 1)
+export DOWSER_K8S_BIN
+"$DOWSER_K8S_BIN/kube-apiserver" --version >&2
+
 step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -46,7 +53,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "slim agent build (one handler feature)"
 cargo check --quiet -p dowser --no-default-features --features modbus
 
-step "tests: unit, protocol (dowser-sim, pymodbus), CRDs, validation catalogue, CLI"
+step "tests: unit, protocol (dowser-sim, pymodbus), CRDs (also on a real kube-apiserver), validation catalogue, CLI"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$cache/last-test.log"
 status=${PIPESTATUS[0]}
 
