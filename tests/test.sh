@@ -46,6 +46,9 @@ DOWSER_K8S_BIN=$(tests/cluster/build-binaries.sh | tail -n 1)
 export DOWSER_K8S_BIN
 "$DOWSER_K8S_BIN/kube-apiserver" --version >&2
 
+step "local control plane smoke test (two clusters at once, scheduling, clean stop)"
+tests/cluster/smoke-test.sh >&2
+
 step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -72,9 +72,34 @@ if cache_complete; then
   exit 0
 fi
 
+# Holding the lock, any temporary directory left here is from a killed build.
+find "${PARENT}" -maxdepth 1 -type d -name ".${NAME}.tmp.*" -exec rm -rf {} + 2>/dev/null || true
 WORK=$(mktemp -d "${PARENT}/.${NAME}.tmp.XXXXXX")
 cleanup() { rm -rf "${WORK}"; }
 trap cleanup EXIT
+# Long steps run in the background so a signal is handled at once: the step
+# is stopped, the temporary directory removed, and the cache left as it was.
+CHILD=""
+run() {
+  local rc=0
+  "$@" &
+  CHILD=$!
+  wait "${CHILD}" || rc=$?
+  CHILD=""
+  return "${rc}"
+}
+on_signal() {
+  trap - INT TERM HUP
+  if [[ -n "${CHILD}" ]]; then
+    kill -TERM "${CHILD}" 2>/dev/null || true
+    wait "${CHILD}" 2>/dev/null || true
+  fi
+  log "interrupted; nothing was added to the cache"
+  exit "$1"
+}
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+trap 'on_signal 129' HUP
 OUT="${WORK}/result"
 mkdir -p "${OUT}/bin" "${WORK}/mod"
 
@@ -144,7 +169,7 @@ K8S_PKGS=()
 for b in "${K8S_BINARIES[@]}"; do K8S_PKGS+=("k8s.io/kubernetes/cmd/${b}"); done
 
 step_begin "resolving and downloading modules for Kubernetes"
-(cd "${K8S_MOD}" && nice -n 10 go list -deps "${K8S_PKGS[@]}" >/dev/null)
+run nice -n 10 go list -C "${K8S_MOD}" -deps "${K8S_PKGS[@]}" >/dev/null
 step_end
 
 BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -158,8 +183,8 @@ done
 
 for b in "${K8S_BINARIES[@]}"; do
   step_begin "go build ${b}"
-  (cd "${K8S_MOD}" && nice -n 10 go build -p "${GO_P}" -trimpath -ldflags "${K8S_LDFLAGS}" \
-    -o "${OUT}/bin/${b}" "k8s.io/kubernetes/cmd/${b}")
+  run nice -n 10 go build -C "${K8S_MOD}" -p "${GO_P}" -trimpath -ldflags "${K8S_LDFLAGS}" \
+    -o "${OUT}/bin/${b}" "k8s.io/kubernetes/cmd/${b}"
   step_end
 done
 
@@ -173,12 +198,12 @@ ETCD_GO_LINE=$(go_line "${ETCD_GOMOD}")
 printf 'module dowser.local/etcd-binary\n\n%s\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
   "${ETCD_GO_LINE}" "${ETCD_VERSION}" >"${ETCD_MOD}/go.mod"
 step_begin "resolving and downloading modules for etcd"
-(cd "${ETCD_MOD}" && nice -n 10 go list -deps go.etcd.io/etcd/server/v3 >/dev/null)
+run nice -n 10 go list -C "${ETCD_MOD}" -deps go.etcd.io/etcd/server/v3 >/dev/null
 step_end
 step_begin "go build etcd"
-(cd "${ETCD_MOD}" && nice -n 10 go build -p "${GO_P}" -trimpath \
+run nice -n 10 go build -C "${ETCD_MOD}" -p "${GO_P}" -trimpath \
   -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=go-module-${ETCD_VERSION}" \
-  -o "${OUT}/bin/etcd" go.etcd.io/etcd/server/v3)
+  -o "${OUT}/bin/etcd" go.etcd.io/etcd/server/v3
 step_end
 
 # ---- helm ----------------------------------------------------------------------
@@ -191,12 +216,12 @@ HELM_GO_LINE=$(go_line "${HELM_GOMOD}")
 printf 'module dowser.local/helm-binary\n\n%s\n\nrequire %s %s\n' \
   "${HELM_GO_LINE}" "${HELM_MODPATH}" "${HELM_VERSION}" >"${HELM_MOD}/go.mod"
 step_begin "resolving and downloading modules for helm"
-(cd "${HELM_MOD}" && nice -n 10 go list -deps "${HELM_MODPATH}/cmd/helm" >/dev/null)
+run nice -n 10 go list -C "${HELM_MOD}" -deps "${HELM_MODPATH}/cmd/helm" >/dev/null
 step_end
 step_begin "go build helm"
-(cd "${HELM_MOD}" && nice -n 10 go build -p "${GO_P}" -trimpath \
+run nice -n 10 go build -C "${HELM_MOD}" -p "${GO_P}" -trimpath \
   -ldflags "-s -w -X ${HELM_MODPATH}/internal/version.version=${HELM_VERSION}" \
-  -o "${OUT}/bin/helm" "${HELM_MODPATH}/cmd/helm")
+  -o "${OUT}/bin/helm" "${HELM_MODPATH}/cmd/helm"
 step_end
 
 # ---- check and publish ---------------------------------------------------------

@@ -57,7 +57,7 @@ done
 # Paths end up unquoted in the env file and in flags: keep them plain.
 [[ "${STATE}" =~ ^[A-Za-z0-9._/+@:,=~-]+$ ]] || die "state dir '${STATE}' has characters other than [A-Za-z0-9._/+@:,=~-]"
 
-for tool in openssl base64 flock; do
+for tool in openssl base64 flock find; do
   command -v "${tool}" >/dev/null 2>&1 || die "${tool} is not on PATH"
 done
 
@@ -114,10 +114,14 @@ done
 K8S_VERSION=$("${BIN}/kube-apiserver" --version | awk '{print $2}')
 
 # ---- cleanup on failure / foreground exit -------------------------------------------
+RES_DIR="${TMPDIR:-/tmp}/dowser-cluster-ports"
+MY_RES=() # port reservation files of this run (see pick_port)
+release_ports() { ((${#MY_RES[@]} == 0)) || rm -f "${MY_RES[@]}"; MY_RES=(); }
 BOOTED=0
 on_exit() {
   local rc=$?
   trap - EXIT INT TERM HUP
+  release_ports
   if ((FOREGROUND || !BOOTED)); then
     ((BOOTED)) || log "boot failed (exit ${rc}); stopping what was started; logs in ${LOGS}"
     "${HERE}/down.sh" "${STATE}" || true
@@ -153,35 +157,38 @@ port_listening() { # <port>
   return 1
 }
 read -r EPH_LO EPH_HI </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=32768; EPH_HI=60999; }
+# Ports are picked at random outside the ephemeral range, skipping ports in
+# use and ports that a concurrent up.sh reserved but has not bound yet (files
+# in RES_DIR, made under a lock, removed once the components listen; files
+# older than 10 minutes are leftovers of a killed run and are ignored).
 declare -A TAKEN=()
-pick_port() { # prints a port that is free now, outside the ephemeral range
+pick_port() { # <variable name>: sets it to a free port and reserves that port
   local p tries=0
   while ((tries++ < 1000)); do
     p=$((10000 + ${SRANDOM:-$((RANDOM * 32768 + RANDOM))} % 55000))
     ((p >= EPH_LO && p <= EPH_HI)) && continue
     [[ -z "${TAKEN[${p}]:-}" ]] || continue
     TAKEN[${p}]=1
-    printf '%s\n' "${p}"
+    : >"${RES_DIR}/${p}"
+    MY_RES+=("${RES_DIR}/${p}")
+    printf -v "$1" '%s' "${p}"
     return 0
   done
   die "could not find a free port"
 }
-
-# Port choice and binding are serialised between concurrent up.sh runs by a
-# lock held until every component listens; children do not inherit it.
-LOCK_FILE="${TMPDIR:-/tmp}/dowser-cluster-ports.lock"
-exec 8>>"${LOCK_FILE}"
-flock -w "${TIMEOUT}" 8 || die "timed out waiting for ${LOCK_FILE}"
+mkdir -p "${RES_DIR}"
+exec 8>>"${RES_DIR}/.lock"
+flock -w "${TIMEOUT}" 8 || die "timed out waiting for the lock ${RES_DIR}/.lock"
+find "${RES_DIR}" -maxdepth 1 -type f -name '[0-9]*' -mmin +10 -delete 2>/dev/null || true
 while read -r p; do TAKEN[${p}]=1; done < <(used_ports)
-ETCD_PORT=$(pick_port)
-ETCD_PEER_PORT=$(pick_port)
-API_PORT=$(pick_port)
-SCHED_PORT=$(pick_port)
-CM_PORT=$(pick_port)
-# $(pick_port) runs in a subshell: record the choices here.
-for p in "${ETCD_PORT}" "${ETCD_PEER_PORT}" "${API_PORT}" "${SCHED_PORT}" "${CM_PORT}"; do TAKEN[${p}]=1; done
-[[ $(printf '%s\n' "${ETCD_PORT}" "${ETCD_PEER_PORT}" "${API_PORT}" "${SCHED_PORT}" "${CM_PORT}" | sort -u | wc -l) == 5 ]] ||
-  die "port picking produced duplicates"
+while read -r p; do TAKEN[${p##*/}]=1; done < <(find "${RES_DIR}" -maxdepth 1 -type f -name '[0-9]*')
+pick_port ETCD_PORT
+pick_port ETCD_PEER_PORT
+pick_port API_PORT
+pick_port SCHED_PORT
+pick_port CM_PORT
+flock -u 8
+exec 8>&-
 API_URL="https://127.0.0.1:${API_PORT}"
 ETCD_URL="http://127.0.0.1:${ETCD_PORT}"
 
@@ -310,6 +317,8 @@ start etcd "${BIN}/etcd" \
   --unsafe-no-fsync \
   "${EXTRA_ETCD[@]}"
 
+# --endpoint-reconciler-type=none: Endpoints may not hold a loopback address, so
+# the default reconciler would fail forever; the kubernetes Service is still made.
 start kube-apiserver "${BIN}/kube-apiserver" \
   --etcd-servers="${ETCD_URL}" \
   --bind-address=127.0.0.1 \
@@ -324,12 +333,26 @@ start kube-apiserver "${BIN}/kube-apiserver" \
   --service-account-signing-key-file="${PKI}/sa.key" \
   --service-cluster-ip-range="${SERVICE_CIDR}" \
   --allow-privileged=true \
+  --endpoint-reconciler-type=none \
   "${EXTRA_API[@]}"
 
+wait_until "etcd to listen on ${ETCD_PORT}" etcd port_listening "${ETCD_PORT}"
+wait_until "kube-apiserver to listen on ${API_PORT}" kube-apiserver port_listening "${API_PORT}"
+
+kctl() { "${BIN}/kubectl" --kubeconfig="${KUBECONFIG_ADMIN}" --request-timeout=5s "$@"; }
+readyz() { [[ "$(kctl get --raw=/readyz 2>/dev/null)" == ok ]]; }
+# The scheduler and controller-manager exit if the default RBAC policy is not
+# there yet, so they start once the apiserver is ready.
+wait_until "kube-apiserver /readyz" kube-apiserver readyz
+
+# --authentication-skip-lookup: the apiserver has no front-proxy (requestheader)
+# CA; without it they would keep asking for one. Their ports take client certs.
 start kube-scheduler "${BIN}/kube-scheduler" \
   --kubeconfig="${KCS}/scheduler.kubeconfig" \
   --authentication-kubeconfig="${KCS}/scheduler.kubeconfig" \
   --authorization-kubeconfig="${KCS}/scheduler.kubeconfig" \
+  --authentication-skip-lookup=true \
+  --client-ca-file="${PKI}/ca.crt" \
   --bind-address=127.0.0.1 \
   --secure-port="${SCHED_PORT}" \
   --leader-elect=false \
@@ -339,6 +362,8 @@ start kube-controller-manager "${BIN}/kube-controller-manager" \
   --kubeconfig="${KCS}/controller-manager.kubeconfig" \
   --authentication-kubeconfig="${KCS}/controller-manager.kubeconfig" \
   --authorization-kubeconfig="${KCS}/controller-manager.kubeconfig" \
+  --authentication-skip-lookup=true \
+  --client-ca-file="${PKI}/ca.crt" \
   --bind-address=127.0.0.1 \
   --secure-port="${CM_PORT}" \
   --leader-elect=false \
@@ -352,16 +377,9 @@ start kube-controller-manager "${BIN}/kube-controller-manager" \
   --controllers="${DOWSER_CONTROLLERS:-*,-nodelifecycle}" \
   "${EXTRA_CM[@]}"
 
-wait_until "etcd to listen on ${ETCD_PORT}" etcd port_listening "${ETCD_PORT}"
-wait_until "kube-apiserver to listen on ${API_PORT}" kube-apiserver port_listening "${API_PORT}"
 wait_until "kube-scheduler to listen on ${SCHED_PORT}" kube-scheduler port_listening "${SCHED_PORT}"
 wait_until "kube-controller-manager to listen on ${CM_PORT}" kube-controller-manager port_listening "${CM_PORT}"
-flock -u 8
-exec 8>&-
-
-kctl() { "${BIN}/kubectl" --kubeconfig="${KUBECONFIG_ADMIN}" --request-timeout=5s "$@"; }
-readyz() { [[ "$(kctl get --raw=/readyz 2>/dev/null)" == ok ]]; }
-wait_until "kube-apiserver /readyz" kube-apiserver readyz
+release_ports
 wait_until "namespace default" kube-apiserver kctl get namespace default
 wait_until "service account default/default" kube-controller-manager kctl -n default get serviceaccount default
 for c in etcd kube-apiserver kube-scheduler kube-controller-manager; do check_alive "${c}"; done
