@@ -65,6 +65,15 @@ impl Filter {
     }
 }
 
+/// Validates the optional filters of a details type, each under `path.<name>`.
+pub fn validate_all(path: &str, filters: &[(&str, &Option<Filter>)]) -> Vec<FieldError> {
+    filters
+        .iter()
+        .filter_map(|(name, f)| f.as_ref().map(|f| f.validate(&format!("{path}.{name}"))))
+        .flatten()
+        .collect()
+}
+
 fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(1 << 20)

@@ -27,7 +27,7 @@ struct Args {
     count: u32,
     /// Lay out devices on consecutive addresses or ports.
     #[arg(long, value_enum, default_value = "addresses")]
-    spread: SpreadArg,
+    spread: Spread,
     /// Unit ids served by each device: "1" or "1-4".
     #[arg(long, default_value = "1")]
     units: String,
@@ -42,23 +42,7 @@ struct Args {
     revision: String,
     /// Behaviour: normal, silent, slow, exception, garbage, reset.
     #[arg(long, value_enum, default_value = "normal")]
-    mode: ModeArg,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum SpreadArg {
-    Addresses,
-    Ports,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum ModeArg {
-    Normal,
-    Silent,
-    Slow,
-    Exception,
-    Garbage,
-    Reset,
+    mode: Mode,
 }
 
 fn fleet_from_args(args: &Args) -> anyhow::Result<FleetConfig> {
@@ -74,19 +58,9 @@ fn fleet_from_args(args: &Args) -> anyhow::Result<FleetConfig> {
     let units = range
         .map(|id| UnitConfig::identified(id, &args.vendor, &args.product, &args.revision))
         .collect();
-    let mut listener = ListenerConfig::device(listen, units).with_mode(match args.mode {
-        ModeArg::Normal => Mode::Normal,
-        ModeArg::Silent => Mode::Silent,
-        ModeArg::Slow => Mode::Slow,
-        ModeArg::Exception => Mode::Exception,
-        ModeArg::Garbage => Mode::Garbage,
-        ModeArg::Reset => Mode::Reset,
-    });
+    let mut listener = ListenerConfig::device(listen, units).with_mode(args.mode);
     listener.count = args.count;
-    listener.spread = match args.spread {
-        SpreadArg::Addresses => Spread::Addresses,
-        SpreadArg::Ports => Spread::Ports,
-    };
+    listener.spread = args.spread;
     Ok(FleetConfig {
         modbus: vec![listener],
     })

@@ -11,7 +11,7 @@ use tokio::{
 };
 
 /// How a device (or one unit) behaves.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "camelCase")]
 pub enum Mode {
     /// Answers as the Modbus specification says.
@@ -24,7 +24,7 @@ pub enum Mode {
     /// Answers Read Device Identification with exception 0x01 (illegal function), as devices
     /// without it do; registers still work.
     Exception,
-    /// Answers every request with random bytes that are not Modbus.
+    /// Answers every request with bytes that are not Modbus.
     Garbage,
     /// Resets the connection on the first request.
     Reset,
@@ -110,7 +110,7 @@ fn default_slow() -> u64 {
 }
 
 /// How a row of listeners is laid out.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "camelCase")]
 pub enum Spread {
     #[default]

@@ -47,12 +47,9 @@ pub struct BleDetails {
 
 impl BleDetails {
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        for (name, filter) in [("names", &self.names), ("addresses", &self.addresses)] {
-            if let Some(f) = filter {
-                errors.extend(f.validate(&format!("{path}.{name}")));
-            }
-        }
-        errors
+        crate::filter::validate_all(
+            path,
+            &[("names", &self.names), ("addresses", &self.addresses)],
+        )
     }
 }

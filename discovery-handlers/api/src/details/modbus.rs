@@ -296,15 +296,14 @@ impl ModbusDetails {
                 Err(e) => errors.push(FieldError::new(format!("{path}.unitIds[{i}]"), e)),
             }
         }
-        for (name, filter) in [
-            ("vendorNames", &self.vendor_names),
-            ("productCodes", &self.product_codes),
-            ("revisions", &self.revisions),
-        ] {
-            if let Some(f) = filter {
-                errors.extend(f.validate(&format!("{path}.{name}")));
-            }
-        }
+        errors.extend(crate::filter::validate_all(
+            path,
+            &[
+                ("vendorNames", &self.vendor_names),
+                ("productCodes", &self.product_codes),
+                ("revisions", &self.revisions),
+            ],
+        ));
         errors
     }
 }

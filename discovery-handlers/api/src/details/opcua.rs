@@ -91,16 +91,13 @@ pub enum EndpointPreference {
 
 impl OpcuaDetails {
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        for (name, filter) in [
-            ("applicationNames", &self.application_names),
-            ("applicationUris", &self.application_uris),
-            ("productUris", &self.product_uris),
-        ] {
-            if let Some(f) = filter {
-                errors.extend(f.validate(&format!("{path}.{name}")));
-            }
-        }
-        errors
+        crate::filter::validate_all(
+            path,
+            &[
+                ("applicationNames", &self.application_names),
+                ("applicationUris", &self.application_uris),
+                ("productUris", &self.product_uris),
+            ],
+        )
     }
 }

@@ -34,17 +34,14 @@ pub struct SerialDetails {
 
 impl SerialDetails {
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        for (name, filter) in [
-            ("serialNumbers", &self.serial_numbers),
-            ("manufacturers", &self.manufacturers),
-            ("products", &self.products),
-            ("portNames", &self.port_names),
-        ] {
-            if let Some(f) = filter {
-                errors.extend(f.validate(&format!("{path}.{name}")));
-            }
-        }
-        errors
+        crate::filter::validate_all(
+            path,
+            &[
+                ("serialNumbers", &self.serial_numbers),
+                ("manufacturers", &self.manufacturers),
+                ("products", &self.products),
+                ("portNames", &self.port_names),
+            ],
+        )
     }
 }
