@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod crd;
+pub mod deviceplugin;
 pub mod handlers;
 pub mod preview;
 pub mod validate;

@@ -56,7 +56,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "slim agent build (one handler feature)"
 cargo check --quiet -p dowser --no-default-features --features modbus
 
-step "tests: unit, protocol (dowser-sim, pymodbus), CRDs (also on a real kube-apiserver), validation catalogue, CLI"
+step "test tools: fake-kubelet"
+cargo build --quiet -p fake-kubelet
+
+step "tests: unit, protocol (dowser-sim, pymodbus), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$cache/last-test.log"
 status=${PIPESTATUS[0]}
 

@@ -13,6 +13,58 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
     state: Option<tempfile::TempDir>,
+    /// Working directory for fake kubelets and the like, removed with the cluster.
+    scratch: tempfile::TempDir,
+}
+
+/// A fake kubelet process (tests/fake-kubelet) serving one Node.
+pub struct FakeKubelet {
+    pub node: String,
+    /// Stands in for /var/lib/kubelet: `device-plugins/`, `pod-resources/`.
+    pub root: PathBuf,
+    child: std::process::Child,
+}
+
+impl FakeKubelet {
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.root.join("device-plugins")
+    }
+
+    pub fn pod_resources_socket(&self) -> PathBuf {
+        self.root.join("pod-resources/kubelet.sock")
+    }
+
+    /// Restarts like a kubelet: plugin sockets deleted, registrations dropped.
+    pub fn restart(&self) {
+        let status = Command::new("kill")
+            .args(["-USR1", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The fake-kubelet binary: `DOWSER_FAKE_KUBELET`, or next to the test binaries.
+fn fake_kubelet_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("DOWSER_FAKE_KUBELET") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("fake-kubelet");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p fake-kubelet` (tests/test.sh does)",
+        bin.display()
+    );
+    bin
 }
 
 fn repo() -> PathBuf {
@@ -37,6 +89,7 @@ impl Cluster {
                 kubeconfig: kubeconfig.into(),
                 kubectl: kubectl.into(),
                 state: None,
+                scratch: tempfile::tempdir().unwrap(),
             };
         }
         let state = tempfile::Builder::new()
@@ -63,7 +116,74 @@ impl Cluster {
             kubeconfig: env["KUBECONFIG"].clone().into(),
             kubectl: env["KUBECTL"].clone().into(),
             state: Some(state),
+            scratch: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// Installs the CRDs from `crds/` and waits until they are served.
+    pub fn apply_crds(&self) {
+        let crds = repo().join("crds");
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=dowser-test",
+            "-f",
+            crds.to_str().unwrap(),
+        ]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/configurations.dowser.dev",
+            "crd/instances.dowser.dev",
+            "--timeout=60s",
+        ]);
+    }
+
+    /// A client for the cluster, as its administrator.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Starts a fake kubelet for a new Node with these labels; returns once it serves.
+    pub fn fake_kubelet(&self, node: &str, labels: &[(&str, &str)]) -> FakeKubelet {
+        let root = self.scratch.path().join(node);
+        std::fs::create_dir_all(&root).unwrap();
+        let log = std::fs::File::create(self.scratch.path().join(format!("{node}.log"))).unwrap();
+        let mut cmd = Command::new(fake_kubelet_binary());
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--node-name", node])
+            .arg("--root-dir")
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in labels {
+            cmd.args(["--label", &format!("{k}={v}")]);
+        }
+        let child = cmd.spawn().expect("start fake-kubelet");
+        let kubelet = FakeKubelet {
+            node: node.to_string(),
+            root,
+            child,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !kubelet.plugin_dir().join("kubelet.sock").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fake-kubelet for {node} did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        kubelet
+    }
+
+    /// The log of a fake kubelet, for failure messages.
+    pub fn kubelet_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.scratch.path().join(format!("{node}.log"))).unwrap_or_default()
     }
 
     /// Runs kubectl against the cluster, with `stdin` as its input.

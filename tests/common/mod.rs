@@ -1,3 +1,4 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (each test crate uses a part of them).
+#![allow(dead_code)]
 
 pub mod cluster;

@@ -1,0 +1,19 @@
+//! Generates the kubelet's device-plugin and pod-resources gRPC code from the vendored
+//! protos in pure Rust (protox), so no `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = "src/deviceplugin/proto";
+    let protos = [
+        "src/deviceplugin/proto/deviceplugin-v1beta1.proto",
+        "src/deviceplugin/proto/podresources-v1.proto",
+    ];
+    let fds = protox::compile(protos, [dir])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! The local control plane's scheduling of extended resources, with fake kubelets and a real
+//! device plugin: what dowser's agent relies on.
+
+mod common;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use common::cluster::{Cluster, FakeKubelet};
+use dowser::deviceplugin::{
+    HEALTHY,
+    plugin::{Allocator, PluginConfig, run},
+    podresources::{
+        ListPodResourcesRequest, pod_resources_lister_client::PodResourcesListerClient,
+    },
+    v1beta1::{ContainerAllocateResponse, Device},
+};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client,
+    api::PostParams,
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use tokio::sync::watch;
+
+const RESOURCE: &str = "dowser.dev/x";
+
+struct EnvAllocator;
+
+impl Allocator for EnvAllocator {
+    fn allocate(&self, ids: &[String]) -> Result<ContainerAllocateResponse, tonic::Status> {
+        Ok(ContainerAllocateResponse {
+            envs: [("X_DEVICE".to_string(), ids.join(","))].into(),
+            ..Default::default()
+        })
+    }
+}
+
+fn start_plugin(
+    kubelet: &FakeKubelet,
+    devices: &[&str],
+) -> (watch::Sender<Vec<Device>>, tokio::task::JoinHandle<()>) {
+    let list = devices
+        .iter()
+        .map(|id| Device {
+            id: id.to_string(),
+            health: HEALTHY.to_string(),
+            topology: None,
+        })
+        .collect();
+    let (tx, rx) = watch::channel(list);
+    let config = PluginConfig {
+        dir: kubelet.plugin_dir(),
+        socket_name: "dowser-x.sock".into(),
+        resource_name: RESOURCE.into(),
+    };
+    let task = tokio::spawn(run(
+        config,
+        rx,
+        Arc::new(EnvAllocator),
+        std::future::pending(),
+    ));
+    (tx, task)
+}
+
+fn allocatable(node: &Node, resource: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .allocatable
+        .as_ref()?
+        .get(resource)
+        .map(|q| q.0.clone())
+}
+
+/// Waits until `check` holds for the named Node, watching it.
+async fn node_until(client: &Client, name: &str, what: &str, check: impl Fn(&Node) -> bool) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(nodes, cfg).applied_objects();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut stream = std::pin::pin!(stream);
+        while let Ok(Some(node)) = stream.try_next().await {
+            if check(&node) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "node {name} never reached: {what}"
+    );
+}
+
+async fn pod_until(client: &Client, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(pods, cfg).applied_objects();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut stream = std::pin::pin!(stream);
+        while let Ok(Some(pod)) = stream.try_next().await {
+            if check(&pod) {
+                return Some(pod);
+            }
+        }
+        None
+    })
+    .await;
+    found
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("pod {name} never reached: {what}"))
+}
+
+fn broker_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "containers": [{
+                "name": "broker",
+                "image": "busybox",
+                "resources": {"limits": {RESOURCE: "1"}},
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+fn phase(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
+    let cluster = Cluster::start();
+    let client = cluster.client().await;
+    let node_a = cluster.fake_kubelet("node-a", &[("site/line", "3")]);
+    let _node_b = cluster.fake_kubelet("node-b", &[]);
+    for n in ["node-a", "node-b"] {
+        node_until(&client, n, "Ready and untainted", |node| {
+            let ready = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let tainted = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| !t.is_empty());
+            ready && !tainted
+        })
+        .await;
+    }
+
+    // A plugin on node-a offers one device of dowser.dev/x.
+    let (_devices, _plugin) = start_plugin(&node_a, &["x-0"]);
+    node_until(&client, "node-a", "dowser.dev/x: 1", |n| {
+        allocatable(n, RESOURCE).as_deref() == Some("1")
+    })
+    .await;
+    let b: Api<Node> = Api::all(client.clone());
+    assert_eq!(allocatable(&b.get("node-b").await.unwrap(), RESOURCE), None);
+
+    // The real scheduler places a pod that asks for it on node-a, and the kubelet admits it
+    // with what the plugin's Allocate returned.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &broker_pod("first"))
+        .await
+        .unwrap();
+    let first = pod_until(&client, "first", "Running", |p| phase(p) == "Running").await;
+    assert_eq!(
+        first.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node-a")
+    );
+    let allocations: BTreeMap<String, serde_json::Value> = serde_json::from_str(
+        &first.metadata.annotations.as_ref().unwrap()["fake-kubelet.dowser.dev/allocations"],
+    )
+    .unwrap();
+    assert_eq!(allocations["broker"][0]["envs"]["X_DEVICE"], "x-0");
+    assert_eq!(allocations["broker"][0]["resource"], RESOURCE);
+
+    // The kubelet's PodResources API says which pod holds the device.
+    let channel = dowser::deviceplugin::connect_unix(&node_a.pod_resources_socket())
+        .await
+        .unwrap();
+    let listed = PodResourcesListerClient::new(channel)
+        .list(ListPodResourcesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let held: Vec<_> = listed
+        .pod_resources
+        .iter()
+        .flat_map(|p| {
+            p.containers.iter().flat_map(move |c| {
+                c.devices.iter().map(move |d| {
+                    (
+                        p.name.clone(),
+                        d.resource_name.clone(),
+                        d.device_ids.clone(),
+                    )
+                })
+            })
+        })
+        .collect();
+    assert_eq!(
+        held,
+        [(
+            "first".to_string(),
+            RESOURCE.to_string(),
+            vec!["x-0".to_string()]
+        )]
+    );
+
+    // A second pod beyond capacity waits in Pending, unschedulable; it is not failed.
+    pods.create(&PostParams::default(), &broker_pod("second"))
+        .await
+        .unwrap();
+    let second = pod_until(&client, "second", "Unschedulable", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable")
+                })
+            })
+    })
+    .await;
+    assert_eq!(phase(&second), "Pending");
+    assert!(second.spec.as_ref().unwrap().node_name.is_none());
+
+    // A kubelet restart drops the resource; the plugin notices its socket is gone, registers
+    // again, and the resource comes back.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cfg = watcher::Config::default().fields("metadata.name=node-a");
+    let mut updates = Box::pin(watcher(nodes, cfg).applied_objects());
+    // Drain to the current state first.
+    let current = updates.next().await.unwrap().unwrap();
+    assert_eq!(allocatable(&current, RESOURCE).as_deref(), Some("1"));
+    node_a.restart();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut dropped = false;
+        while let Some(Ok(node)) = updates.next().await {
+            match allocatable(&node, RESOURCE).as_deref() {
+                Some("1") if dropped => return true,
+                Some("1") => {}
+                _ => dropped = true,
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(seen, Ok(true)),
+        "resource did not disappear and come back after a kubelet restart; kubelet log:\n{}",
+        cluster.kubelet_log("node-a")
+    );
+
+    // Deleting the first pod frees its device: the waiting pod is scheduled and admitted.
+    pods.delete("first", &Default::default()).await.unwrap();
+    let second = pod_until(&client, "second", "Running", |p| phase(p) == "Running").await;
+    assert_eq!(
+        second.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node-a")
+    );
+
+    // A pod bound by hand to a node without the device is refused at admission, the way
+    // the kubelet does it.
+    let mut direct = broker_pod("direct");
+    direct.spec.as_mut().unwrap().node_name = Some("node-b".into());
+    pods.create(&PostParams::default(), &direct).await.unwrap();
+    let direct = pod_until(&client, "direct", "Failed", |p| phase(p) == "Failed").await;
+    let status = direct.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("UnexpectedAdmissionError"));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("dowser.dev/x. Requested: 1, Available: 0"),
+        "{:?}",
+        status.message
+    );
+}

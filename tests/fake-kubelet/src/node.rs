@@ -1,0 +1,170 @@
+//! The Node object: registration, status (capacity, allocatable with device-plugin
+//! resources, Ready condition) and the node Lease, kept fresh.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Node},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+use tracing::warn;
+
+use crate::devices::DeviceManager;
+
+const MANAGER: &str = "fake-kubelet";
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+pub struct NodeSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu: String,
+    pub memory: String,
+    pub pods: String,
+}
+
+/// Registers the node, then keeps its status and lease fresh until the task is dropped.
+pub async fn run(
+    client: Client,
+    spec: NodeSpec,
+    devices: Arc<DeviceManager>,
+) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = spec.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), spec.name.clone());
+    labels.insert("kubernetes.io/os".into(), "linux".into());
+    nodes
+        .patch(
+            &spec.name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": spec.name, "labels": labels},
+            })),
+        )
+        .await?;
+    sync_status(&nodes, &spec, &devices).await?;
+    untaint(&nodes, &spec.name).await?;
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                if let Err(e) = renew_lease(&leases, &spec.name).await {
+                    warn!(error = %e, "lease renewal failed");
+                }
+            }
+            _ = devices.changed.notified() => {}
+        }
+        if let Err(e) = sync_status(&nodes, &spec, &devices).await {
+            warn!(error = %e, "node status update failed");
+        }
+    }
+}
+
+/// Node status as the kubelet reports it: device-plugin resources in capacity (all devices)
+/// and allocatable (healthy devices).
+async fn sync_status(
+    nodes: &Api<Node>,
+    spec: &NodeSpec,
+    devices: &DeviceManager,
+) -> anyhow::Result<()> {
+    let mut capacity = BTreeMap::from([
+        ("cpu".to_string(), spec.cpu.clone()),
+        ("memory".to_string(), spec.memory.clone()),
+        ("pods".to_string(), spec.pods.clone()),
+    ]);
+    let mut allocatable = capacity.clone();
+    for (resource, (all, healthy)) in devices.resources().await {
+        capacity.insert(resource.clone(), all.to_string());
+        allocatable.insert(resource, healthy.to_string());
+    }
+    let now = Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            &spec.name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": spec.name},
+                "status": {
+                    "capacity": capacity,
+                    "allocatable": allocatable,
+                    "addresses": [
+                        {"type": "InternalIP", "address": "127.0.0.1"},
+                        {"type": "Hostname", "address": spec.name},
+                    ],
+                    "conditions": [{
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "fake-kubelet is posting ready status",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    }],
+                    "nodeInfo": {
+                        "kubeletVersion": "v1.35.8-fake",
+                        "kubeProxyVersion": "",
+                        "architecture": std::env::consts::ARCH,
+                        "operatingSystem": "linux",
+                        "bootID": "", "containerRuntimeVersion": "fake://1", "kernelVersion": "",
+                        "machineID": "", "osImage": "fake", "systemUUID": "",
+                    },
+                },
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The not-ready taint that admission puts on a new Node is removed by the node lifecycle
+/// controller once the node is Ready; the test control plane runs without that controller,
+/// so the fake kubelet removes it.
+async fn untaint(nodes: &Api<Node>, name: &str) -> anyhow::Result<()> {
+    let node = nodes.get(name).await?;
+    let taints: Vec<_> = node
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| {
+            !t.key.starts_with("node.kubernetes.io/not-ready")
+                && !t.key.starts_with("node.kubernetes.io/unreachable")
+        })
+        .collect();
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": taints}})),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn renew_lease(leases: &Api<Lease>, node: &str) -> anyhow::Result<()> {
+    leases
+        .patch(
+            node,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": node, "namespace": "kube-node-lease"},
+                "spec": {
+                    "holderIdentity": node,
+                    "leaseDurationSeconds": 40,
+                    "renewTime": MicroTime(Timestamp::now()),
+                },
+            })),
+        )
+        .await?;
+    Ok(())
+}
