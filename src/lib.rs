@@ -1,6 +1,7 @@
 //! dowser: discovers industrial and IoT leaf devices from the nodes that can reach them and
 //! advertises each one to Kubernetes.
 
+pub mod agent;
 pub mod cli;
 pub mod crd;
 pub mod deviceplugin;

@@ -29,7 +29,7 @@ const RESOURCE: &str = "dowser.dev/x";
 struct EnvAllocator;
 
 impl Allocator for EnvAllocator {
-    fn allocate(&self, ids: &[String]) -> Result<ContainerAllocateResponse, tonic::Status> {
+    async fn allocate(&self, ids: &[String]) -> Result<ContainerAllocateResponse, tonic::Status> {
         Ok(ContainerAllocateResponse {
             envs: [("X_DEVICE".to_string(), ids.join(","))].into(),
             ..Default::default()

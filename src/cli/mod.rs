@@ -38,6 +38,8 @@ pub enum Command {
     /// would, run its discovery once (or keep watching) and print the Instances it would
     /// create.
     Discover(DiscoverArgs),
+    /// Run the node agent (DaemonSet): discovery, Instances, device plugins.
+    Agent(crate::agent::AgentArgs),
     /// Print the CustomResourceDefinitions (or write them into a directory).
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -50,6 +52,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Discover(args) => discover::run(args).await,
+        Command::Agent(args) => crate::agent::run(args).await,
         Command::Crds { dir } => {
             let crds = crate::crd::crds();
             match dir {

@@ -254,13 +254,14 @@ fn node_list(schema: &mut schemars::Schema) {
 pub struct NodeDiscoveryStatus {
     /// The node.
     pub node: String,
-    /// When the last discovery round ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_scan: Option<Time>,
     /// How many devices the node sees.
     #[serde(default)]
     pub devices: u32,
     /// Why discovery does not run or failed on this node; absent when healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the device count or the error last changed (status is written on change only, so
+    /// an unchanged node costs the API server nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<Time>,
 }

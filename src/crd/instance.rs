@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use dowser_discovery_api::{DeviceSpec, Mount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -60,16 +60,15 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = list_set)]
     pub nodes: Vec<String>,
-    /// Slot number (0 to capacity-1) → node whose pod holds it.
+    /// Slot number (0 to capacity-1) → node whose pod holds it. A slot is claimed by the node
+    /// that admitted a pod to it and released once no pod holds it; unclaimed slots are
+    /// shared out over `nodes` by one deterministic rule that every agent applies.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub slots: BTreeMap<String, String>,
     /// Conditions of the Instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = condition_list)]
     pub conditions: Vec<Condition>,
-    /// When any node last saw the device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<Time>,
 }
 
 fn condition_list(schema: &mut schemars::Schema) {

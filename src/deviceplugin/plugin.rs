@@ -28,7 +28,10 @@ const SOCKET_CHECK: Duration = Duration::from_secs(1);
 pub trait Allocator: Send + Sync + 'static {
     /// The container's share of an `Allocate` call: environment, device nodes, mounts for
     /// the given device ids (slots).
-    fn allocate(&self, device_ids: &[String]) -> Result<ContainerAllocateResponse, Status>;
+    fn allocate(
+        &self,
+        device_ids: &[String],
+    ) -> impl Future<Output = Result<ContainerAllocateResponse, Status>> + Send;
 }
 
 /// Where and as what a plugin registers.
@@ -80,12 +83,10 @@ impl<A: Allocator> DevicePlugin for Service<A> {
         &self,
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
-        let container_responses = request
-            .into_inner()
-            .container_requests
-            .iter()
-            .map(|c| self.allocator.allocate(&c.devices_ids))
-            .collect::<Result<_, _>>()?;
+        let mut container_responses = Vec::new();
+        for c in &request.into_inner().container_requests {
+            container_responses.push(self.allocator.allocate(&c.devices_ids).await?);
+        }
         Ok(Response::new(AllocateResponse {
             container_responses,
         }))

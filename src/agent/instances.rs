@@ -1,0 +1,281 @@
+//! This node's part of every Instance: the spec it applies for the devices it sees, its
+//! entry in `status.nodes` and its claimed slots in `status.slots`, all under one field
+//! manager per node. Every status write carries the node's whole part, so no write can drop
+//! another.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dowser_discovery_api::Device;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use crate::{
+    crd::{CONFIGURATION_LABEL, Configuration, Instance},
+    preview::instance_for,
+};
+
+/// Counts API writes, for the metrics.
+pub static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn wrote() {
+    WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[derive(Default)]
+struct Part {
+    joined: bool,
+    claims: BTreeSet<u32>,
+}
+
+/// This node's part of every Instance it touches.
+pub struct NodeInstances {
+    client: Client,
+    node: String,
+    manager: String,
+    parts: Mutex<BTreeMap<(String, String), Part>>,
+}
+
+/// Why a slot could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("slot {slot} of {instance} is claimed by another node")]
+    Taken { instance: String, slot: u32 },
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+impl NodeInstances {
+    pub fn new(client: Client, node: &str) -> Self {
+        Self {
+            client,
+            node: node.to_string(),
+            manager: format!("dowser-agent-{node}"),
+            parts: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Takes over this node's part of an existing Instance after a restart (nothing written).
+    pub async fn adopt(&self, instance: &Instance) {
+        let ns = instance.namespace().unwrap_or_default();
+        let status = instance.status.clone().unwrap_or_default();
+        let mut parts = self.parts.lock().await;
+        let part = parts.entry((ns, instance.name_any())).or_default();
+        part.joined = status.nodes.contains(&self.node);
+        part.claims = status
+            .slots
+            .iter()
+            .filter(|(_, n)| **n == self.node)
+            .filter_map(|(s, _)| s.parse().ok())
+            .collect();
+    }
+
+    /// Writes the Instance a device becomes (if `current` differs) and joins its node list.
+    pub async fn upsert(
+        &self,
+        config: &Configuration,
+        shared: bool,
+        device: &Device,
+        current: Option<&Instance>,
+    ) -> Result<String, kube::Error> {
+        let preview = instance_for(config, shared, &self.node, device);
+        let ns = config.namespace().unwrap_or_default();
+        let api: Api<Instance> = Api::namespaced(self.client.clone(), &ns);
+        let up_to_date = current.is_some_and(|c| c.spec == preview.instance.spec);
+        if !up_to_date {
+            let owner = config.controller_owner_ref(&()).map(|mut o| {
+                // The Configuration is the owner for garbage collection, not a controller.
+                o.controller = Some(false);
+                o.block_owner_deletion = None;
+                o
+            });
+            let body = json!({
+                "apiVersion": "dowser.dev/v1alpha1",
+                "kind": "Instance",
+                "metadata": {
+                    "name": preview.name,
+                    "namespace": ns,
+                    "labels": {CONFIGURATION_LABEL: config.name_any()},
+                    "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+                },
+                "spec": preview.instance.spec,
+            });
+            api.patch(
+                &preview.name,
+                &PatchParams::apply(&self.manager).force(),
+                &Patch::Apply(body),
+            )
+            .await?;
+            wrote();
+            info!(instance = %preview.name, device = %device.id, "instance written");
+        }
+        let joined_already = current
+            .and_then(|c| c.status.as_ref())
+            .is_some_and(|s| s.nodes.contains(&self.node));
+        let mut parts = self.parts.lock().await;
+        let part = parts.entry((ns.clone(), preview.name.clone())).or_default();
+        if !part.joined || !joined_already {
+            part.joined = true;
+            self.apply_status(&api, &preview.name, part).await?;
+        }
+        Ok(preview.name)
+    }
+
+    /// Leaves an Instance: drops this node from `status.nodes` (claims held by running pods
+    /// stay while the Instance does); the last node out deletes it, since no node sees the
+    /// device any more.
+    pub async fn leave(&self, namespace: &str, name: &str) -> Result<(), kube::Error> {
+        let api: Api<Instance> = Api::namespaced(self.client.clone(), namespace);
+        let mut parts = self.parts.lock().await;
+        let part = parts
+            .entry((namespace.to_string(), name.to_string()))
+            .or_default();
+        part.joined = false;
+        match self.apply_status(&api, name, part).await {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                parts.remove(&(namespace.to_string(), name.to_string()));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        drop(parts);
+        let now = match api.get_opt(name).await? {
+            Some(i) => i,
+            None => return Ok(()),
+        };
+        let status = now.status.clone().unwrap_or_default();
+        if status.nodes.is_empty() {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: now.uid(),
+                    resource_version: now.resource_version(),
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(name, &dp).await {
+                Ok(_) => {
+                    wrote();
+                    info!(instance = %name, "last node out: instance deleted");
+                }
+                // Another node joined meanwhile (the precondition failed), or it is gone.
+                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                    debug!(instance = %name, "instance not deleted: {}", e.message)
+                }
+                Err(e) => return Err(e),
+            }
+            self.parts
+                .lock()
+                .await
+                .remove(&(namespace.to_string(), name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Claims slots for a pod being admitted here. Fails if another node claims one of them.
+    pub async fn claim(
+        &self,
+        namespace: &str,
+        name: &str,
+        slots: &[u32],
+    ) -> Result<(), ClaimError> {
+        let api: Api<Instance> = Api::namespaced(self.client.clone(), namespace);
+        let mut parts = self.parts.lock().await;
+        let part = parts
+            .entry((namespace.to_string(), name.to_string()))
+            .or_default();
+        let before = part.claims.clone();
+        part.claims.extend(slots);
+        if part.claims == before {
+            return Ok(());
+        }
+        match self.apply_status(&api, name, part).await {
+            Ok(()) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                part.claims = before;
+                Err(ClaimError::Taken {
+                    instance: name.to_string(),
+                    slot: slots.first().copied().unwrap_or_default(),
+                })
+            }
+            Err(e) => {
+                part.claims = before;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Releases claims no pod holds any more.
+    pub async fn release(
+        &self,
+        namespace: &str,
+        name: &str,
+        slots: &[u32],
+    ) -> Result<(), kube::Error> {
+        let api: Api<Instance> = Api::namespaced(self.client.clone(), namespace);
+        let mut parts = self.parts.lock().await;
+        let key = (namespace.to_string(), name.to_string());
+        let Some(part) = parts.get_mut(&key) else {
+            return Ok(());
+        };
+        for s in slots {
+            part.claims.remove(s);
+        }
+        match self.apply_status(&api, name, part).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                parts.remove(&key);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Every claim of this node, as (namespace, instance, slot).
+    pub async fn claims(&self) -> Vec<(String, String, u32)> {
+        self.parts
+            .lock()
+            .await
+            .iter()
+            .flat_map(|((ns, name), p)| {
+                p.claims.iter().map(move |s| (ns.clone(), name.clone(), *s))
+            })
+            .collect()
+    }
+
+    async fn apply_status(
+        &self,
+        api: &Api<Instance>,
+        name: &str,
+        part: &Part,
+    ) -> Result<(), kube::Error> {
+        let nodes: Vec<&str> = if part.joined {
+            vec![self.node.as_str()]
+        } else {
+            vec![]
+        };
+        let slots: BTreeMap<String, &str> = part
+            .claims
+            .iter()
+            .map(|s| (s.to_string(), self.node.as_str()))
+            .collect();
+        let body = json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Instance",
+            "metadata": {"name": name},
+            "status": {"nodes": nodes, "slots": slots},
+        });
+        // Not forced: a slot another node claims is a conflict, never taken over.
+        api.patch_status(
+            name,
+            &PatchParams::apply(&self.manager),
+            &Patch::Apply(body),
+        )
+        .await?;
+        wrote();
+        Ok(())
+    }
+}

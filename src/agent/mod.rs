@@ -1,0 +1,292 @@
+//! `dowser agent`: runs on every node (DaemonSet). Watches the Configurations that select
+//! this node, runs their discovery, writes this node's part of each Instance, and offers
+//! each Instance to the kubelet as a device-plugin resource.
+
+mod instances;
+mod metrics;
+mod plugins;
+pub mod presence;
+pub mod selector;
+pub mod slots;
+mod worker;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    crd::{Configuration, Instance},
+    deviceplugin, handlers, validate,
+};
+
+/// Options of `dowser agent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// This node's name (from the downward API in the DaemonSet).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The kubelet's device-plugin directory.
+    #[arg(long, env = "DOWSER_DEVICE_PLUGIN_DIR", default_value = deviceplugin::DEVICE_PLUGIN_DIR)]
+    pub device_plugin_dir: PathBuf,
+    /// The kubelet's PodResources socket.
+    #[arg(long, env = "DOWSER_POD_RESOURCES_SOCKET", default_value = deviceplugin::POD_RESOURCES_SOCKET)]
+    pub pod_resources_socket: PathBuf,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "DOWSER_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: String,
+    /// A claimed slot is released once no pod has held it for this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub slot_release_grace_seconds: u64,
+    /// How often the kubelet's PodResources is read, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub pod_resources_interval_seconds: u64,
+}
+
+struct RunningWorker {
+    fingerprint: String,
+    stop: oneshot::Sender<worker::Stop>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a Configuration must be for this node to discover with it.
+fn fingerprint(config: &Configuration) -> String {
+    serde_json::to_string(&config.spec).unwrap_or_default()
+}
+
+/// Why this node does not run a Configuration, if it does not.
+fn refusal(config: &Configuration) -> Option<String> {
+    let mut errors = validate::spec(&config.spec);
+    if let Ok(selected) = config.spec.discovery.selected() {
+        errors.extend(handlers::validate(selected, "spec.discovery"));
+    }
+    (!errors.is_empty()).then(|| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
+    let client = Client::try_default().await?;
+    let node = args.node_name.clone();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let listener = tokio::net::TcpListener::bind(&args.health_addr).await?;
+    info!(addr = %listener.local_addr()?, "health and metrics endpoint");
+    let http = tokio::spawn(metrics::serve(listener, metrics.clone()));
+
+    // The watches run on their own tasks (a reflector fills its cache only while polled);
+    // the loop below hears of changes through these channels.
+    let (config_store, config_writer) = reflector::store();
+    let (instance_store, instance_writer) = reflector::store();
+    let (config_tx, mut config_events) = mpsc::unbounded_channel::<()>();
+    let (instance_tx, mut instance_events) = mpsc::unbounded_channel::<()>();
+    let (node_tx, mut node_events) = mpsc::unbounded_channel::<BTreeMap<String, String>>();
+    let watches = [
+        tokio::spawn(forward(
+            watcher(
+                Api::<Configuration>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(config_writer)
+            .touched_objects()
+            .map(|r| r.map(|_| ())),
+            config_tx,
+            "configuration",
+        )),
+        tokio::spawn(forward(
+            watcher(
+                Api::<Instance>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(instance_writer)
+            .touched_objects()
+            .map(|r| r.map(|_| ())),
+            instance_tx,
+            "instance",
+        )),
+        tokio::spawn(forward(
+            watcher(
+                Api::<Node>::all(client.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={node}")),
+            )
+            .default_backoff()
+            .touched_objects()
+            .map(|r| r.map(|n| n.labels().clone())),
+            node_tx,
+            "node",
+        )),
+    ];
+
+    // Nothing is decided before the caches hold what the cluster has: a restarted agent
+    // adopts its Instances and slots instead of recreating them.
+    let mut node_labels: BTreeMap<String, String> = BTreeMap::new();
+    config_store.wait_until_ready().await?;
+    instance_store.wait_until_ready().await?;
+    let part = Arc::new(instances::NodeInstances::new(client.clone(), &node));
+    for instance in instance_store.state() {
+        part.adopt(&instance).await;
+    }
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(worker::Shared {
+        client: client.clone(),
+        node: node.clone(),
+        part: part.clone(),
+        instances: instance_store.clone(),
+        metrics: metrics.clone(),
+        changed: changed_tx,
+    });
+    let plugins = plugins::Plugins::new(
+        &node,
+        args.device_plugin_dir.clone(),
+        args.pod_resources_socket.clone(),
+        Duration::from_secs(args.slot_release_grace_seconds),
+        instance_store.clone(),
+        config_store.clone(),
+        part.clone(),
+    );
+    plugins.sync().await;
+    metrics.ready.store(true, Ordering::Relaxed);
+    info!(%node, "agent ready");
+
+    let mut workers: BTreeMap<(String, String), RunningWorker> = BTreeMap::new();
+    let mut refused: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut pod_resources = tokio::time::interval(Duration::from_secs(
+        args.pod_resources_interval_seconds.max(1),
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut dirty = true;
+    loop {
+        if dirty {
+            dirty = false;
+            reconcile_workers(
+                &shared,
+                &config_store,
+                &node_labels,
+                &mut workers,
+                &mut refused,
+            )
+            .await;
+        }
+        tokio::select! {
+            Some(()) = config_events.recv() => dirty = true,
+            Some(labels) = node_events.recv() => {
+                if labels != node_labels {
+                    node_labels = labels;
+                    dirty = true;
+                }
+            }
+            Some(()) = instance_events.recv() => {
+                while instance_events.try_recv().is_ok() {}
+                plugins.sync().await;
+            }
+            Some(()) = changed_rx.recv() => plugins.sync().await,
+            _ = pod_resources.tick() => plugins.check_pod_resources().await,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    info!("shutting down; Instances and device plugins are left for the next agent to adopt");
+    for (_, w) in std::mem::take(&mut workers) {
+        let _ = w.stop.send(worker::Stop::Shutdown);
+        let _ = w.task.await;
+    }
+    http.abort();
+    for w in watches {
+        w.abort();
+    }
+    Ok(0)
+}
+
+/// Drives a watch stream, forwarding each item (errors are logged; the watcher retries).
+async fn forward<T, S>(stream: S, tx: mpsc::UnboundedSender<T>, what: &'static str)
+where
+    S: futures::Stream<Item = Result<T, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(v) => {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+            Err(e) => warn!(error = %e, "{what} watch"),
+        }
+    }
+}
+
+async fn reconcile_workers(
+    shared: &Arc<worker::Shared>,
+    configs: &reflector::Store<Configuration>,
+    labels: &BTreeMap<String, String>,
+    workers: &mut BTreeMap<(String, String), RunningWorker>,
+    refused: &mut BTreeMap<(String, String), String>,
+) {
+    let mut wanted: BTreeMap<(String, String), Arc<Configuration>> = BTreeMap::new();
+    for config in configs.state() {
+        let key = (config.namespace().unwrap_or_default(), config.name_any());
+        if config.metadata.deletion_timestamp.is_some()
+            || !selector::matches(config.spec.node_selector.as_ref(), labels)
+        {
+            continue;
+        }
+        if let Some(why) = refusal(&config) {
+            if refused.get(&key) != Some(&why) {
+                warn!(configuration = %format!("{}/{}", key.0, key.1), %why, "not discovering");
+                worker::report_refusal(shared, &config, &why).await;
+                refused.insert(key.clone(), why);
+            }
+            continue;
+        }
+        refused.remove(&key);
+        wanted.insert(key, config);
+    }
+    let keys: Vec<_> = workers.keys().cloned().collect();
+    for key in keys {
+        let stale = match wanted.get(&key) {
+            None => Some(worker::Stop::Deselected),
+            Some(c) if fingerprint(c) != workers[&key].fingerprint => Some(worker::Stop::Replaced),
+            Some(_) => None,
+        };
+        if let Some(reason) = stale {
+            let w = workers.remove(&key).expect("listed");
+            let _ = w.stop.send(reason);
+            let _ = w.task.await;
+            shared.metrics.forget(&key.0, &key.1);
+            info!(configuration = %format!("{}/{}", key.0, key.1), ?reason, "discovery stopped");
+        }
+    }
+    for (key, config) in wanted {
+        if workers.contains_key(&key) {
+            continue;
+        }
+        let (stop, stop_rx) = oneshot::channel();
+        let fp = fingerprint(&config);
+        info!(configuration = %format!("{}/{}", key.0, key.1), "discovery started");
+        let task = tokio::spawn(worker::run(shared.clone(), config, stop_rx));
+        workers.insert(
+            key,
+            RunningWorker {
+                fingerprint: fp,
+                stop,
+                task,
+            },
+        );
+    }
+}

@@ -1,0 +1,368 @@
+//! One device plugin per Instance this node offers (`dowser.dev/<instance>`, `capacity`
+//! slots) and one per Configuration (`dowser.dev/<configuration>`, every slot of its
+//! Instances here). Slots that belong to other nodes, or that a pod holds through the other
+//! resource, are reported Unhealthy, so the scheduler only counts slots this node can give.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use dowser_discovery_api::{env, naming};
+use kube::{ResourceExt, runtime::reflector::Store};
+use tokio::sync::{Mutex, oneshot, watch};
+use tonic::Status;
+use tracing::{info, warn};
+
+use super::{
+    instances::{ClaimError, NodeInstances},
+    slots::{self, Releaser},
+};
+use crate::{
+    crd::{Configuration, Instance},
+    deviceplugin::{
+        HEALTHY, UNHEALTHY, connect_unix,
+        plugin::{Allocator, PluginConfig, run},
+        podresources::{
+            ListPodResourcesRequest, pod_resources_lister_client::PodResourcesListerClient,
+        },
+        v1beta1::{self, ContainerAllocateResponse},
+    },
+};
+
+/// Counts successful allocations, for the metrics.
+pub static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct Running {
+    devices: watch::Sender<Vec<v1beta1::Device>>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Which resource a plugin serves.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Instance { namespace: String, name: String },
+    Configuration { namespace: String, name: String },
+}
+
+pub struct Plugins {
+    node: String,
+    dir: PathBuf,
+    pod_resources: PathBuf,
+    release_grace: Duration,
+    instances: Store<Instance>,
+    configurations: Store<Configuration>,
+    part: Arc<NodeInstances>,
+    running: Mutex<BTreeMap<String, Running>>,
+    /// device id → resource through which a pod on this node holds it (PodResources).
+    held: Mutex<BTreeMap<String, String>>,
+    releaser: Mutex<Releaser>,
+}
+
+impl Plugins {
+    pub fn new(
+        node: &str,
+        dir: PathBuf,
+        pod_resources: PathBuf,
+        release_grace: Duration,
+        instances: Store<Instance>,
+        configurations: Store<Configuration>,
+        part: Arc<NodeInstances>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node: node.to_string(),
+            dir,
+            pod_resources,
+            release_grace,
+            instances,
+            configurations,
+            part,
+            running: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(BTreeMap::new()),
+            releaser: Mutex::new(Releaser::default()),
+        })
+    }
+
+    /// The Instances this node offers: it sees the device, or a pod here holds a slot.
+    fn offered(&self, claims: &BTreeSet<(String, String)>) -> Vec<Arc<Instance>> {
+        self.instances
+            .state()
+            .into_iter()
+            .filter(|i| {
+                let seen = i
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.nodes.contains(&self.node));
+                seen || claims.contains(&(i.namespace().unwrap_or_default(), i.name_any()))
+            })
+            .collect()
+    }
+
+    /// Starts, updates and stops plugins to match the Instances in the cache.
+    pub async fn sync(self: &Arc<Self>) {
+        let claims: BTreeSet<(String, String)> = self
+            .part
+            .claims()
+            .await
+            .into_iter()
+            .map(|(ns, name, _)| (ns, name))
+            .collect();
+        let held = self.held.lock().await.clone();
+        let mut desired: BTreeMap<String, (Kind, Vec<v1beta1::Device>)> = BTreeMap::new();
+        for instance in self.offered(&claims) {
+            let ns = instance.namespace().unwrap_or_default();
+            let name = instance.name_any();
+            let status = instance.status.clone().unwrap_or_default();
+            let mine = slots::slots_of(
+                &self.node,
+                instance.spec.capacity,
+                &status.nodes,
+                &status.slots,
+            );
+            let instance_resource = naming::instance_resource(&name);
+            let config_resource = naming::configuration_resource(&instance.spec.configuration_name);
+            let device = |slot: u32, resource: &str| {
+                let id = slots::device_id(&name, slot);
+                let taken_elsewhere = held.get(&id).is_some_and(|r| r != resource);
+                let healthy = mine.contains(&slot) && !taken_elsewhere;
+                v1beta1::Device {
+                    id,
+                    health: if healthy { HEALTHY } else { UNHEALTHY }.to_string(),
+                    topology: None,
+                }
+            };
+            let devices: Vec<_> = (0..instance.spec.capacity)
+                .map(|s| device(s, &instance_resource))
+                .collect();
+            desired.insert(
+                instance_resource.clone(),
+                (
+                    Kind::Instance {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    },
+                    devices,
+                ),
+            );
+            let entry = desired.entry(config_resource.clone()).or_insert_with(|| {
+                (
+                    Kind::Configuration {
+                        namespace: ns.clone(),
+                        name: instance.spec.configuration_name.clone(),
+                    },
+                    vec![],
+                )
+            });
+            entry
+                .1
+                .extend((0..instance.spec.capacity).map(|s| device(s, &config_resource)));
+        }
+        let mut running = self.running.lock().await;
+        running.retain(|resource, _| {
+            let keep = desired.contains_key(resource);
+            if !keep {
+                info!(%resource, "device plugin stopped");
+            }
+            keep
+        });
+        for (resource, (kind, mut devices)) in desired {
+            devices.sort_by(|a, b| a.id.cmp(&b.id));
+            if let Some(r) = running.get(&resource) {
+                r.devices.send_if_modified(|current| {
+                    let changed = *current != devices;
+                    if changed {
+                        *current = devices.clone();
+                    }
+                    changed
+                });
+                continue;
+            }
+            let (tx, rx) = watch::channel(devices);
+            let (stop, stop_rx) = oneshot::channel();
+            let config = PluginConfig {
+                dir: self.dir.clone(),
+                socket_name: format!("dowser-{}.sock", resource.replace('/', "_")),
+                resource_name: resource.clone(),
+            };
+            let allocator = Arc::new(SlotAllocator {
+                plugins: Arc::downgrade(self),
+                kind,
+                resource: resource.clone(),
+            });
+            tokio::spawn(run(config, rx, allocator, async {
+                let _ = stop_rx.await;
+            }));
+            info!(%resource, "device plugin started");
+            running.insert(
+                resource,
+                Running {
+                    devices: tx,
+                    _stop: stop,
+                },
+            );
+        }
+    }
+
+    /// Reads PodResources, releases claims no pod has held for the grace period, and
+    /// refreshes slot health. Nothing is released while PodResources cannot be read.
+    pub async fn check_pod_resources(self: &Arc<Self>) {
+        let listed = async {
+            let channel = connect_unix(&self.pod_resources).await.ok()?;
+            let resp = tokio::time::timeout(
+                Duration::from_secs(5),
+                PodResourcesListerClient::new(channel).list(ListPodResourcesRequest {}),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            Some(resp.into_inner())
+        }
+        .await;
+        let Some(listed) = listed else {
+            return;
+        };
+        let mut held = BTreeMap::new();
+        for pod in &listed.pod_resources {
+            for c in &pod.containers {
+                for d in &c.devices {
+                    if d.resource_name.starts_with("dowser.dev/") {
+                        for id in &d.device_ids {
+                            held.insert(id.clone(), d.resource_name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let held_slots: BTreeSet<(String, u32)> = held
+            .keys()
+            .filter_map(|id| slots::parse_device_id(id))
+            .map(|(i, s)| (i.to_string(), s))
+            .collect();
+        let claims = self.part.claims().await;
+        let claimed: BTreeSet<(String, u32)> =
+            claims.iter().map(|(_, n, s)| (n.clone(), *s)).collect();
+        let release = self.releaser.lock().await.update(
+            &claimed,
+            &held_slots,
+            Instant::now(),
+            self.release_grace,
+        );
+        let changed = *self.held.lock().await != held;
+        *self.held.lock().await = held;
+        for (name, slot) in &release {
+            if let Some((ns, _, _)) = claims.iter().find(|(_, n, s)| n == name && s == slot) {
+                info!(instance = %name, slot, "no pod holds the slot any more: released");
+                if let Err(e) = self.part.release(ns, name, &[*slot]).await {
+                    warn!(instance = %name, error = %e, "cannot release slot");
+                }
+            }
+        }
+        if changed || !release.is_empty() {
+            self.sync().await;
+        }
+    }
+
+    fn instance(&self, namespace: &str, name: &str) -> Option<Arc<Instance>> {
+        self.instances
+            .state()
+            .into_iter()
+            .find(|i| i.name_any() == name && i.namespace().as_deref() == Some(namespace))
+    }
+
+    fn configuration(&self, namespace: &str, name: &str) -> Option<Arc<Configuration>> {
+        self.configurations
+            .state()
+            .into_iter()
+            .find(|c| c.name_any() == name && c.namespace().as_deref() == Some(namespace))
+    }
+}
+
+/// Allocate for one plugin: claims the slots, then hands out the devices' environment.
+struct SlotAllocator {
+    plugins: std::sync::Weak<Plugins>,
+    kind: Kind,
+    resource: String,
+}
+
+impl Allocator for SlotAllocator {
+    async fn allocate(&self, device_ids: &[String]) -> Result<ContainerAllocateResponse, Status> {
+        let plugins = self
+            .plugins
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the agent is shutting down"))?;
+        let namespace = match &self.kind {
+            Kind::Instance { namespace, .. } | Kind::Configuration { namespace, .. } => {
+                namespace.clone()
+            }
+        };
+        let mut by_instance: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for id in device_ids {
+            let (instance, slot) = slots::parse_device_id(id)
+                .ok_or_else(|| Status::invalid_argument(format!("unknown device {id}")))?;
+            by_instance
+                .entry(instance.to_string())
+                .or_default()
+                .push(slot);
+        }
+        let mut response = ContainerAllocateResponse::default();
+        for (name, wanted) in by_instance {
+            let instance = plugins
+                .instance(&namespace, &name)
+                .ok_or_else(|| Status::not_found(format!("instance {namespace}/{name} is gone")))?;
+            let status = instance.status.clone().unwrap_or_default();
+            let mine = slots::slots_of(
+                &plugins.node,
+                instance.spec.capacity,
+                &status.nodes,
+                &status.slots,
+            );
+            if let Some(s) = wanted.iter().find(|s| !mine.contains(s)) {
+                return Err(Status::failed_precondition(format!(
+                    "slot {s} of {name} does not belong to node {}",
+                    plugins.node
+                )));
+            }
+            plugins
+                .part
+                .claim(&namespace, &name, &wanted)
+                .await
+                .map_err(|e| match e {
+                    ClaimError::Taken { .. } => Status::already_exists(e.to_string()),
+                    ClaimError::Api(e) => {
+                        Status::unavailable(format!("cannot claim the slot: {e}"))
+                    }
+                })?;
+            let config = plugins.configuration(&namespace, &instance.spec.configuration_name);
+            let broker_properties = config
+                .map(|c| c.spec.broker_properties.clone())
+                .unwrap_or_default();
+            let hash = name.rsplit('-').next().unwrap_or_default();
+            response.envs.extend(env::broker_env(
+                &instance.spec.properties,
+                &broker_properties,
+                hash,
+            ));
+            response
+                .devices
+                .extend(instance.spec.devices.iter().map(|d| v1beta1::DeviceSpec {
+                    container_path: d.container_path.clone(),
+                    host_path: d.host_path.clone(),
+                    permissions: d.permissions.clone(),
+                }));
+            response
+                .mounts
+                .extend(instance.spec.mounts.iter().map(|m| v1beta1::Mount {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    read_only: m.read_only,
+                }));
+            info!(resource = %self.resource, instance = %name, slots = ?wanted, "allocated");
+        }
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let me = plugins.clone();
+        tokio::spawn(async move { me.sync().await });
+        Ok(response)
+    }
+}

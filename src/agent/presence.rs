@@ -1,0 +1,171 @@
+//! What one node reports for one Configuration: devices it sees, and when each was last
+//! seen. Pure: snapshots and the clock go in, Instance changes come out.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use dowser_discovery_api::{Device, Snapshot};
+
+#[derive(Clone, Debug)]
+struct Entry {
+    device: Device,
+    last_seen: Instant,
+}
+
+/// The devices a node reports for a Configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Presence {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Presence {
+    /// Takes over devices this node reported before a restart, as if just seen: they get a
+    /// full grace period to show up in a snapshot again, and cause no write if unchanged.
+    pub fn adopt(&mut self, devices: impl IntoIterator<Item = Device>, now: Instant) {
+        for device in devices {
+            self.entries.insert(
+                device.id.clone(),
+                Entry {
+                    device,
+                    last_seen: now,
+                },
+            );
+        }
+    }
+
+    /// Records a full snapshot. Returns the devices that are new or changed (to write);
+    /// devices missing from the snapshot are kept with their last-seen time.
+    pub fn observe(&mut self, snapshot: &Snapshot, now: Instant) -> Vec<Device> {
+        let mut changed = Vec::new();
+        for device in snapshot.devices() {
+            match self.entries.get_mut(&device.id) {
+                Some(entry) => {
+                    entry.last_seen = now;
+                    if entry.device != *device {
+                        entry.device = device.clone();
+                        changed.push(device.clone());
+                    }
+                }
+                None => {
+                    self.entries.insert(
+                        device.id.clone(),
+                        Entry {
+                            device: device.clone(),
+                            last_seen: now,
+                        },
+                    );
+                    changed.push(device.clone());
+                }
+            }
+        }
+        changed
+    }
+
+    /// Removes and returns the ids of devices unseen for at least `grace`.
+    pub fn expire(&mut self, now: Instant, grace: Duration) -> Vec<String> {
+        let gone: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.last_seen) >= grace)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.entries.remove(id);
+        }
+        gone
+    }
+
+    /// When the next device would expire, if any.
+    pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
+        self.entries.values().map(|e| e.last_seen + grace).min()
+    }
+
+    /// Every device currently reported.
+    pub fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.entries.values().map(|e| &e.device)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(id: &str, v: &str) -> Device {
+        Device {
+            id: id.into(),
+            properties: [("X".to_string(), v.to_string())].into(),
+            ..Device::default()
+        }
+    }
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn new_devices_are_written_once_and_unchanged_ones_never() {
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        let snap = Snapshot::new(vec![dev("a", "1"), dev("b", "1")]);
+        assert_eq!(p.observe(&snap, t0).len(), 2);
+        assert!(p.observe(&snap, t0 + Duration::from_secs(10)).is_empty());
+        let changed = p.observe(
+            &Snapshot::new(vec![dev("a", "2"), dev("b", "1")]),
+            t0 + Duration::from_secs(20),
+        );
+        assert_eq!(changed, [dev("a", "2")]);
+    }
+
+    #[test]
+    fn a_missed_scan_is_not_a_departure() {
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        p.observe(&Snapshot::new(vec![dev("a", "1")]), t0);
+        p.observe(&Snapshot::default(), t0 + Duration::from_secs(5));
+        assert!(p.expire(t0 + Duration::from_secs(29), GRACE).is_empty());
+        assert_eq!(p.next_expiry(GRACE), Some(t0 + GRACE));
+        assert_eq!(p.expire(t0 + GRACE, GRACE), ["a"]);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn seeing_a_device_again_restarts_its_grace_period() {
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        p.observe(&Snapshot::new(vec![dev("a", "1")]), t0);
+        p.observe(&Snapshot::default(), t0 + Duration::from_secs(20));
+        assert!(
+            p.observe(
+                &Snapshot::new(vec![dev("a", "1")]),
+                t0 + Duration::from_secs(25)
+            )
+            .is_empty()
+        );
+        assert!(p.expire(t0 + Duration::from_secs(50), GRACE).is_empty());
+        assert_eq!(p.expire(t0 + Duration::from_secs(55), GRACE), ["a"]);
+    }
+
+    #[test]
+    fn adopted_devices_cause_no_write_when_unchanged() {
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        p.adopt([dev("a", "1"), dev("b", "1")], t0);
+        assert!(
+            p.observe(
+                &Snapshot::new(vec![dev("a", "1")]),
+                t0 + Duration::from_secs(1)
+            )
+            .is_empty()
+        );
+        // b was not seen again: it leaves after the grace period, counted from adoption.
+        assert_eq!(p.expire(t0 + GRACE, GRACE), ["b"]);
+    }
+}

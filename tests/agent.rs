@@ -1,0 +1,441 @@
+//! `dowser agent` end to end: three fake nodes on a real control plane, an agent on each, and
+//! simulated Modbus devices.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{
+    agent::Agent,
+    cluster::{Cluster, FakeKubelet},
+    eventually,
+};
+use dowser::crd::{Configuration, Instance};
+use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+struct Plant {
+    cluster: Cluster,
+    client: Client,
+    kubelets: Vec<FakeKubelet>,
+    agents: Vec<Agent>,
+}
+
+impl Plant {
+    async fn start() -> Plant {
+        let cluster = Cluster::start();
+        cluster.apply_crds();
+        let client = cluster.client().await;
+        let kubelets = vec![
+            cluster.fake_kubelet("node-a", &[("site/line", "3")]),
+            cluster.fake_kubelet("node-b", &[("site/line", "3")]),
+            cluster.fake_kubelet("node-c", &[("site/line", "4")]),
+        ];
+        let agents = kubelets.iter().map(|k| Agent::start(&cluster, k)).collect();
+        Plant {
+            cluster,
+            client,
+            kubelets,
+            agents,
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for a in &self.agents {
+            out.push_str(&format!("--- agent {} ---\n{}\n", a.node, a.log()));
+        }
+        for k in &self.kubelets {
+            out.push_str(&format!(
+                "--- kubelet {} ---\n{}\n",
+                k.node,
+                self.cluster.kubelet_log(&k.node)
+            ));
+        }
+        out
+    }
+
+    async fn apply(&self, config: serde_json::Value) {
+        let api: Api<Configuration> = Api::namespaced(self.client.clone(), "default");
+        let name = config["metadata"]["name"].as_str().unwrap().to_string();
+        api.patch(
+            &name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(config),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn instances(&self, config: &str) -> Vec<Instance> {
+        let api: Api<Instance> = Api::namespaced(self.client.clone(), "default");
+        api.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+            .await
+            .unwrap()
+            .items
+    }
+
+    async fn allocatable(&self, node: &str, resource: &str) -> Option<String> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let n = nodes.get(node).await.ok()?;
+        n.status?.allocatable?.get(resource).map(|q| q.0.clone())
+    }
+}
+
+async fn device(listen: &str) -> RunningListener {
+    serve(&ListenerConfig::device(
+        listen.parse().unwrap(),
+        vec![UnitConfig::identified(1, "Acme", "PLC-100", "1.2")],
+    ))
+    .await
+    .unwrap()
+    .remove(0)
+}
+
+fn modbus_config(name: &str, port: u16, selector: Option<serde_json::Value>) -> serde_json::Value {
+    let mut c = json!({
+        "apiVersion": "dowser.dev/v1alpha1",
+        "kind": "Configuration",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "discovery": {"modbus": {
+                "targets": [format!("127.0.0.1:{port}")],
+                "intervalSeconds": 1,
+                "requestTimeoutMs": 300,
+            }},
+            "capacity": 1,
+            "offlineGracePeriodSeconds": 4,
+            "brokerProperties": {"POLL_MS": "250"},
+        },
+    });
+    if let Some(s) = selector {
+        c["spec"]["nodeSelector"] = s;
+    }
+    c
+}
+
+fn nodes_of(i: &Instance) -> Vec<String> {
+    let mut n = i
+        .status
+        .as_ref()
+        .map(|s| s.nodes.clone())
+        .unwrap_or_default();
+    n.sort();
+    n
+}
+
+fn pod(name: &str, resource: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [{
+            "name": "broker",
+            "image": "busybox",
+            "resources": {"limits": {resource: "1"}},
+        }]},
+    }))
+    .unwrap()
+}
+
+fn phase(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_devices_become_one_instance_on_every_node_that_sees_them() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let sim = device("127.0.0.1:0").await;
+    let port = sim.addr.port();
+    plant.apply(modbus_config("plc", port, None)).await;
+
+    let found = tokio::time::timeout(
+        Duration::from_secs(30),
+        eventually(30, "one Instance listing the three nodes", || async {
+            let list = plant.instances("plc").await;
+            (list.len() == 1 && nodes_of(&list[0]) == ["node-a", "node-b", "node-c"])
+                .then(|| list[0].clone())
+        }),
+    )
+    .await;
+    let instance = match found {
+        Ok(i) => i,
+        Err(_) => panic!(
+            "no Instance listing the three nodes: {:?}\n{}",
+            plant
+                .instances("plc")
+                .await
+                .iter()
+                .map(nodes_of)
+                .collect::<Vec<_>>(),
+            plant.logs()
+        ),
+    };
+    let name = instance.name_any();
+    assert_eq!(
+        instance.spec.device_id,
+        format!("modbus+tcp://127.0.0.1:{port}/1")
+    );
+    assert!(instance.spec.shared);
+    assert_eq!(instance.spec.properties["MODBUS_VENDOR_NAME"], "Acme");
+    let owner = &instance.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Configuration", "plc")
+    );
+
+    // Capacity 1 over three nodes: exactly one node offers the slot.
+    let resource = format!("dowser.dev/{name}");
+    let offered = eventually(30, "the slot offered by exactly one node", || async {
+        let mut per_node = BTreeMap::new();
+        for n in ["node-a", "node-b", "node-c"] {
+            per_node.insert(n, plant.allocatable(n, &resource).await?);
+        }
+        let ones: Vec<_> = per_node
+            .iter()
+            .filter(|(_, v)| v.as_str() == "1")
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let zeros = per_node.values().filter(|v| v.as_str() == "0").count();
+        (ones.len() == 1 && zeros == 2).then(|| ones[0].clone())
+    })
+    .await;
+
+    // Two pods for a device of capacity 1: one runs with the device's environment, the other
+    // waits; neither is refused at admission.
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("first", &resource))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("second", &resource))
+        .await
+        .unwrap();
+    let running = eventually(30, "one broker pod Running", || async {
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        let running: Vec<_> = list
+            .iter()
+            .filter(|p| phase(p) == "Running")
+            .cloned()
+            .collect();
+        (running.len() == 1).then(|| running[0].clone())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let list = pods.list(&ListParams::default()).await.unwrap().items;
+    let phases: BTreeMap<String, String> = list.iter().map(|p| (p.name_any(), phase(p))).collect();
+    assert_eq!(
+        phases.values().filter(|p| *p == "Running").count(),
+        1,
+        "{phases:?}"
+    );
+    assert_eq!(
+        phases.values().filter(|p| *p == "Pending").count(),
+        1,
+        "{phases:?}"
+    );
+    assert_eq!(
+        running.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(offered.as_str())
+    );
+    let allocations: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&running.annotations()["fake-kubelet.dowser.dev/allocations"])
+            .unwrap();
+    let env = &allocations["broker"][0]["envs"];
+    let hash = name.rsplit('-').next().unwrap().to_ascii_uppercase();
+    assert_eq!(env["MODBUS_HOST"], "127.0.0.1");
+    assert_eq!(env["MODBUS_PORT"], port.to_string());
+    assert_eq!(env[format!("MODBUS_UNIT_ID_{hash}")], "1");
+    assert_eq!(env["POLL_MS"], "250");
+    let claimed = plant.instances("plc").await[0]
+        .status
+        .clone()
+        .unwrap()
+        .slots;
+    assert_eq!(
+        claimed,
+        BTreeMap::from([("0".to_string(), offered.clone())])
+    );
+
+    // Deleting the running pod lets the waiting one run.
+    let waiting = if running.name_any() == "first" {
+        "second"
+    } else {
+        "first"
+    };
+    pods.delete(&running.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(30, "the waiting pod Running", || async {
+        let p = pods.get(waiting).await.ok()?;
+        (phase(&p) == "Running").then_some(())
+    })
+    .await;
+
+    // The device goes away: the Instance stays for the grace period, then goes.
+    let instances: Api<Instance> = Api::namespaced(plant.client.clone(), "default");
+    drop(sim);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        instances.get_opt(&name).await.unwrap().is_some(),
+        "removed before the grace period"
+    );
+    eventually(
+        30,
+        "the Instance deleted after the grace period",
+        || async { instances.get_opt(&name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    // It comes back under the same name.
+    let _sim = device(&format!("127.0.0.1:{port}")).await;
+    eventually(30, "the Instance back under the same name", || async {
+        let i = instances.get_opt(&name).await.ok()??;
+        (nodes_of(&i).len() == 3).then_some(())
+    })
+    .await;
+    let _ = plant.logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_not() {
+    let _serial = common::serial().await;
+    let mut plant = Plant::start().await;
+    let sim = device("127.0.0.1:0").await;
+    let selector = json!({"matchLabels": {"site/line": "3"}});
+    plant
+        .apply(modbus_config("line3", sim.addr.port(), Some(selector)))
+        .await;
+    eventually(30, "an Instance seen by the two selected nodes", || async {
+        let list = plant.instances("line3").await;
+        (list.len() == 1 && nodes_of(&list[0]) == ["node-a", "node-b"]).then_some(())
+    })
+    .await;
+    // Every node reports its discovery health in the Configuration.
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    eventually(30, "discovery health of the selected nodes", || async {
+        let c = configs.get("line3").await.ok()?;
+        let nodes = c.status?.nodes;
+        let mut names: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.devices == 1 && n.error.is_none())
+            .map(|n| n.node.clone())
+            .collect();
+        names.sort();
+        (names == ["node-a", "node-b"]).then_some(())
+    })
+    .await;
+
+    // Relabelling node-c into line 3 brings it in.
+    let nodes: Api<Node> = Api::all(plant.client.clone());
+    nodes
+        .patch(
+            "node-c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"site/line": "3"}}})),
+        )
+        .await
+        .unwrap();
+    let instance = eventually(30, "node-c joins after relabelling", || async {
+        let list = plant.instances("line3").await;
+        (list.len() == 1 && nodes_of(&list[0]).len() == 3).then(|| list[0].clone())
+    })
+    .await;
+    let name = instance.name_any();
+    let resource = format!("dowser.dev/{name}");
+    eventually(30, "the slot offered", || async {
+        (plant.allocatable("node-a", &resource).await.as_deref() == Some("1")).then_some(())
+    })
+    .await;
+
+    // kill -9 an agent and start it again: nothing is deleted, recreated or rewritten.
+    let instances: Api<Instance> = Api::namespaced(plant.client.clone(), "default");
+    let before = instances.get(&name).await.unwrap();
+    let kubelet_b = &plant.kubelets[1];
+    plant.agents[1].kill9();
+    plant.agents[1] = Agent::start(&plant.cluster, kubelet_b);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = instances.get(&name).await.unwrap();
+    assert_eq!(after.uid(), before.uid(), "{}", plant.logs());
+    assert_eq!(
+        after.resource_version(),
+        before.resource_version(),
+        "the restarted agent wrote: {}",
+        plant.logs()
+    );
+
+    // A kubelet restart: the plugin registers again within seconds.
+    plant.kubelets[0].restart();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        15,
+        "the resource back after the kubelet restart",
+        || async {
+            (plant.allocatable("node-a", &resource).await.as_deref() == Some("1")).then_some(())
+        },
+    )
+    .await;
+
+    // A Configuration whose details the schema accepts but dowser does not: no discovery,
+    // and every selected node says why in the status.
+    let mut bad = modbus_config("bad-regex", 1, None);
+    bad["spec"]["discovery"]["modbus"]["vendorNames"] = json!({"include": ["(Acme"]});
+    plant.apply(bad).await;
+    eventually(30, "each node reports the invalid details", || async {
+        let c = configs.get("bad-regex").await.ok()?;
+        let nodes = c.status?.nodes;
+        (nodes.len() == 3
+            && nodes.iter().all(|n| {
+                n.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("invalid regular expression"))
+            }))
+        .then_some(())
+    })
+    .await;
+    assert!(plant.instances("bad-regex").await.is_empty());
+
+    // Properties from a Secret that does not exist yet: discovery waits and says why; once
+    // the Secret is created, discovery runs with it.
+    let mut creds = modbus_config("with-secret", sim.addr.port(), None);
+    creds["spec"]["properties"] = json!([{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "plc-creds", "key": "password"}}}]);
+    plant.apply(creds).await;
+    eventually(30, "each node reports the missing Secret", || async {
+        let c = configs.get("with-secret").await.ok()?;
+        let nodes = c.status?.nodes;
+        (nodes.len() == 3
+            && nodes.iter().all(|n| {
+                n.error.as_deref().is_some_and(|e| {
+                    e.contains("key \"password\" of Secret \"plc-creds\" not found")
+                })
+            }))
+        .then_some(())
+    })
+    .await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(plant.client.clone(), "default");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "plc-creds", "namespace": "default"},
+        "stringData": {"password": "s3cret"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    eventually(30, "discovery runs once the Secret exists", || async {
+        let c = configs.get("with-secret").await.ok()?;
+        let nodes = c.status?.nodes;
+        let ok = nodes.len() == 3 && nodes.iter().all(|n| n.error.is_none() && n.devices == 1);
+        (ok && plant.instances("with-secret").await.len() == 1).then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,64 @@
+//! `dowser agent` processes next to fake kubelets.
+
+use std::process::{Child, Command, Stdio};
+
+use super::cluster::{Cluster, FakeKubelet};
+
+pub struct Agent {
+    pub node: String,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    /// Starts `dowser agent` for a fake kubelet's node.
+    pub fn start(cluster: &Cluster, kubelet: &FakeKubelet) -> Agent {
+        let log = kubelet.root.join("agent.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dowser"))
+            .arg("agent")
+            .arg("--device-plugin-dir")
+            .arg(kubelet.plugin_dir())
+            .arg("--pod-resources-socket")
+            .arg(kubelet.pod_resources_socket())
+            .args([
+                "--health-addr",
+                "127.0.0.1:0",
+                "--slot-release-grace-seconds",
+                "2",
+            ])
+            .args(["--pod-resources-interval-seconds", "1"])
+            .env("NODE_NAME", &kubelet.node)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("DOWSER_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start dowser agent");
+        Agent {
+            node: kubelet.node.clone(),
+            child,
+            log,
+        }
+    }
+
+    /// Kills the agent without letting it clean up (kill -9).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
