@@ -439,3 +439,76 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_device_becomes_an_instance_of_its_node_only() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let line = dowser_sim::rtu::serve(&dowser_sim::rtu::LineConfig {
+        mode: dowser_sim::modbus::Mode::Normal,
+        units: vec![UnitConfig::identified(7, "Acme", "Meter-3", "2.1")],
+    })
+    .unwrap();
+    let path = line.path.to_string_lossy().into_owned();
+    // The serial line is attached to node-a (every fake node shares this machine, so the
+    // selector stands in for the cable).
+    plant
+        .apply(json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Configuration",
+            "metadata": {"name": "meters", "namespace": "default"},
+            "spec": {
+                "discovery": {"modbus": {
+                    "rtu": {"lines": [{"path": path, "baudRate": 9600}]},
+                    "unitIds": ["7"],
+                    "intervalSeconds": 1,
+                    "requestTimeoutMs": 300,
+                }},
+                "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": "node-a"}},
+            },
+        }))
+        .await;
+    let instance = eventually(30, "the Instance of node-a", || async {
+        let list = plant.instances("meters").await;
+        (list.len() == 1 && nodes_of(&list[0]) == ["node-a"]).then(|| list[0].clone())
+    })
+    .await;
+    let device_id = format!("modbus+rtu://{}/7", path.strip_prefix("/dev/").unwrap());
+    assert_eq!(instance.spec.device_id, device_id);
+    assert!(!instance.spec.shared);
+    assert_eq!(
+        instance.name_any(),
+        dowser_discovery_api::naming::instance_name("meters", &device_id, Some("node-a"))
+    );
+    assert_eq!(instance.spec.devices[0].host_path, path);
+    // A pod for it runs on node-a and gets the serial line's device node.
+    let resource = format!("dowser.dev/{}", instance.name_any());
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("meter-broker", &resource))
+        .await
+        .unwrap();
+    let running = eventually(30, "the broker Running", || async {
+        let p = pods.get("meter-broker").await.ok()?;
+        (phase(&p) == "Running").then_some(p)
+    })
+    .await;
+    assert_eq!(
+        running.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node-a")
+    );
+    let allocations: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&running.annotations()["fake-kubelet.dowser.dev/allocations"])
+            .unwrap();
+    let got = &allocations["broker"][0];
+    assert_eq!(got["devices"][0]["hostPath"], path.as_str());
+    assert_eq!(got["devices"][0]["permissions"], "rw");
+    assert_eq!(got["envs"]["MODBUS_SERIAL_PORT"], path.as_str());
+    assert_eq!(got["envs"]["MODBUS_TRANSPORT"], "rtu");
+    for other in ["node-b", "node-c"] {
+        assert_eq!(
+            plant.allocatable(other, &resource).await,
+            None,
+            "{other} offers the local device"
+        );
+    }
+}

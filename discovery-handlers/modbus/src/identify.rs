@@ -6,7 +6,7 @@ use dowser_discovery_api::details::modbus::{RegisterProbe, RegisterTable};
 use tokio::time::timeout;
 use tokio_modbus::{
     ExceptionCode, Slave,
-    client::{Context, Reader},
+    client::{Client, Context, Reader},
     prelude::SlaveContext,
 };
 
@@ -172,7 +172,9 @@ pub async fn probe_unit(
     }
     let probe = probe.expect("handled above");
     if broken {
-        // A late reply to the identification request must not be read as the probe's answer.
+        // A late reply to the identification request must not be read as the probe's answer:
+        // close this connection (or serial line, opened exclusively) and open a new one.
+        let _ = ctx.disconnect().await;
         match reconnect().await {
             Some(fresh) => *ctx = fresh,
             None => return UnitOutcome::Broken,

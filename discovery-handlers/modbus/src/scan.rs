@@ -16,7 +16,7 @@ use dowser_discovery_api::{
 };
 use futures::StreamExt;
 use tokio::{net::TcpStream, sync::Mutex, time::Instant};
-use tokio_modbus::client::{Context, tcp};
+use tokio_modbus::client::{Client, Context, tcp};
 use tracing::{debug, trace};
 
 use crate::identify::{Identity, UnitOutcome, probe_unit};
@@ -47,15 +47,36 @@ impl RateLimiter {
     }
 }
 
-struct Settings {
+pub(crate) struct Settings {
     units: Vec<u8>,
     probe: Option<RegisterProbe>,
     connect_timeout: Duration,
     request_timeout: Duration,
     rate: RateLimiter,
+    filter: IdentityFilter,
+}
+
+/// The vendor, product code and revision filters of the details, compiled once per scan.
+pub(crate) struct IdentityFilter {
     vendor: CompiledFilter,
     product: CompiledFilter,
     revision: CompiledFilter,
+}
+
+impl IdentityFilter {
+    pub(crate) fn new(details: &ModbusDetails) -> Self {
+        Self {
+            vendor: compile(&details.vendor_names),
+            product: compile(&details.product_codes),
+            revision: compile(&details.revisions),
+        }
+    }
+
+    pub(crate) fn accepts(&self, identity: &Identity) -> bool {
+        self.vendor.accepts(identity.vendor_name())
+            && self.product.accepts(identity.product_code())
+            && self.revision.accepts(identity.revision())
+    }
 }
 
 fn compile(filter: &Option<Filter>) -> CompiledFilter {
@@ -73,9 +94,16 @@ struct Endpoint {
     port: u16,
 }
 
-/// Scans every target once and returns what answered. Unreachable, silent or misbehaving
-/// endpoints are simply absent from the snapshot.
+/// Scans once (Modbus TCP targets or RTU lines) and returns what answered. Unreachable,
+/// silent or misbehaving devices are simply absent from the snapshot.
 pub async fn scan(details: &ModbusDetails) -> Snapshot {
+    match &details.rtu {
+        Some(rtu) => crate::rtu::scan(details, rtu).await,
+        None => scan_tcp(details).await,
+    }
+}
+
+async fn scan_tcp(details: &ModbusDetails) -> Snapshot {
     let started = std::time::Instant::now();
     let settings = Arc::new(Settings {
         units: details.unit_id_list(),
@@ -83,9 +111,7 @@ pub async fn scan(details: &ModbusDetails) -> Snapshot {
         connect_timeout: Duration::from_millis(details.connect_timeout_ms.into()),
         request_timeout: Duration::from_millis(details.request_timeout_ms.into()),
         rate: RateLimiter::new(details.max_connections_per_second),
-        vendor: compile(&details.vendor_names),
-        product: compile(&details.product_codes),
-        revision: compile(&details.revisions),
+        filter: IdentityFilter::new(details),
     });
     let ports = details.effective_ports();
     let mut endpoints = BTreeSet::new();
@@ -177,6 +203,7 @@ async fn probe_endpoint(ep: Endpoint, settings: &Settings) -> Vec<Device> {
                 // A unit that does not answer may sit beside units that do (a device that
                 // ignores other unit ids, a gateway): go on with the next unit id, but on a
                 // new connection. The old connection may still deliver a late reply: never reuse it.
+                let _ = ctx.disconnect().await;
                 match connect(addr, settings).await {
                     Some(fresh) => ctx = fresh,
                     None => break,
@@ -199,6 +226,15 @@ const OBJECT_NAMES: [(u8, &str); 7] = [
     (0x06, "MODBUS_USER_APPLICATION_NAME"),
 ];
 
+/// Adds the identification objects a unit gave to a device's properties.
+pub(crate) fn add_identity(identity: &Identity, properties: &mut BTreeMap<String, String>) {
+    for (id, name) in OBJECT_NAMES {
+        if let Some(v) = identity.get(id) {
+            properties.insert(name.to_string(), v.to_string());
+        }
+    }
+}
+
 fn device(
     ep: &Endpoint,
     unit: u8,
@@ -206,10 +242,7 @@ fn device(
     settings: &Settings,
 ) -> Option<Device> {
     let identity = identity.unwrap_or_default();
-    if !settings.vendor.accepts(identity.vendor_name())
-        || !settings.product.accepts(identity.product_code())
-        || !settings.revision.accepts(identity.revision())
-    {
+    if !settings.filter.accepts(&identity) {
         return None;
     }
     let host = match &ep.host {
@@ -226,11 +259,7 @@ fn device(
         ("MODBUS_PORT".to_string(), ep.port.to_string()),
         ("MODBUS_UNIT_ID".to_string(), unit.to_string()),
     ]);
-    for (id, name) in OBJECT_NAMES {
-        if let Some(v) = identity.get(id) {
-            properties.insert(name.to_string(), v.to_string());
-        }
-    }
+    add_identity(&identity, &mut properties);
     Some(Device {
         id: format!("modbus+tcp://{host_in_url}:{}/{unit}", ep.port),
         properties,

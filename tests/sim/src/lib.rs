@@ -1,8 +1,10 @@
-//! dowser-sim: simulated industrial devices on loopback for tests, demos and benchmarks.
+//! dowser-sim: simulated industrial devices for tests, demos and benchmarks: Modbus TCP
+//! devices on loopback and Modbus RTU units on pseudo-terminals.
 //!
 //! A fleet is described by a small YAML file (or built in code) and served until dropped.
 
 pub mod modbus;
+pub mod rtu;
 
 use serde::Deserialize;
 
@@ -13,6 +15,9 @@ pub struct FleetConfig {
     /// Modbus TCP listeners.
     #[serde(default)]
     pub modbus: Vec<modbus::ListenerConfig>,
+    /// Modbus RTU lines, each on a pseudo-terminal of its own.
+    #[serde(default)]
+    pub rtu: Vec<rtu::LineConfig>,
 }
 
 impl FleetConfig {
@@ -24,6 +29,7 @@ impl FleetConfig {
 /// A running fleet; dropping it stops every listener.
 pub struct Fleet {
     pub modbus: Vec<modbus::RunningListener>,
+    pub rtu: Vec<rtu::RunningLine>,
 }
 
 impl Fleet {
@@ -32,7 +38,12 @@ impl Fleet {
         for listener in &config.modbus {
             modbus.extend(modbus::serve(listener).await?);
         }
-        Ok(Self { modbus })
+        let rtu = config
+            .rtu
+            .iter()
+            .map(rtu::serve)
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { modbus, rtu })
     }
 
     /// One line per unit served, for people and for scripts.
@@ -54,6 +65,19 @@ impl Fleet {
                 lines.push(format!(
                     "modbus-tcp {} (no units) mode={}",
                     l.addr, l.config.mode
+                ));
+            }
+        }
+        for l in &self.rtu {
+            for u in &l.config.units {
+                lines.push(format!(
+                    "modbus-rtu {} unit {} vendor={:?} product={:?} revision={:?} mode={}",
+                    l.path.display(),
+                    u.id,
+                    u.vendor_name.as_deref().unwrap_or(""),
+                    u.product_code.as_deref().unwrap_or(""),
+                    u.revision.as_deref().unwrap_or(""),
+                    u.mode.unwrap_or(l.config.mode),
                 ));
             }
         }

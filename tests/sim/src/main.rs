@@ -9,14 +9,16 @@ use dowser_sim::{
     modbus::{ListenerConfig, Mode, Spread, UnitConfig},
 };
 
-/// Simulated Modbus TCP devices on loopback, for dowser's tests, demos and benchmarks.
+/// Simulated Modbus TCP devices on loopback and Modbus RTU units on pseudo-terminals, for
+/// dowser's tests, demos and benchmarks.
 ///
 /// Either describe a fleet in YAML (`-f fleet.yaml`) or serve a row of identical devices
 /// with flags. Prints one line per unit served, then `ready`, and serves until interrupted.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Fleet file (YAML): `modbus: [{listen: 127.0.0.1:5020, units: [{id: 1, vendorName: Acme}]}]`.
+    /// Fleet file (YAML): `modbus: [{listen: 127.0.0.1:5020, units: [{id: 1, vendorName: Acme}]}]`,
+    /// `rtu: [{units: [{id: 1, vendorName: Acme}]}]` (each line gets a pseudo-terminal, printed).
     #[arg(short = 'f', long, conflicts_with = "modbus")]
     file: Option<PathBuf>,
     /// Serve Modbus TCP devices starting at this address:port.
@@ -63,6 +65,7 @@ fn fleet_from_args(args: &Args) -> anyhow::Result<FleetConfig> {
     listener.spread = args.spread;
     Ok(FleetConfig {
         modbus: vec![listener],
+        ..FleetConfig::default()
     })
 }
 

@@ -1,0 +1,150 @@
+//! Modbus RTU: units on the node's serial lines. One scanner per line at a time (a line is a
+//! shared bus); lines are scanned in parallel. Devices found are local to the node, and the
+//! line's device node goes with them to the broker container.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use dowser_discovery_api::{
+    Device, DeviceSpec, Snapshot,
+    details::{
+        ModbusDetails,
+        modbus::{Parity, RtuDetails, SerialLine},
+    },
+};
+use tokio_modbus::client::{Client, Context, rtu};
+use tokio_serial::{DataBits, SerialPortBuilderExt, StopBits};
+use tracing::{debug, warn};
+
+use crate::{
+    identify::{UnitOutcome, probe_unit},
+    scan::{IdentityFilter, add_identity},
+};
+
+/// Silence between frames: the configured one, else 3.5 character times (11 bits each),
+/// and a fixed 1.75 ms above 19200 baud (Modbus over serial line 1.02, 2.5.1.1).
+pub fn inter_frame_delay(rtu: &RtuDetails, baud: u32) -> Duration {
+    match rtu.inter_frame_delay_ms {
+        Some(ms) => Duration::from_millis(ms.into()),
+        None if baud > 19200 => Duration::from_micros(1750),
+        None => Duration::from_micros(3_500_000 * 11 / u64::from(baud.max(1))),
+    }
+}
+
+fn open(line: &SerialLine) -> Result<Context, tokio_serial::Error> {
+    let port = tokio_serial::new(&line.path, line.baud_rate)
+        .parity(match line.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Even => tokio_serial::Parity::Even,
+            Parity::Odd => tokio_serial::Parity::Odd,
+        })
+        .data_bits(if line.data_bits == 7 {
+            DataBits::Seven
+        } else {
+            DataBits::Eight
+        })
+        .stop_bits(if line.stop_bits == 2 {
+            StopBits::Two
+        } else {
+            StopBits::One
+        })
+        .open_native_async()?;
+    Ok(rtu::attach(port))
+}
+
+/// The device id of a unit on a line: `modbus+rtu://<port>/<unit>`, where the port is the
+/// line's device node without `/dev/`.
+pub fn device_id(line: &SerialLine, unit: u8) -> String {
+    let port = line.path.strip_prefix("/dev/").unwrap_or(&line.path);
+    format!("modbus+rtu://{port}/{unit}")
+}
+
+pub async fn scan(details: &ModbusDetails, rtu: &RtuDetails) -> Snapshot {
+    let filter = IdentityFilter::new(details);
+    let scans = rtu
+        .lines
+        .iter()
+        .map(|line| scan_line(details, rtu, line, &filter));
+    let devices = futures::future::join_all(scans)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    Snapshot::new(devices)
+}
+
+async fn scan_line(
+    details: &ModbusDetails,
+    rtu: &RtuDetails,
+    line: &SerialLine,
+    filter: &IdentityFilter,
+) -> Vec<Device> {
+    let request_timeout = Duration::from_millis(details.request_timeout_ms.into());
+    let gap = inter_frame_delay(rtu, line.baud_rate);
+    let mut ctx = match open(line) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(line = %line.path, error = %e, "cannot open serial line");
+            return vec![];
+        }
+    };
+    let mut devices = Vec::new();
+    for unit in details.unit_id_list() {
+        let outcome = probe_unit(
+            &mut ctx,
+            unit,
+            details.register_probe.as_ref(),
+            request_timeout,
+            async || {
+                tokio::time::sleep(gap.max(request_timeout / 4)).await;
+                open(line).ok()
+            },
+        )
+        .await;
+        match outcome {
+            UnitOutcome::Present(identity) => {
+                let identity = identity.unwrap_or_default();
+                if filter.accepts(&identity) {
+                    let mut properties = BTreeMap::from([
+                        ("MODBUS_TRANSPORT".to_string(), "rtu".to_string()),
+                        ("MODBUS_SERIAL_PORT".to_string(), line.path.clone()),
+                        ("MODBUS_BAUD_RATE".to_string(), line.baud_rate.to_string()),
+                        (
+                            "MODBUS_PARITY".to_string(),
+                            format!("{:?}", line.parity).to_ascii_lowercase(),
+                        ),
+                        ("MODBUS_DATA_BITS".to_string(), line.data_bits.to_string()),
+                        ("MODBUS_STOP_BITS".to_string(), line.stop_bits.to_string()),
+                        ("MODBUS_UNIT_ID".to_string(), unit.to_string()),
+                    ]);
+                    add_identity(&identity, &mut properties);
+                    devices.push(Device {
+                        id: device_id(line, unit),
+                        properties,
+                        device_specs: vec![DeviceSpec {
+                            container_path: line.path.clone(),
+                            host_path: line.path.clone(),
+                            permissions: "rw".to_string(),
+                        }],
+                        mounts: vec![],
+                    });
+                }
+            }
+            UnitOutcome::Absent => {}
+            UnitOutcome::Broken => {
+                // A late reply must not be read as the next unit's answer: close the line
+                // (the port is opened exclusively) and open it again after a silence.
+                let _ = ctx.disconnect().await;
+                tokio::time::sleep(gap.max(request_timeout / 4)).await;
+                match open(line) {
+                    Ok(c) => ctx = c,
+                    Err(e) => {
+                        debug!(line = %line.path, error = %e, "cannot reopen serial line");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(gap).await;
+    }
+    devices
+}
