@@ -333,6 +333,21 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
     })
     .await;
 
+    // The agent tells Prometheus and the kubelet's probes how it is doing.
+    let agent = &plant.agents[0];
+    assert!(agent.get("/healthz").0.contains("200"));
+    assert!(agent.get("/readyz").0.contains("200"));
+    let (status, metrics) = agent.get("/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        metrics.contains("dowser_agent_devices{namespace=\"default\",configuration=\"line3\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "dowser_agent_discovery_round_seconds{namespace=\"default\",configuration=\"line3\"}"
+    ));
+    assert!(metrics.contains("dowser_agent_api_writes_total "));
+
     // Relabelling node-c into line 3 brings it in.
     let nodes: Api<Node> = Api::all(plant.client.clone());
     nodes

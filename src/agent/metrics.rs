@@ -18,18 +18,32 @@ use tokio::{
 #[derive(Default)]
 pub struct Metrics {
     devices: Mutex<BTreeMap<(String, String), usize>>,
+    rounds: Mutex<BTreeMap<(String, String), f64>>,
     scans: AtomicU64,
     errors: AtomicU64,
     pub ready: AtomicBool,
 }
 
 impl Metrics {
-    pub fn scanned(&self, namespace: &str, name: &str, devices: usize) {
+    pub fn scanned(
+        &self,
+        namespace: &str,
+        name: &str,
+        devices: usize,
+        round: Option<std::time::Duration>,
+    ) {
         self.scans.fetch_add(1, Ordering::Relaxed);
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(took) = round {
+            self.rounds
+                .lock()
+                .expect("metrics lock")
+                .insert(key.clone(), took.as_secs_f64());
+        }
         self.devices
             .lock()
             .expect("metrics lock")
-            .insert((namespace.to_string(), name.to_string()), devices);
+            .insert(key, devices);
     }
 
     pub fn discovery_error(&self, _namespace: &str, _name: &str) {
@@ -37,10 +51,9 @@ impl Metrics {
     }
 
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.devices
-            .lock()
-            .expect("metrics lock")
-            .remove(&(namespace.to_string(), name.to_string()));
+        let key = (namespace.to_string(), name.to_string());
+        self.devices.lock().expect("metrics lock").remove(&key);
+        self.rounds.lock().expect("metrics lock").remove(&key);
     }
 
     pub fn render(&self) -> String {
@@ -54,6 +67,17 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "dowser_agent_devices{{namespace=\"{ns}\",configuration=\"{name}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP dowser_agent_discovery_round_seconds Duration of the last discovery round, by Configuration."
+        );
+        let _ = writeln!(out, "# TYPE dowser_agent_discovery_round_seconds gauge");
+        for ((ns, name), s) in self.rounds.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "dowser_agent_discovery_round_seconds{{namespace=\"{ns}\",configuration=\"{name}\"}} {s}"
             );
         }
         let counters = [

@@ -158,7 +158,7 @@ pub async fn run(
                     let Some(result) = next else { continue 'restart };
                     let health = match result {
                         Ok(snapshot) => {
-                            shared.metrics.scanned(&ns, &name, snapshot.len());
+                            shared.metrics.scanned(&ns, &name, snapshot.len(), snapshot.round());
                             for device in presence.observe(&snapshot, Instant::now()) {
                                 write(&shared, &config, shared_devices, &device).await;
                             }

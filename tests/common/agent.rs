@@ -6,6 +6,8 @@ use super::cluster::{Cluster, FakeKubelet};
 
 pub struct Agent {
     pub node: String,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub health: std::net::SocketAddr,
     child: Child,
     log: std::path::PathBuf,
 }
@@ -19,6 +21,10 @@ impl Agent {
             .append(true)
             .open(&log)
             .unwrap();
+        let health = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dowser"))
             .arg("agent")
             .arg("--device-plugin-dir")
@@ -27,7 +33,7 @@ impl Agent {
             .arg(kubelet.pod_resources_socket())
             .args([
                 "--health-addr",
-                "127.0.0.1:0",
+                &health.to_string(),
                 "--slot-release-grace-seconds",
                 "2",
             ])
@@ -41,6 +47,7 @@ impl Agent {
             .expect("start dowser agent");
         Agent {
             node: kubelet.node.clone(),
+            health,
             child,
             log,
         }
@@ -50,6 +57,20 @@ impl Agent {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// GET a path of the health endpoint: (status line, body).
+    pub fn get(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.health).expect("health endpoint");
+        write!(s, "GET {path} HTTP/1.1\r\nhost: agent\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (
+            head.lines().next().unwrap_or_default().to_string(),
+            body.to_string(),
+        )
     }
 
     pub fn log(&self) -> String {

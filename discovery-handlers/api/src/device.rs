@@ -48,10 +48,20 @@ pub struct Mount {
 
 /// Every device a handler can see at one moment, sorted by id. A device that is missing from
 /// a snapshot is not gone yet: the agent applies the Configuration's offline grace period.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Two snapshots are equal when their devices are; how long the round took is not compared.
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     devices: Vec<Device>,
+    round: Option<std::time::Duration>,
 }
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.devices == other.devices
+    }
+}
+
+impl Eq for Snapshot {}
 
 impl Snapshot {
     /// Builds a snapshot; devices are sorted by id and duplicates (same id) are merged,
@@ -59,7 +69,22 @@ impl Snapshot {
     pub fn new(mut devices: Vec<Device>) -> Self {
         devices.sort_by(|a, b| a.id.cmp(&b.id));
         devices.dedup_by(|later, first| later.id == first.id);
-        Self { devices }
+        Self {
+            devices,
+            round: None,
+        }
+    }
+
+    /// Records how long the discovery round that produced this snapshot took (polled
+    /// handlers; event-driven ones have no rounds).
+    pub fn with_round(mut self, took: std::time::Duration) -> Self {
+        self.round = Some(took);
+        self
+    }
+
+    /// How long the discovery round took, when the handler works in rounds.
+    pub fn round(&self) -> Option<std::time::Duration> {
+        self.round
     }
 
     pub fn devices(&self) -> &[Device] {

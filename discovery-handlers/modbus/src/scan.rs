@@ -97,10 +97,12 @@ struct Endpoint {
 /// Scans once (Modbus TCP targets or RTU lines) and returns what answered. Unreachable,
 /// silent or misbehaving devices are simply absent from the snapshot.
 pub async fn scan(details: &ModbusDetails) -> Snapshot {
-    match &details.rtu {
+    let started = std::time::Instant::now();
+    let snapshot = match &details.rtu {
         Some(rtu) => crate::rtu::scan(details, rtu).await,
         None => scan_tcp(details).await,
-    }
+    };
+    snapshot.with_round(started.elapsed())
 }
 
 async fn scan_tcp(details: &ModbusDetails) -> Snapshot {
