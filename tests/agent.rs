@@ -7,148 +7,17 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::{
     agent::Agent,
-    cluster::{Cluster, FakeKubelet},
     eventually,
+    plant::{Plant, device, modbus_config, nodes_of, phase, pod},
 };
 use dowser::crd::{Configuration, Instance};
-use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
+use dowser_sim::modbus::UnitConfig;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-
-struct Plant {
-    cluster: Cluster,
-    client: Client,
-    kubelets: Vec<FakeKubelet>,
-    agents: Vec<Agent>,
-}
-
-impl Plant {
-    async fn start() -> Plant {
-        let cluster = Cluster::start();
-        cluster.apply_crds();
-        let client = cluster.client().await;
-        let kubelets = vec![
-            cluster.fake_kubelet("node-a", &[("site/line", "3")]),
-            cluster.fake_kubelet("node-b", &[("site/line", "3")]),
-            cluster.fake_kubelet("node-c", &[("site/line", "4")]),
-        ];
-        let agents = kubelets.iter().map(|k| Agent::start(&cluster, k)).collect();
-        Plant {
-            cluster,
-            client,
-            kubelets,
-            agents,
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for a in &self.agents {
-            out.push_str(&format!("--- agent {} ---\n{}\n", a.node, a.log()));
-        }
-        for k in &self.kubelets {
-            out.push_str(&format!(
-                "--- kubelet {} ---\n{}\n",
-                k.node,
-                self.cluster.kubelet_log(&k.node)
-            ));
-        }
-        out
-    }
-
-    async fn apply(&self, config: serde_json::Value) {
-        let api: Api<Configuration> = Api::namespaced(self.client.clone(), "default");
-        let name = config["metadata"]["name"].as_str().unwrap().to_string();
-        api.patch(
-            &name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(config),
-        )
-        .await
-        .unwrap();
-    }
-
-    async fn instances(&self, config: &str) -> Vec<Instance> {
-        let api: Api<Instance> = Api::namespaced(self.client.clone(), "default");
-        api.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-            .await
-            .unwrap()
-            .items
-    }
-
-    async fn allocatable(&self, node: &str, resource: &str) -> Option<String> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let n = nodes.get(node).await.ok()?;
-        n.status?.allocatable?.get(resource).map(|q| q.0.clone())
-    }
-}
-
-async fn device(listen: &str) -> RunningListener {
-    serve(&ListenerConfig::device(
-        listen.parse().unwrap(),
-        vec![UnitConfig::identified(1, "Acme", "PLC-100", "1.2")],
-    ))
-    .await
-    .unwrap()
-    .remove(0)
-}
-
-fn modbus_config(name: &str, port: u16, selector: Option<serde_json::Value>) -> serde_json::Value {
-    let mut c = json!({
-        "apiVersion": "dowser.dev/v1alpha1",
-        "kind": "Configuration",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "discovery": {"modbus": {
-                "targets": [format!("127.0.0.1:{port}")],
-                "intervalSeconds": 1,
-                "requestTimeoutMs": 300,
-            }},
-            "capacity": 1,
-            "offlineGracePeriodSeconds": 4,
-            "brokerProperties": {"POLL_MS": "250"},
-        },
-    });
-    if let Some(s) = selector {
-        c["spec"]["nodeSelector"] = s;
-    }
-    c
-}
-
-fn nodes_of(i: &Instance) -> Vec<String> {
-    let mut n = i
-        .status
-        .as_ref()
-        .map(|s| s.nodes.clone())
-        .unwrap_or_default();
-    n.sort();
-    n
-}
-
-fn pod(name: &str, resource: &str) -> Pod {
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"containers": [{
-            "name": "broker",
-            "image": "busybox",
-            "resources": {"limits": {resource: "1"}},
-        }]},
-    }))
-    .unwrap()
-}
-
-fn phase(p: &Pod) -> String {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.clone())
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_devices_become_one_instance_on_every_node_that_sees_them() {

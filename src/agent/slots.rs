@@ -230,3 +230,36 @@ mod releaser_tests {
         );
     }
 }
+
+/// Where the controller runs broker pods, one per slot: a slot claimed by a node that still
+/// sees the device stays there; a slot claimed by a node that no longer sees it gets no broker
+/// (its pod is removed, after which the claim is released and the slot dealt again); the
+/// other slots follow [`homes`].
+pub fn broker_nodes(
+    capacity: u32,
+    nodes: &[String],
+    claims: &BTreeMap<String, String>,
+) -> BTreeMap<u32, Option<String>> {
+    homes(capacity, nodes, claims)
+        .into_iter()
+        .map(|(slot, home)| (slot, home.filter(|n| nodes.contains(n))))
+        .collect()
+}
+
+#[cfg(test)]
+mod broker_tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_leaves_a_node_that_lost_the_device() {
+        let nodes: Vec<String> = vec!["b".into(), "c".into()];
+        let claims: BTreeMap<String, String> = [("0".to_string(), "a".to_string())].into();
+        let placed = broker_nodes(2, &nodes, &claims);
+        assert_eq!(placed[&0], None, "drained until node a releases the slot");
+        assert_eq!(placed[&1].as_deref(), Some("b"));
+        // Once released, slot 0 goes to the other remaining node.
+        let placed = broker_nodes(2, &nodes, &BTreeMap::new());
+        assert_eq!(placed[&0].as_deref(), Some("b"));
+        assert_eq!(placed[&1].as_deref(), Some("c"));
+    }
+}

@@ -40,6 +40,8 @@ pub enum Command {
     Discover(DiscoverArgs),
     /// Run the node agent (DaemonSet): discovery, Instances, device plugins.
     Agent(crate::agent::AgentArgs),
+    /// Run the controller (Deployment): broker workloads, Services, Configuration status.
+    Controller(crate::controller::ControllerArgs),
     /// Print the CustomResourceDefinitions (or write them into a directory).
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -53,6 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Discover(args) => discover::run(args).await,
         Command::Agent(args) => crate::agent::run(args).await,
+        Command::Controller(args) => crate::controller::run(args).await,
         Command::Crds { dir } => {
             let crds = crate::crd::crds();
             match dir {

@@ -3,6 +3,8 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod controller;
+pub mod plant;
 
 use std::{future::Future, time::Duration};
 

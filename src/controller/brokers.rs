@@ -1,0 +1,188 @@
+//! The objects the controller makes for a Configuration: broker Pods, Jobs and Services.
+//! Pure functions: what exists is compared with what these return.
+
+use std::collections::BTreeMap;
+
+use dowser_discovery_api::naming;
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{
+            Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
+            PodSpec, ResourceRequirements, Service, ServiceSpec,
+        },
+    },
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
+};
+use kube::{Resource, ResourceExt, api::ObjectMeta};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{CONFIGURATION_LABEL, Configuration, INSTANCE_LABEL, Instance};
+
+/// Label with a broker pod's slot.
+pub const SLOT_LABEL: &str = "dowser.dev/slot";
+/// Annotation with the hash of the broker spec a pod or Job was made from.
+pub const SPEC_HASH: &str = "dowser.dev/spec-hash";
+
+/// Short hash of any serialisable spec (a change rolls the brokers).
+pub fn spec_hash<T: serde::Serialize>(spec: &T) -> String {
+    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let digest = Sha256::digest(json);
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+fn owner<K: Resource<DynamicType = ()>>(object: &K) -> Option<OwnerReference> {
+    object.controller_owner_ref(&())
+}
+
+fn labels(config: &str, instance: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([(CONFIGURATION_LABEL.to_string(), config.to_string())]);
+    if let Some(i) = instance {
+        l.insert(INSTANCE_LABEL.to_string(), i.to_string());
+    }
+    l
+}
+
+/// The name of the broker pod of a slot.
+pub fn pod_name(instance: &str, slot: u32) -> String {
+    format!("{instance}-{slot}")
+}
+
+/// The broker pod of one slot of an Instance, pinned to `node`, asking for one of the
+/// Instance's devices in its first container.
+pub fn broker_pod(
+    config: &Configuration,
+    instance: &Instance,
+    spec: &PodSpec,
+    slot: u32,
+    node: &str,
+) -> Pod {
+    let name = instance.name_any();
+    let mut spec = spec.clone();
+    let resource = naming::instance_resource(&name);
+    if let Some(first) = spec.containers.first_mut() {
+        let mut resources = first
+            .resources
+            .clone()
+            .unwrap_or_else(ResourceRequirements::default);
+        let one = Quantity("1".to_string());
+        resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert(resource.clone(), one.clone());
+        resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .insert(resource, one);
+        first.resources = Some(resources);
+    }
+    let pin = NodeSelectorTerm {
+        match_fields: Some(vec![NodeSelectorRequirement {
+            key: "metadata.name".into(),
+            operator: "In".into(),
+            values: Some(vec![node.to_string()]),
+        }]),
+        ..NodeSelectorTerm::default()
+    };
+    let affinity = spec.affinity.get_or_insert_with(Affinity::default);
+    affinity.node_affinity = Some(NodeAffinity {
+        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+            node_selector_terms: vec![pin],
+        }),
+        ..affinity.node_affinity.clone().unwrap_or_default()
+    });
+    let mut l = labels(&config.name_any(), Some(&name));
+    l.insert(SLOT_LABEL.into(), slot.to_string());
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&name, slot)),
+            namespace: instance.namespace(),
+            labels: Some(l),
+            annotations: Some(
+                [(SPEC_HASH.to_string(), spec_hash(&config.spec.broker_spec))].into(),
+            ),
+            owner_references: owner(instance).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// The Job that runs once for an Instance, named after the spec it runs, so that a new
+/// spec makes a new Job.
+pub fn broker_job(
+    config: &Configuration,
+    instance: &Instance,
+    spec: &k8s_openapi::api::batch::v1::JobSpec,
+) -> Job {
+    let name = instance.name_any();
+    let hash = spec_hash(spec);
+    let mut spec = spec.clone();
+    let mut template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    template_labels.extend(labels(&config.name_any(), Some(&name)));
+    spec.template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .labels = Some(template_labels);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-{hash}", truncate(&name, 52))),
+            namespace: instance.namespace(),
+            labels: Some(labels(&config.name_any(), Some(&name))),
+            annotations: Some([(SPEC_HASH.to_string(), hash)].into()),
+            owner_references: owner(instance).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    &s[..s.len().min(n)]
+}
+
+/// The Service in front of one Instance's broker pods.
+pub fn instance_service(
+    config: &Configuration,
+    instance: &Instance,
+    spec: &ServiceSpec,
+) -> Service {
+    let name = instance.name_any();
+    let mut spec = spec.clone();
+    spec.selector = Some(labels(&config.name_any(), Some(&name)));
+    Service {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-svc", truncate(&name, 59))),
+            namespace: instance.namespace(),
+            labels: Some(labels(&config.name_any(), Some(&name))),
+            owner_references: owner(instance).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// The Service over the broker pods of every Instance of a Configuration.
+pub fn configuration_service(config: &Configuration, spec: &ServiceSpec) -> Service {
+    let mut spec = spec.clone();
+    spec.selector = Some(labels(&config.name_any(), None));
+    Service {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-svc", truncate(&config.name_any(), 59))),
+            namespace: config.namespace(),
+            labels: Some(labels(&config.name_any(), None)),
+            owner_references: owner(config).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}

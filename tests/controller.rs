@@ -1,0 +1,234 @@
+//! `dowser controller` end to end: brokers next to the hardware, Services, status, Events,
+//! cleanup; on three fake nodes with agents and simulated devices.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{
+    controller::ControllerProcess,
+    eventually,
+    plant::{Plant, device, modbus_config, phase},
+};
+use dowser::crd::Configuration;
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+fn with_broker(mut config: serde_json::Value, capacity: u32) -> serde_json::Value {
+    config["spec"]["capacity"] = json!(capacity);
+    config["spec"]["brokerSpec"] =
+        json!({"brokerPodSpec": {"containers": [{"name": "broker", "image": "example/broker:1"}]}});
+    config["spec"]["instanceServiceSpec"] =
+        json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+    config["spec"]["configurationServiceSpec"] =
+        json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+    config
+}
+
+async fn running_brokers(pods: &Api<Pod>, config: &str) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_run_next_to_the_device_and_follow_it() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let sim = device("127.0.0.1:0").await;
+    let port = sim.addr.port();
+    let mut config = with_broker(modbus_config("plc", port, None), 2);
+    config["spec"]["nodeSelector"] =
+        json!({"matchExpressions": [{"key": "dowser-test/off", "operator": "DoesNotExist"}]});
+    plant.apply(config).await;
+
+    // Capacity 2 on three nodes: two brokers, on two different nodes, with the device's env.
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let brokers = eventually(60, "two broker pods Running", || async {
+        let r = running_brokers(&pods, "plc").await;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    let nodes: BTreeSet<String> = brokers
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    assert_eq!(nodes.len(), 2, "brokers on {nodes:?}\n{}", controller.log());
+    for b in &brokers {
+        let allocations: serde_json::Value =
+            serde_json::from_str(&b.annotations()["fake-kubelet.dowser.dev/allocations"]).unwrap();
+        assert_eq!(
+            allocations["broker"][0]["envs"]["MODBUS_PORT"],
+            port.to_string()
+        );
+        assert_eq!(allocations["broker"][0]["envs"]["POLL_MS"], "250");
+    }
+    let instance = plant.instances("plc").await.remove(0);
+    let services: Api<Service> = Api::namespaced(plant.client.clone(), "default");
+    let per_instance = services
+        .get(&format!("{}-svc", instance.name_any()))
+        .await
+        .unwrap();
+    assert_eq!(
+        per_instance.spec.unwrap().selector.unwrap()["dowser.dev/instance"],
+        instance.name_any()
+    );
+    let per_config = services.get("plc-svc").await.unwrap();
+    assert_eq!(
+        per_config.spec.unwrap().selector.unwrap()["dowser.dev/configuration"],
+        "plc"
+    );
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    eventually(30, "Ready with two brokers in the status", || async {
+        let s = configs.get("plc").await.ok()?.status?;
+        let ready = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let accepted = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True");
+        (ready && accepted && s.brokers == Some(2) && s.instances == Some(1)).then_some(())
+    })
+    .await;
+
+    // One of the broker nodes stops seeing the device: its broker moves to the third node.
+    let moved_from = brokers[0].spec.as_ref().unwrap().node_name.clone().unwrap();
+    let nodes_api: Api<Node> = Api::all(plant.client.clone());
+    nodes_api
+        .patch(
+            &moved_from,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"dowser-test/off": "true"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        90,
+        "the broker re-homed off the node that lost the device",
+        || async {
+            let r = running_brokers(&pods, "plc").await;
+            let on: BTreeSet<String> = r
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            (r.len() == 2 && on.len() == 2 && !on.contains(&moved_from)).then_some(())
+        },
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(plant.client.clone(), "default");
+    let reasons: BTreeSet<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.contains("BrokerScheduled") && reasons.contains("BrokerRehomed"),
+        "{reasons:?}"
+    );
+
+    // The device disappears: after the grace period its brokers and Services are gone.
+    drop(sim);
+    eventually(60, "brokers and Services gone with the device", || async {
+        let left = pods
+            .list(&ListParams::default().labels("dowser.dev/configuration=plc"))
+            .await
+            .ok()?
+            .items;
+        let svcs = services
+            .list(&ListParams::default().labels("dowser.dev/configuration=plc"))
+            .await
+            .ok()?
+            .items;
+        (left.is_empty() && svcs.is_empty()).then_some(())
+    })
+    .await;
+
+    // Deleting the Configuration leaves nothing of it behind.
+    let _sim = device(&format!("127.0.0.1:{port}")).await;
+    eventually(60, "brokers back with the device", || async {
+        (running_brokers(&pods, "plc").await.len() == 2).then_some(())
+    })
+    .await;
+    configs
+        .delete("plc", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually(
+        60,
+        "nothing left after deleting the Configuration",
+        || async {
+            let left = pods
+                .list(&ListParams::default().labels("dowser.dev/configuration=plc"))
+                .await
+                .ok()?
+                .items;
+            let svcs = services
+                .list(&ListParams::default().labels("dowser.dev/configuration=plc"))
+                .await
+                .ok()?
+                .items;
+            let inst = plant.instances("plc").await;
+            (left.is_empty() && svcs.is_empty() && inst.is_empty()).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_configuration_is_not_accepted_and_says_why() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let _controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let mut bad = with_broker(modbus_config("bad", 1, None), 1);
+    bad["spec"]["discovery"]["modbus"]["targets"] = json!(["10.0.7.40-10.0.7.10"]);
+    plant.apply(bad).await;
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    let accepted = eventually(30, "Accepted=False", || async {
+        let s = configs.get("bad").await.ok()?.status?;
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == "Accepted" && c.status == "False")
+    })
+    .await;
+    assert_eq!(accepted.reason, "InvalidConfiguration");
+    assert!(
+        accepted
+            .message
+            .contains("spec.discovery.modbus.targets[0]")
+            && accepted.message.contains("starts after it ends"),
+        "{}",
+        accepted.message
+    );
+    let events: Api<Event> = Api::namespaced(plant.client.clone(), "default");
+    eventually(30, "an InvalidConfiguration Event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        list.iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidConfiguration"))
+            .then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
