@@ -54,9 +54,15 @@ async fn brokers_run_next_to_the_device_and_follow_it() {
 
     // Capacity 2 on three nodes: two brokers, on two different nodes, with the device's env.
     let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
-    let brokers = eventually(60, "two broker pods Running", || async {
+    // (Nodes join the Instance one after another; brokers placed before all had joined
+    // are spread again.)
+    let brokers = eventually(90, "two broker pods Running on two nodes", || async {
         let r = running_brokers(&pods, "plc").await;
-        (r.len() == 2).then_some(r)
+        let on: BTreeSet<String> = r
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        (r.len() == 2 && on.len() == 2).then_some(r)
     })
     .await;
     let nodes: BTreeSet<String> = brokers
@@ -231,4 +237,66 @@ async fn an_invalid_configuration_is_not_accepted_and_says_why() {
             .items
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_when_the_leader_dies() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut replicas = [
+        ControllerProcess::replica(&plant.cluster, scratch.path(), "controller-a"),
+        ControllerProcess::replica(&plant.cluster, scratch.path(), "controller-b"),
+    ];
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(plant.client.clone(), "default");
+    let holder = eventually(30, "a leader", || async {
+        leases
+            .get("dowser-controller")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    })
+    .await;
+    let sim = device("127.0.0.1:0").await;
+    plant
+        .apply(with_broker(
+            modbus_config("first", sim.addr.port(), None),
+            1,
+        ))
+        .await;
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let before = eventually(60, "the leader runs a broker", || async {
+        let r = running_brokers(&pods, "first").await;
+        (r.len() == 1).then(|| r[0].uid())
+    })
+    .await;
+
+    // The leader dies; a change made during the failover is reconciled by the standby.
+    let leader = if holder == "controller-a" { 0 } else { 1 };
+    replicas[leader].kill9();
+    plant
+        .apply(with_broker(
+            modbus_config("second", sim.addr.port(), None),
+            1,
+        ))
+        .await;
+    eventually(60, "the standby runs the new broker", || async {
+        (running_brokers(&pods, "second").await.len() == 1).then_some(())
+    })
+    .await;
+    let new_holder = leases
+        .get("dowser-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_ne!(new_holder, holder);
+    // The first Configuration's broker was not restarted by the change of leader.
+    let first = running_brokers(&pods, "first").await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].uid(), before, "the broker was replaced");
 }

@@ -45,9 +45,17 @@ const NODE_ANNOTATION: &str = "dowser.dev/node";
 /// Options of `dowser controller`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
-    /// Name reported in Events (the pod name in a Deployment).
-    #[arg(long, env = "POD_NAME", default_value = "dowser-controller")]
-    pub instance_name: String,
+    /// This replica's identity in the leader Lease and in Events (the pod name in a
+    /// Deployment). Default: host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub instance_name: Option<String>,
+    /// Namespace of the leader Lease `dowser-controller`.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// How long a leader's Lease lasts without renewal, in seconds; a standby takes over
+    /// within about this time after the leader dies.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +96,34 @@ struct Ctx {
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     let client = Client::try_default().await?;
+    let identity = args.instance_name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    // One leader among the replicas: the others wait for the Lease.
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "dowser-controller")
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration_seconds)
+        .with_grace((args.lease_duration_seconds / 3).max(1))
+        .with_field_manager(MANAGER)
+        .build()
+        .await?;
+    let (mut leader, _lease_task) = lease.watch().await;
+    info!(%identity, "waiting for leadership");
+    while !*leader.borrow_and_update() {
+        if leader.changed().await.is_err() {
+            anyhow::bail!("leader election stopped");
+        }
+    }
+    info!(%identity, "leading");
     let configs: Api<Configuration> = Api::all(client.clone());
     let instances_api: Api<Instance> = Api::all(client.clone());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
             controller: MANAGER.into(),
-            instance: Some(args.instance_name.clone()),
+            instance: Some(identity.clone()),
         },
     );
     let ctx = Arc::new(Ctx {
@@ -129,7 +158,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
             watcher::Config::default().labels(CONFIGURATION_LABEL),
             move |s| by_label(s.labels(), s.namespace()),
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(async move {
+            tokio::select! {
+                _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
+                    warn!("lost leadership: stopping");
+                }
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                        term.recv().await;
+                    }
+                } => {}
+            }
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
