@@ -8,4 +8,5 @@ pub mod crd;
 pub mod deviceplugin;
 pub mod handlers;
 pub mod preview;
+pub mod telemetry;
 pub mod validate;

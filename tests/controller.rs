@@ -286,6 +286,16 @@ async fn the_standby_takes_over_when_the_leader_dies() {
         (running_brokers(&pods, "second").await.len() == 1).then_some(())
     })
     .await;
+    // The new leader says so on /metrics; both replicas are healthy.
+    let standby = &replicas[1 - leader];
+    assert!(standby.get("/healthz").0.contains("200"));
+    assert!(standby.get("/readyz").0.contains("200"));
+    let (_, metrics) = standby.get("/metrics");
+    assert!(metrics.contains("dowser_controller_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains("dowser_controller_brokers_created_total "),
+        "{metrics}"
+    );
     let new_holder = leases
         .get("dowser-controller")
         .await
@@ -299,4 +309,59 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     let first = running_brokers(&pods, "first").await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].uid(), before, "the broker was replaced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_brokers_run_once_per_device_and_per_spec() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let _controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let sim = device("127.0.0.1:0").await;
+    let mut config = modbus_config("commission", sim.addr.port(), None);
+    config["spec"]["brokerSpec"] = json!({"brokerJobSpec": {"template": {"spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "commission", "image": "example/commission:1"}],
+    }}}});
+    plant.apply(config.clone()).await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(plant.client.clone(), "default");
+    let selector = ListParams::default().labels("dowser.dev/configuration=commission");
+    let first = eventually(60, "one Job for the device", || async {
+        let list = jobs.list(&selector).await.ok()?.items;
+        (list.len() == 1).then(|| list[0].name_any())
+    })
+    .await;
+    // Its pod asks for the device, so it runs where the device is, with its environment.
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let pod = eventually(60, "the Job's pod Running", || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("job-name={first}")))
+            .await
+            .ok()?
+            .items;
+        list.into_iter().find(|p| phase(p) == "Running")
+    })
+    .await;
+    let allocations: serde_json::Value =
+        serde_json::from_str(&pod.annotations()["fake-kubelet.dowser.dev/allocations"]).unwrap();
+    assert_eq!(
+        allocations["commission"][0]["envs"]["MODBUS_PORT"],
+        sim.addr.port().to_string()
+    );
+    // Reconciling again makes no second Job; a new spec makes a new Job and removes the old.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(jobs.list(&selector).await.unwrap().items.len(), 1);
+    config["spec"]["brokerSpec"]["brokerJobSpec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("example/commission:2");
+    plant.apply(config).await;
+    eventually(60, "the Job of the new spec replaces the old", || async {
+        let list = jobs.list(&selector).await.ok()?.items;
+        let live: Vec<_> = list
+            .iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .collect();
+        (live.len() == 1 && live[0].name_any() != first).then_some(())
+    })
+    .await;
 }

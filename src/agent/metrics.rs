@@ -1,18 +1,12 @@
-//! Prometheus metrics of the agent, and the small HTTP endpoint that serves them with
-//! `/healthz` and `/readyz`.
+//! Prometheus metrics of the agent (served by [`crate::telemetry`]).
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-};
-
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
 };
 
 #[derive(Default)]
@@ -21,7 +15,7 @@ pub struct Metrics {
     rounds: Mutex<BTreeMap<(String, String), f64>>,
     scans: AtomicU64,
     errors: AtomicU64,
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
 }
 
 impl Metrics {
@@ -109,55 +103,5 @@ impl Metrics {
             );
         }
         out
-    }
-}
-
-/// Serves `/healthz`, `/readyz` and `/metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // Read the request head (bounded); only the request line matters.
-            while len < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf[len..]),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => {
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "ok\n".to_string())
-                }
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "caches not synced yet\n".to_string(),
-                ),
-                "/metrics" => ("200 OK", metrics.render()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
     }
 }

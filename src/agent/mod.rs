@@ -86,7 +86,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     let metrics = Arc::new(metrics::Metrics::default());
     let listener = tokio::net::TcpListener::bind(&args.health_addr).await?;
     info!(addr = %listener.local_addr()?, "health and metrics endpoint");
-    let http = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let render = {
+        let metrics = metrics.clone();
+        std::sync::Arc::new(move || metrics.render())
+    };
+    let http = tokio::spawn(crate::telemetry::serve(
+        listener,
+        metrics.ready.clone(),
+        render,
+    ));
 
     // The watches run on their own tasks (a reflector fills its cache only while polled);
     // the loop below hears of changes through these channels.

@@ -48,18 +48,9 @@ pub fn pod_name(instance: &str, slot: u32) -> String {
     format!("{instance}-{slot}")
 }
 
-/// The broker pod of one slot of an Instance, pinned to `node`, asking for one of the
-/// Instance's devices in its first container.
-pub fn broker_pod(
-    config: &Configuration,
-    instance: &Instance,
-    spec: &PodSpec,
-    slot: u32,
-    node: &str,
-) -> Pod {
-    let name = instance.name_any();
-    let mut spec = spec.clone();
-    let resource = naming::instance_resource(&name);
+/// Makes the first container ask for one device of the Instance.
+fn request_device(spec: &mut PodSpec, instance: &str) {
+    let resource = naming::instance_resource(instance);
     if let Some(first) = spec.containers.first_mut() {
         let mut resources = first
             .resources
@@ -76,6 +67,20 @@ pub fn broker_pod(
             .insert(resource, one);
         first.resources = Some(resources);
     }
+}
+
+/// The broker pod of one slot of an Instance, pinned to `node`, asking for one of the
+/// Instance's devices in its first container.
+pub fn broker_pod(
+    config: &Configuration,
+    instance: &Instance,
+    spec: &PodSpec,
+    slot: u32,
+    node: &str,
+) -> Pod {
+    let name = instance.name_any();
+    let mut spec = spec.clone();
+    request_device(&mut spec, &name);
     let pin = NodeSelectorTerm {
         match_fields: Some(vec![NodeSelectorRequirement {
             key: "metadata.name".into(),
@@ -110,7 +115,8 @@ pub fn broker_pod(
 }
 
 /// The Job that runs once for an Instance, named after the spec it runs, so that a new
-/// spec makes a new Job.
+/// spec makes a new Job. Its pod asks for one device of the Instance, so it lands on a node
+/// that can reach the device and gets the device's environment.
 pub fn broker_job(
     config: &Configuration,
     instance: &Instance,
@@ -119,6 +125,9 @@ pub fn broker_job(
     let name = instance.name_any();
     let hash = spec_hash(spec);
     let mut spec = spec.clone();
+    if let Some(pod) = spec.template.spec.as_mut() {
+        request_device(pod, &name);
+    }
     let mut template_labels = spec
         .template
         .metadata

@@ -5,7 +5,10 @@ pub mod brokers;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -56,6 +59,58 @@ pub struct ControllerArgs {
     /// within about this time after the leader dies.
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "DOWSER_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: String,
+}
+
+/// Counters of the controller, for `/metrics`.
+#[derive(Default)]
+struct Metrics {
+    leader: AtomicBool,
+    reconciles: AtomicU64,
+    errors: AtomicU64,
+    brokers_created: AtomicU64,
+    brokers_removed: AtomicU64,
+}
+
+impl Metrics {
+    fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        out.push_str("# HELP dowser_controller_leader Whether this replica leads.\n# TYPE dowser_controller_leader gauge\n");
+        out.push_str(&format!(
+            "dowser_controller_leader {}\n",
+            u8::from(self.leader.load(Ordering::Relaxed))
+        ));
+        for (name, help, v) in [
+            (
+                "dowser_controller_reconciles_total",
+                "Configurations reconciled.",
+                g(&self.reconciles),
+            ),
+            (
+                "dowser_controller_reconcile_errors_total",
+                "Reconciles that failed.",
+                g(&self.errors),
+            ),
+            (
+                "dowser_controller_brokers_created_total",
+                "Broker pods created.",
+                g(&self.brokers_created),
+            ),
+            (
+                "dowser_controller_brokers_removed_total",
+                "Broker pods removed or replaced.",
+                g(&self.brokers_removed),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            ));
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +145,21 @@ impl Backoff {
 
 struct Ctx {
     client: Client,
+    metrics: Arc<Metrics>,
     recorder: Recorder,
     backoff: Mutex<Backoff>,
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(&args.health_addr).await?;
+    let render = {
+        let metrics = metrics.clone();
+        Arc::new(move || metrics.render())
+    };
+    let http = tokio::spawn(crate::telemetry::serve(listener, ready.clone(), render));
     let identity = args.instance_name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -110,6 +174,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
         .build()
         .await?;
     let (mut leader, _lease_task) = lease.watch().await;
+    // A standby is healthy and ready: it is waiting for its turn.
+    ready.store(true, Ordering::Relaxed);
     info!(%identity, "waiting for leadership");
     while !*leader.borrow_and_update() {
         if leader.changed().await.is_err() {
@@ -117,6 +183,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
         }
     }
     info!(%identity, "leading");
+    metrics.leader.store(true, Ordering::Relaxed);
     let configs: Api<Configuration> = Api::all(client.clone());
     let instances_api: Api<Instance> = Api::all(client.clone());
     let recorder = Recorder::new(
@@ -128,6 +195,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     );
     let ctx = Arc::new(Ctx {
         client: client.clone(),
+        metrics: metrics.clone(),
         recorder,
         backoff: Mutex::new(Backoff::default()),
     });
@@ -178,10 +246,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
             }
         })
         .await;
+    http.abort();
     Ok(0)
 }
 
-fn error_policy(_: Arc<Configuration>, error: &Error, _: Arc<Ctx>) -> Action {
+fn error_policy(_: Arc<Configuration>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.errors.fetch_add(1, Ordering::Relaxed);
     warn!(%error, "will retry");
     Action::requeue(Duration::from_secs(5))
 }
@@ -224,6 +294,7 @@ fn condition(
 }
 
 async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
     if config.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -333,6 +404,7 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
                 }
                 match pods.create(&PostParams::default(), pod).await {
                     Ok(_) => {
+                        ctx.metrics.brokers_created.fetch_add(1, Ordering::Relaxed);
                         info!(pod = %pod_name, %node, "broker created");
                         event(
                             &ctx,
@@ -361,7 +433,7 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
                     .and_then(|s| s.phase.clone())
                     .unwrap_or_default();
                 if placed != Some(node) {
-                    delete_pod(&pods, pod_name).await?;
+                    delete_pod(&ctx, &pods, pod_name).await?;
                     event(
                         &ctx,
                         &config,
@@ -371,7 +443,7 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
                     )
                     .await;
                 } else if !same_spec {
-                    delete_pod(&pods, pod_name).await?;
+                    delete_pod(&ctx, &pods, pod_name).await?;
                     event(
                         &ctx,
                         &config,
@@ -382,7 +454,7 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
                     .await;
                 } else if phase == "Failed" {
                     let wait = ctx.backoff.lock().expect("backoff").failed(key);
-                    delete_pod(&pods, pod_name).await?;
+                    delete_pod(&ctx, &pods, pod_name).await?;
                     event(
                         &ctx,
                         &config,
@@ -400,7 +472,7 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
     }
     for (pod_name, pod) in &existing {
         if !wanted.contains_key(pod_name) && pod.metadata.deletion_timestamp.is_none() {
-            delete_pod(&pods, pod_name).await?;
+            delete_pod(&ctx, &pods, pod_name).await?;
             let node = pod
                 .annotations()
                 .get(NODE_ANNOTATION)
@@ -577,9 +649,12 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
     })
 }
 
-async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+async fn delete_pod(ctx: &Ctx, pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
     match pods.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            ctx.metrics.brokers_removed.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }

@@ -21,10 +21,7 @@ impl Agent {
             .append(true)
             .open(&log)
             .unwrap();
-        let health = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let health = super::free_addr();
         let child = Command::new(env!("CARGO_BIN_EXE_dowser"))
             .arg("agent")
             .arg("--device-plugin-dir")
@@ -61,16 +58,7 @@ impl Agent {
 
     /// GET a path of the health endpoint: (status line, body).
     pub fn get(&self, path: &str) -> (String, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.health).expect("health endpoint");
-        write!(s, "GET {path} HTTP/1.1\r\nhost: agent\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        (
-            head.lines().next().unwrap_or_default().to_string(),
-            body.to_string(),
-        )
+        super::http_get(self.health, path)
     }
 
     pub fn log(&self) -> String {

@@ -5,6 +5,8 @@ use std::process::{Child, Command, Stdio};
 use super::cluster::Cluster;
 
 pub struct ControllerProcess {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub health: std::net::SocketAddr,
     child: Child,
     pub log: std::path::PathBuf,
 }
@@ -18,8 +20,11 @@ impl ControllerProcess {
     pub fn replica(cluster: &Cluster, dir: &std::path::Path, identity: &str) -> Self {
         let log = dir.join(format!("{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
+        let health = super::free_addr();
         let child = Command::new(env!("CARGO_BIN_EXE_dowser"))
             .arg("controller")
+            .arg("--health-addr")
+            .arg(health.to_string())
             .args(["--instance-name", identity, "--lease-duration-seconds", "4"])
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("DOWSER_LOG", "info,kube=warn")
@@ -27,13 +32,17 @@ impl ControllerProcess {
             .stderr(file)
             .spawn()
             .expect("start dowser controller");
-        Self { child, log }
+        Self { health, child, log }
     }
 
     /// Kills the process (kill -9): no Lease release, no cleanup.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    pub fn get(&self, path: &str) -> (String, String) {
+        super::http_get(self.health, path)
     }
 
     pub fn log(&self) -> String {
