@@ -29,7 +29,7 @@ async fn shared_devices_become_one_instance_on_every_node_that_sees_them() {
 
     let found = tokio::time::timeout(
         Duration::from_secs(30),
-        eventually(30, "one Instance listing the three nodes", || async {
+        eventually(60, "one Instance listing the three nodes", || async {
             let list = plant.instances("plc").await;
             (list.len() == 1 && nodes_of(&list[0]) == ["node-a", "node-b", "node-c"])
                 .then(|| list[0].clone())
@@ -64,7 +64,7 @@ async fn shared_devices_become_one_instance_on_every_node_that_sees_them() {
 
     // Capacity 1 over three nodes: exactly one node offers the slot.
     let resource = format!("dowser.dev/{name}");
-    let offered = eventually(30, "the slot offered by exactly one node", || async {
+    let offered = eventually(60, "the slot offered by exactly one node", || async {
         let mut per_node = BTreeMap::new();
         for n in ["node-a", "node-b", "node-c"] {
             per_node.insert(n, plant.allocatable(n, &resource).await?);
@@ -88,7 +88,7 @@ async fn shared_devices_become_one_instance_on_every_node_that_sees_them() {
     pods.create(&PostParams::default(), &pod("second", &resource))
         .await
         .unwrap();
-    let running = eventually(30, "one broker pod Running", || async {
+    let running = eventually(60, "one broker pod Running", || async {
         let list = pods.list(&ListParams::default()).await.ok()?.items;
         let running: Vec<_> = list
             .iter()
@@ -143,7 +143,7 @@ async fn shared_devices_become_one_instance_on_every_node_that_sees_them() {
     pods.delete(&running.name_any(), &DeleteParams::default())
         .await
         .unwrap();
-    eventually(30, "the waiting pod Running", || async {
+    eventually(60, "the waiting pod Running", || async {
         let p = pods.get(waiting).await.ok()?;
         (phase(&p) == "Running").then_some(())
     })
@@ -165,7 +165,7 @@ async fn shared_devices_become_one_instance_on_every_node_that_sees_them() {
     .await;
     // It comes back under the same name.
     let _sim = device(&format!("127.0.0.1:{port}")).await;
-    eventually(30, "the Instance back under the same name", || async {
+    eventually(60, "the Instance back under the same name", || async {
         let i = instances.get_opt(&name).await.ok()??;
         (nodes_of(&i).len() == 3).then_some(())
     })
@@ -182,14 +182,14 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
     plant
         .apply(modbus_config("line3", sim.addr.port(), Some(selector)))
         .await;
-    eventually(30, "an Instance seen by the two selected nodes", || async {
+    eventually(60, "an Instance seen by the two selected nodes", || async {
         let list = plant.instances("line3").await;
         (list.len() == 1 && nodes_of(&list[0]) == ["node-a", "node-b"]).then_some(())
     })
     .await;
     // Every node reports its discovery health in the Configuration.
     let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
-    eventually(30, "discovery health of the selected nodes", || async {
+    eventually(60, "discovery health of the selected nodes", || async {
         let c = configs.get("line3").await.ok()?;
         let nodes = c.status?.nodes;
         let mut names: Vec<_> = nodes
@@ -227,14 +227,14 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
         )
         .await
         .unwrap();
-    let instance = eventually(30, "node-c joins after relabelling", || async {
+    let instance = eventually(60, "node-c joins after relabelling", || async {
         let list = plant.instances("line3").await;
         (list.len() == 1 && nodes_of(&list[0]).len() == 3).then(|| list[0].clone())
     })
     .await;
     let name = instance.name_any();
     let resource = format!("dowser.dev/{name}");
-    eventually(30, "the slot offered", || async {
+    eventually(60, "the slot offered", || async {
         (plant.allocatable("node-a", &resource).await.as_deref() == Some("1")).then_some(())
     })
     .await;
@@ -272,7 +272,7 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
     let mut bad = modbus_config("bad-regex", 1, None);
     bad["spec"]["discovery"]["modbus"]["vendorNames"] = json!({"include": ["(Acme"]});
     plant.apply(bad).await;
-    eventually(30, "each node reports the invalid details", || async {
+    eventually(60, "each node reports the invalid details", || async {
         let c = configs.get("bad-regex").await.ok()?;
         let nodes = c.status?.nodes;
         (nodes.len() == 3
@@ -291,7 +291,7 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
     let mut creds = modbus_config("with-secret", sim.addr.port(), None);
     creds["spec"]["properties"] = json!([{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "plc-creds", "key": "password"}}}]);
     plant.apply(creds).await;
-    eventually(30, "each node reports the missing Secret", || async {
+    eventually(60, "each node reports the missing Secret", || async {
         let c = configs.get("with-secret").await.ok()?;
         let nodes = c.status?.nodes;
         (nodes.len() == 3
@@ -315,7 +315,7 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-    eventually(30, "discovery runs once the Secret exists", || async {
+    eventually(60, "discovery runs once the Secret exists", || async {
         let c = configs.get("with-secret").await.ok()?;
         let nodes = c.status?.nodes;
         let ok = nodes.len() == 3 && nodes.iter().all(|n| n.error.is_none() && n.devices == 1);
@@ -352,7 +352,7 @@ async fn a_local_device_becomes_an_instance_of_its_node_only() {
             },
         }))
         .await;
-    let instance = eventually(30, "the Instance of node-a", || async {
+    let instance = eventually(60, "the Instance of node-a", || async {
         let list = plant.instances("meters").await;
         (list.len() == 1 && nodes_of(&list[0]) == ["node-a"]).then(|| list[0].clone())
     })
@@ -371,7 +371,7 @@ async fn a_local_device_becomes_an_instance_of_its_node_only() {
     pods.create(&PostParams::default(), &pod("meter-broker", &resource))
         .await
         .unwrap();
-    let running = eventually(30, "the broker Running", || async {
+    let running = eventually(60, "the broker Running", || async {
         let p = pods.get("meter-broker").await.ok()?;
         (phase(&p) == "Running").then_some(p)
     })

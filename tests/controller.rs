@@ -95,7 +95,7 @@ async fn brokers_run_next_to_the_device_and_follow_it() {
         "plc"
     );
     let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
-    eventually(30, "Ready with two brokers in the status", || async {
+    eventually(60, "Ready with two brokers in the status", || async {
         let s = configs.get("plc").await.ok()?.status?;
         let ready = s
             .conditions
@@ -205,7 +205,7 @@ async fn an_invalid_configuration_is_not_accepted_and_says_why() {
     bad["spec"]["discovery"]["modbus"]["targets"] = json!(["10.0.7.40-10.0.7.10"]);
     plant.apply(bad).await;
     let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
-    let accepted = eventually(30, "Accepted=False", || async {
+    let accepted = eventually(60, "Accepted=False", || async {
         let s = configs.get("bad").await.ok()?.status?;
         s.conditions
             .into_iter()
@@ -222,7 +222,7 @@ async fn an_invalid_configuration_is_not_accepted_and_says_why() {
         accepted.message
     );
     let events: Api<Event> = Api::namespaced(plant.client.clone(), "default");
-    eventually(30, "an InvalidConfiguration Event", || async {
+    eventually(60, "an InvalidConfiguration Event", || async {
         let list = events.list(&ListParams::default()).await.ok()?.items;
         list.iter()
             .any(|e| e.reason.as_deref() == Some("InvalidConfiguration"))
@@ -250,7 +250,7 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     ];
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(plant.client.clone(), "default");
-    let holder = eventually(30, "a leader", || async {
+    let holder = eventually(60, "a leader", || async {
         leases
             .get("dowser-controller")
             .await
@@ -364,4 +364,52 @@ async fn job_brokers_run_once_per_device_and_per_spec() {
         (live.len() == 1 && live[0].name_any() != first).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_away_gives_up_its_slots_and_brokers() {
+    let _serial = common::serial().await;
+    let mut plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let _controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let sim = device("127.0.0.1:0").await;
+    plant
+        .apply(with_broker(modbus_config("plc", sim.addr.port(), None), 1))
+        .await;
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let broker = eventually(60, "a broker Running", || async {
+        let r = running_brokers(&pods, "plc").await;
+        (r.len() == 1).then(|| r[0].clone())
+    })
+    .await;
+    let lost = broker.spec.as_ref().unwrap().node_name.clone().unwrap();
+
+    // The node dies for good: its kubelet and agent stop, and its Node object is deleted.
+    let i = plant.kubelets.iter().position(|k| k.node == lost).unwrap();
+    drop(plant.agents.remove(i));
+    drop(plant.kubelets.remove(i));
+    let nodes: Api<Node> = Api::all(plant.client.clone());
+    nodes.delete(&lost, &DeleteParams::default()).await.unwrap();
+
+    eventually(
+        90,
+        "the broker re-created on a node that is still there",
+        || async {
+            let r = running_brokers(&pods, "plc").await;
+            let on: Vec<String> = r
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            (on.len() == 1 && on[0] != lost).then_some(())
+        },
+    )
+    .await;
+    let instance = plant.instances("plc").await.remove(0);
+    let status = instance.status.unwrap();
+    assert!(!status.nodes.contains(&lost), "{:?}", status.nodes);
+    assert!(
+        !status.slots.values().any(|n| *n == lost),
+        "{:?}",
+        status.slots
+    );
 }

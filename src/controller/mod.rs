@@ -16,7 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         batch::v1::Job,
-        core::v1::{Pod, Service},
+        core::v1::{Node, Pod, Service},
     },
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
@@ -205,6 +205,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
             .map(|c| ObjectRef::<Configuration>::new(c).within(&ns.unwrap_or_default()))
     };
     info!("controller running");
+    // A Node that goes away concerns every Configuration that may have devices there.
+    let node_deletions = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .filter_map(|e| async move { matches!(e, Ok(watcher::Event::Delete(_))).then_some(()) });
     Controller::new(configs, watcher::Config::default())
         .watches(
             instances_api,
@@ -226,6 +229,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
             watcher::Config::default().labels(CONFIGURATION_LABEL),
             move |s| by_label(s.labels(), s.namespace()),
         )
+        .reconcile_all_on(node_deletions)
         .graceful_shutdown_on(async move {
             tokio::select! {
                 _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
@@ -357,6 +361,21 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
         return Ok(Action::await_change());
     }
 
+    // Nodes that are gone for good can neither leave their Instances nor release their
+    // slots: the controller does it for them, so that their brokers move elsewhere.
+    let alive: std::collections::BTreeSet<String> = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect();
+    let mut instances = instances;
+    for instance in &mut instances {
+        forget_gone_nodes(&ctx, &config, instance, &alive).await?;
+    }
+    instances.retain(|i| i.metadata.deletion_timestamp.is_none());
+
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
@@ -471,6 +490,23 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
         }
     }
     for (pod_name, pod) in &existing {
+        let on_gone_node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some_and(|n| !alive.contains(n));
+        if on_gone_node && !wanted.contains_key(pod_name) {
+            // No kubelet will ever confirm this deletion.
+            let _ = pods
+                .delete(
+                    pod_name,
+                    &DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..DeleteParams::default()
+                    },
+                )
+                .await;
+        }
         if !wanted.contains_key(pod_name) && pod.metadata.deletion_timestamp.is_none() {
             delete_pod(&ctx, &pods, pod_name).await?;
             let node = pod
@@ -647,6 +683,73 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
         Some(d) => Action::requeue(d),
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+/// Removes nodes that no longer exist from an Instance's `status.nodes` and their claims from
+/// `status.slots` (with the Instance's resourceVersion as a precondition); deletes the
+/// Instance when no node is left.
+async fn forget_gone_nodes(
+    ctx: &Ctx,
+    config: &Configuration,
+    instance: &mut Instance,
+    alive: &std::collections::BTreeSet<String>,
+) -> Result<(), kube::Error> {
+    let status = instance.status.clone().unwrap_or_default();
+    let gone: std::collections::BTreeSet<String> = status
+        .nodes
+        .iter()
+        .chain(status.slots.values())
+        .filter(|n| !alive.contains(*n))
+        .cloned()
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Instance> = Api::namespaced(
+        ctx.client.clone(),
+        &instance.namespace().unwrap_or_default(),
+    );
+    let name = instance.name_any();
+    let nodes: Vec<&String> = status.nodes.iter().filter(|n| !gone.contains(*n)).collect();
+    if nodes.is_empty() {
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: instance.uid(),
+                resource_version: instance.resource_version(),
+            }),
+            ..DeleteParams::default()
+        };
+        api.delete(&name, &dp).await?;
+        instance.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    } else {
+        let slots: serde_json::Map<String, serde_json::Value> = status
+            .slots
+            .iter()
+            .filter(|(_, n)| gone.contains(*n))
+            .map(|(s, _)| (s.clone(), serde_json::Value::Null))
+            .collect();
+        let patch = json!({
+            "metadata": {"resourceVersion": instance.resource_version()},
+            "status": {"nodes": nodes, "slots": slots},
+        });
+        *instance = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    let gone: Vec<String> = gone.into_iter().collect();
+    info!(instance = %name, nodes = ?gone, "nodes that no longer exist removed");
+    event(
+        ctx,
+        config,
+        EventType::Normal,
+        "NodeGone",
+        format!(
+            "{name}: node(s) {} no longer exist; their slots are freed",
+            gone.join(", ")
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 async fn delete_pod(ctx: &Ctx, pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
