@@ -68,15 +68,7 @@ pub async fn run(
     let selected = match config.spec.discovery.selected() {
         Ok(s) => s,
         Err(e) => {
-            report(
-                &shared,
-                &config,
-                &Health {
-                    devices: 0,
-                    error: Some(e.to_string()),
-                },
-            )
-            .await;
+            report_refusal(&shared, &config, &e.to_string()).await;
             return;
         }
     };
@@ -131,15 +123,7 @@ pub async fn run(
         let mut stream = match handlers::discover(selected, properties) {
             Ok(s) => s,
             Err(e) => {
-                report(
-                    &shared,
-                    &config,
-                    &Health {
-                        devices: 0,
-                        error: Some(e.to_string()),
-                    },
-                )
-                .await;
+                report_refusal(&shared, &config, &e.to_string()).await;
                 let reason = (&mut stop).await.unwrap_or(Stop::Shutdown);
                 finish(&shared, &config, shared_devices, &presence, reason).await;
                 return;
@@ -164,7 +148,7 @@ pub async fn run(
                             }
                             // Repair drift: a device this node sees must list this node.
                             for device in presence.devices() {
-                                let instance_name = naming::instance_name(&name, &device.id, (!shared_devices).then_some(shared.node.as_str()));
+                                let instance_name = instance_name(&shared, &name, &device.id, shared_devices);
                                 let listed = find(&shared.instances, &ns, &instance_name)
                                     .is_some_and(|i| i.status.as_ref().is_some_and(|s| s.nodes.contains(&shared.node)));
                                 if !listed {
@@ -185,7 +169,7 @@ pub async fn run(
                 }
                 _ = sleep => {
                     for id in presence.expire(Instant::now(), grace) {
-                        let instance_name = naming::instance_name(&name, &id, (!shared_devices).then_some(shared.node.as_str()));
+                        let instance_name = instance_name(&shared, &name, &id, shared_devices);
                         info!(instance = %instance_name, device = %id, "device not seen for the grace period: leaving");
                         if let Err(e) = shared.part.leave(&ns, &instance_name).await {
                             warn!(instance = %instance_name, error = %e, "cannot leave instance");
@@ -211,6 +195,15 @@ pub async fn run(
     }
 }
 
+/// The Instance name of one of this Configuration's devices as seen from this node.
+fn instance_name(shared: &Shared, config: &str, device_id: &str, shared_devices: bool) -> String {
+    naming::instance_name(
+        config,
+        device_id,
+        (!shared_devices).then_some(shared.node.as_str()),
+    )
+}
+
 fn find(store: &Store<Instance>, ns: &str, name: &str) -> Option<Arc<Instance>> {
     store
         .state()
@@ -220,11 +213,7 @@ fn find(store: &Store<Instance>, ns: &str, name: &str) -> Option<Arc<Instance>> 
 
 async fn write(shared: &Shared, config: &Configuration, shared_devices: bool, device: &Device) {
     let ns = config.namespace().unwrap_or_default();
-    let instance_name = naming::instance_name(
-        &config.name_any(),
-        &device.id,
-        (!shared_devices).then_some(shared.node.as_str()),
-    );
+    let instance_name = instance_name(shared, &config.name_any(), &device.id, shared_devices);
     let current = find(&shared.instances, &ns, &instance_name);
     match shared
         .part
@@ -250,11 +239,7 @@ async fn finish(
     }
     let ns = config.namespace().unwrap_or_default();
     for device in presence.devices() {
-        let instance_name = naming::instance_name(
-            &config.name_any(),
-            &device.id,
-            (!shared_devices).then_some(shared.node.as_str()),
-        );
+        let instance_name = instance_name(shared, &config.name_any(), &device.id, shared_devices);
         if let Err(e) = shared.part.leave(&ns, &instance_name).await {
             warn!(instance = %instance_name, error = %e, "cannot leave instance");
         }
