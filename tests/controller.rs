@@ -39,6 +39,18 @@ async fn running_brokers(pods: &Api<Pod>, config: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// How many pods and Services of a Configuration exist (any phase).
+async fn pods_and_services(
+    pods: &Api<Pod>,
+    services: &Api<Service>,
+    config: &str,
+) -> Option<(usize, usize)> {
+    let selector = ListParams::default().labels(&format!("dowser.dev/configuration={config}"));
+    let p = pods.list(&selector).await.ok()?.items.len();
+    let s = services.list(&selector).await.ok()?.items.len();
+    Some((p, s))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_run_next_to_the_device_and_follow_it() {
     let _serial = common::serial().await;
@@ -150,17 +162,7 @@ async fn brokers_run_next_to_the_device_and_follow_it() {
     // The device disappears: after the grace period its brokers and Services are gone.
     drop(sim);
     eventually(60, "brokers and Services gone with the device", || async {
-        let left = pods
-            .list(&ListParams::default().labels("dowser.dev/configuration=plc"))
-            .await
-            .ok()?
-            .items;
-        let svcs = services
-            .list(&ListParams::default().labels("dowser.dev/configuration=plc"))
-            .await
-            .ok()?
-            .items;
-        (left.is_empty() && svcs.is_empty()).then_some(())
+        (pods_and_services(&pods, &services, "plc").await? == (0, 0)).then_some(())
     })
     .await;
 
@@ -178,18 +180,8 @@ async fn brokers_run_next_to_the_device_and_follow_it() {
         60,
         "nothing left after deleting the Configuration",
         || async {
-            let left = pods
-                .list(&ListParams::default().labels("dowser.dev/configuration=plc"))
-                .await
-                .ok()?
-                .items;
-            let svcs = services
-                .list(&ListParams::default().labels("dowser.dev/configuration=plc"))
-                .await
-                .ok()?
-                .items;
-            let inst = plant.instances("plc").await;
-            (left.is_empty() && svcs.is_empty() && inst.is_empty()).then_some(())
+            let left = pods_and_services(&pods, &services, "plc").await?;
+            (left == (0, 0) && plant.instances("plc").await.is_empty()).then_some(())
         },
     )
     .await;
