@@ -242,15 +242,6 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     ];
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(plant.client.clone(), "default");
-    let holder = eventually(60, "a leader", || async {
-        leases
-            .get("dowser-controller")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-    })
-    .await;
     let sim = device("127.0.0.1:0").await;
     plant
         .apply(with_broker(
@@ -265,8 +256,23 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     })
     .await;
 
+    // Exactly one replica leads (each says so on /metrics), and the Lease names it.
+    let leading =
+        |r: &ControllerProcess| r.get("/metrics").1.contains("dowser_controller_leader 1");
+    let leaders: Vec<usize> = (0..2).filter(|i| leading(&replicas[*i])).collect();
+    assert_eq!(leaders.len(), 1, "leaders: {leaders:?}");
+    let leader = leaders[0];
+    let holder = leases
+        .get("dowser-controller")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_eq!(holder, ["controller-a", "controller-b"][leader]);
+
     // The leader dies; a change made during the failover is reconciled by the standby.
-    let leader = if holder == "controller-a" { 0 } else { 1 };
     replicas[leader].kill9();
     plant
         .apply(with_broker(
