@@ -39,6 +39,13 @@ async fn running_brokers(pods: &Api<Pod>, config: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// The nodes the given pods run on.
+fn nodes_of_pods<C: FromIterator<String>>(pods: &[Pod]) -> C {
+    pods.iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect()
+}
+
 /// How many pods and Services of a Configuration exist (any phase).
 async fn pods_and_services(
     pods: &Api<Pod>,
@@ -70,17 +77,11 @@ async fn brokers_run_next_to_the_device_and_follow_it() {
     // are spread again.)
     let brokers = eventually(90, "two broker pods Running on two nodes", || async {
         let r = running_brokers(&pods, "plc").await;
-        let on: BTreeSet<String> = r
-            .iter()
-            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-            .collect();
+        let on: BTreeSet<String> = nodes_of_pods(&r);
         (r.len() == 2 && on.len() == 2).then_some(r)
     })
     .await;
-    let nodes: BTreeSet<String> = brokers
-        .iter()
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
+    let nodes: BTreeSet<String> = nodes_of_pods(&brokers);
     assert_eq!(nodes.len(), 2, "brokers on {nodes:?}\n{}", controller.log());
     for b in &brokers {
         let allocations: serde_json::Value =
@@ -137,10 +138,7 @@ async fn brokers_run_next_to_the_device_and_follow_it() {
         "the broker re-homed off the node that lost the device",
         || async {
             let r = running_brokers(&pods, "plc").await;
-            let on: BTreeSet<String> = r
-                .iter()
-                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-                .collect();
+            let on: BTreeSet<String> = nodes_of_pods(&r);
             (r.len() == 2 && on.len() == 2 && !on.contains(&moved_from)).then_some(())
         },
     )
@@ -394,10 +392,7 @@ async fn a_node_that_goes_away_gives_up_its_slots_and_brokers() {
         "the broker re-created on a node that is still there",
         || async {
             let r = running_brokers(&pods, "plc").await;
-            let on: Vec<String> = r
-                .iter()
-                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-                .collect();
+            let on: Vec<String> = nodes_of_pods(&r);
             (on.len() == 1 && on[0] != lost).then_some(())
         },
     )
