@@ -5,7 +5,12 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("DOWSER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // The OPC UA stack logs every refused connection and its missing client certificate (not
+    // needed: discovery uses security policy None) as errors; the handler reports what
+    // matters itself, so the stack is quiet unless DOWSER_LOG asks for it.
+    let filter = EnvFilter::try_from_env("DOWSER_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("warn,opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

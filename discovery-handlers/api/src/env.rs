@@ -41,6 +41,24 @@ pub fn is_valid(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// A value from the wire made fit for an environment variable: control characters dropped,
+/// surrounding spaces trimmed, at most `max_bytes` bytes (cut on a character boundary).
+pub fn printable_value(value: &str, max_bytes: usize) -> String {
+    let mut out: String = value.chars().filter(|c| !c.is_control()).collect();
+    let trimmed = out.trim();
+    if trimmed.len() != out.len() {
+        out = trimmed.to_string();
+    }
+    if out.len() > max_bytes {
+        let mut end = max_bytes;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +80,13 @@ mod tests {
             with_hash("MODBUS_HOST", "77f91fafb55b"),
             "MODBUS_HOST_77F91FAFB55B"
         );
+    }
+
+    #[test]
+    fn values_are_printable_and_bounded() {
+        assert_eq!(printable_value(" a\nb\u{0}c ", 100), "abc");
+        assert_eq!(printable_value(&"é".repeat(10), 5), "éé");
+        assert_eq!(printable_value("plain", 5), "plain");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! dowser-sim: simulated industrial devices for tests, demos and benchmarks: Modbus TCP
-//! devices on loopback and Modbus RTU units on pseudo-terminals.
+//! devices on loopback, Modbus RTU units on pseudo-terminals, OPC UA servers and discovery servers.
 //!
 //! A fleet is described by a small YAML file (or built in code) and served until dropped.
 
 pub mod modbus;
+pub mod opcua;
 pub mod rtu;
 
 use serde::Deserialize;
@@ -18,6 +19,9 @@ pub struct FleetConfig {
     /// Modbus RTU lines, each on a pseudo-terminal of its own.
     #[serde(default)]
     pub rtu: Vec<rtu::LineConfig>,
+    /// OPC UA servers and discovery servers.
+    #[serde(default)]
+    pub opcua: Vec<opcua::ServerConfig>,
 }
 
 impl FleetConfig {
@@ -30,6 +34,9 @@ impl FleetConfig {
 pub struct Fleet {
     pub modbus: Vec<modbus::RunningListener>,
     pub rtu: Vec<rtu::RunningLine>,
+    pub opcua: Vec<opcua::RunningServer>,
+    /// Certificates of the OPC UA servers (one self-signed key pair shared by all).
+    _pki: Option<tempfile::TempDir>,
 }
 
 impl Fleet {
@@ -43,7 +50,23 @@ impl Fleet {
             .iter()
             .map(rtu::serve)
             .collect::<anyhow::Result<_>>()?;
-        Ok(Self { modbus, rtu })
+        let (opcua, pki) = if config.opcua.is_empty() {
+            (Vec::new(), None)
+        } else {
+            let pki = tempfile::Builder::new()
+                .prefix("dowser-sim-pki-")
+                .tempdir()?;
+            (
+                opcua::serve_all(&config.opcua, pki.path()).await?,
+                Some(pki),
+            )
+        };
+        Ok(Self {
+            modbus,
+            rtu,
+            opcua,
+            _pki: pki,
+        })
     }
 
     /// One line per unit served, for people and for scripts.
@@ -80,6 +103,20 @@ impl Fleet {
                     u.mode.unwrap_or(l.config.mode),
                 ));
             }
+        }
+        for s in &self.opcua {
+            lines.push(format!(
+                "opcua {} {} name={:?} uri={:?} product={:?} mode={}",
+                match s.kind {
+                    opcua::Kind::Server => "server",
+                    opcua::Kind::Discovery => "discovery-server",
+                },
+                s.url,
+                s.application_name,
+                s.application_uri,
+                s.product_uri,
+                s.mode,
+            ));
         }
         lines
     }

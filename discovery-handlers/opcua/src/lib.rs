@@ -1,0 +1,66 @@
+//! OPC UA discovery for dowser.
+//!
+//! Every round calls FindServers on each configured discovery URL (a server answers with
+//! itself, a local discovery server with every server registered with it), keeps the servers
+//! that pass the filters, and calls GetEndpoints on each one's discovery URLs. A server becomes
+//! a device named by its ApplicationUri (stable when its address changes) when it offers an
+//! endpoint with the required security; the endpoint handed to brokers is chosen by the
+//! configured preference. Both services run on a channel with security policy None, as the
+//! specification allows for discovery, so no certificate is needed to find servers.
+//!
+//! Every connection and service call has a timeout and servers are queried with bounded
+//! concurrency; a server that is silent, answers garbage or sends an absurd amount of data
+//! costs a timeout or a decoding limit and is simply not found.
+
+mod scan;
+pub mod select;
+
+use dowser_discovery_api::{
+    DiscoveryError, DiscoveryHandler, FieldError, Properties, SnapshotStream, details::OpcuaDetails,
+};
+use futures::StreamExt;
+
+pub use scan::{Scanner, scan};
+
+/// The OPC UA discovery handler.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpcuaHandler;
+
+impl DiscoveryHandler for OpcuaHandler {
+    type Details = OpcuaDetails;
+
+    fn name(&self) -> &'static str {
+        "opcua"
+    }
+
+    fn shared(&self, details: &OpcuaDetails) -> bool {
+        dowser_discovery_api::details::Selected::Opcua(details).shared()
+    }
+
+    fn validate(&self, details: &OpcuaDetails, path: &str) -> Vec<FieldError> {
+        let _ = (details, path);
+        Vec::new()
+    }
+
+    fn discover(&self, details: OpcuaDetails, _properties: Properties) -> SnapshotStream {
+        let path = "spec.discovery.opcua";
+        let errors = details.validate(path);
+        if !errors.is_empty() {
+            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) })
+                .boxed();
+        }
+        let scanner = match Scanner::new(&details) {
+            Ok(s) => std::sync::Arc::new(s),
+            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+        };
+        let interval = std::time::Duration::from_secs(u64::from(details.interval_seconds));
+        futures::stream::unfold((scanner, true), move |(scanner, first)| async move {
+            if !first {
+                tokio::time::sleep(interval).await;
+            }
+            let snapshot = scanner.round().await;
+            Some((Ok(snapshot), (scanner, false)))
+        })
+        .boxed()
+    }
+}

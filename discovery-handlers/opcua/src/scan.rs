@@ -1,0 +1,275 @@
+//! One discovery round on the wire: FindServers on the configured URLs, GetEndpoints on each
+//! kept server, host names mended. Decisions are in [`crate::select`].
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use dowser_discovery_api::{
+    DiscoveryError, Snapshot, details::OpcuaDetails, details::opcua::SecurityMode,
+};
+use futures::StreamExt;
+use opcua::{
+    client::{Client, ClientBuilder},
+    types::{ApplicationDescription, ApplicationType, EndpointDescription, MessageSecurityMode},
+};
+
+use crate::select::{self, Application, ApplicationKind, Endpoint, Selection};
+
+/// Most data one server may send in one response. An endpoint list is a few KiB per
+/// endpoint (each carries the server certificate), so this admits hundreds of endpoints and
+/// refuses the absurd.
+const MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// Most servers one FindServers answer and endpoints one GetEndpoints answer may list.
+const MAX_ARRAY_LENGTH: usize = 4096;
+
+/// Runs discovery rounds for one Configuration.
+pub struct Scanner {
+    client: Client,
+    selection: Selection,
+    urls: Vec<String>,
+    timeout: Duration,
+    concurrency: usize,
+}
+
+impl Scanner {
+    pub fn new(details: &OpcuaDetails) -> Result<Self, DiscoveryError> {
+        let compile = |f: &Option<dowser_discovery_api::Filter>| {
+            f.as_ref()
+                .map(|f| f.compile())
+                .transpose()
+                .map(Option::unwrap_or_default)
+                .map_err(|e| DiscoveryError::Failed(e.to_string()))
+        };
+        let selection = Selection {
+            names: compile(&details.application_names)?,
+            uris: compile(&details.application_uris)?,
+            product_uris: compile(&details.product_uris)?,
+            policy: details.security_policy,
+            mode: details.security_mode,
+            preference: details.endpoint_preference,
+        };
+        let timeout = Duration::from_millis(u64::from(details.timeout_ms));
+        // Discovery runs on channels with security policy None: no certificate of our own is
+        // needed, and none is created or written.
+        let client = ClientBuilder::new()
+            .application_name("dowser")
+            .application_uri("urn:dowser:discovery")
+            .product_uri("urn:dowser")
+            .create_sample_keypair(false)
+            .pki_dir(std::env::temp_dir().join("dowser-opcua-pki"))
+            .session_retry_limit(0)
+            .request_timeout(timeout)
+            .max_message_size(MAX_MESSAGE_BYTES)
+            .max_chunk_count(MAX_MESSAGE_BYTES / 8192)
+            .max_array_length(MAX_ARRAY_LENGTH)
+            .max_string_length(64 << 10)
+            .max_byte_string_length(64 << 10)
+            .client()
+            .map_err(|e| DiscoveryError::Failed(format!("OPC UA client: {}", e.join("; "))))?;
+        Ok(Self {
+            client,
+            selection,
+            urls: details.discovery_urls.clone(),
+            timeout,
+            concurrency: details.concurrency.max(1) as usize,
+        })
+    }
+
+    /// One round: every server found, described and filtered.
+    pub async fn round(self: &Arc<Self>) -> Snapshot {
+        let started = Instant::now();
+        let resolver = Arc::new(Resolver::new(self.timeout));
+
+        // FindServers on every discovery URL, in the configured order (the first URL that
+        // reports a server is the one its description is taken from).
+        let found: Vec<(String, Vec<Application>)> = futures::stream::iter(self.urls.clone())
+            .map(|url| {
+                let this = self.clone();
+                async move {
+                    match this.find_servers(&url).await {
+                        Ok(apps) => (url, apps),
+                        Err(e) => {
+                            tracing::debug!(%url, "FindServers failed: {e}");
+                            (url, Vec::new())
+                        }
+                    }
+                }
+            })
+            .buffered(self.concurrency)
+            .collect()
+            .await;
+
+        let mut seen = BTreeSet::new();
+        let mut candidates = Vec::new();
+        for (url, apps) in found {
+            let answered = select::split_url(&url).map(|(h, _, _)| h.to_string());
+            for mut app in apps {
+                if !self.selection.keeps_application(&app) || !seen.insert(app.uri.clone()) {
+                    continue;
+                }
+                if app.discovery_urls.is_empty() {
+                    app.discovery_urls.push(url.clone());
+                }
+                candidates.push((app, answered.clone()));
+            }
+        }
+
+        let devices: Vec<_> = futures::stream::iter(candidates)
+            .map(|(app, answered)| {
+                let (this, resolver) = (self.clone(), resolver.clone());
+                async move { this.describe(app, answered.as_deref(), &resolver).await }
+            })
+            .buffer_unordered(self.concurrency)
+            .filter_map(|d| async move { d })
+            .collect()
+            .await;
+        Snapshot::new(devices).with_round(started.elapsed())
+    }
+
+    async fn find_servers(&self, url: &str) -> Result<Vec<Application>, String> {
+        let call = self.client.find_servers(url, None, None);
+        let servers = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|e| e.to_string())?;
+        Ok(servers.iter().map(application).collect())
+    }
+
+    async fn get_endpoints(&self, url: &str) -> Result<Vec<Endpoint>, String> {
+        let call = self.client.get_server_endpoints_from_url(url);
+        let endpoints = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|e| e.to_string())?;
+        Ok(endpoints.iter().filter_map(endpoint).collect())
+    }
+
+    /// GetEndpoints on the server's discovery URLs (the first that answers), then the
+    /// device if the server offers what the Configuration requires.
+    async fn describe(
+        &self,
+        app: Application,
+        answered: Option<&str>,
+        resolver: &Resolver,
+    ) -> Option<dowser_discovery_api::Device> {
+        for reported in app
+            .discovery_urls
+            .iter()
+            .filter(|u| u.starts_with("opc.tcp://"))
+        {
+            let url = resolver.mend(reported, answered).await;
+            let endpoints = match self.get_endpoints(&url).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(server = %app.uri, %url, "GetEndpoints failed: {e}");
+                    continue;
+                }
+            };
+            let host = select::split_url(&url).map(|(h, _, _)| h.to_string());
+            let mut mended = Vec::with_capacity(endpoints.len());
+            for mut e in endpoints {
+                e.url = resolver.mend(&e.url, host.as_deref()).await;
+                mended.push(e);
+            }
+            let best = self.selection.best(&mended)?;
+            return Some(select::device(&app, &url, &mended, best));
+        }
+        None
+    }
+}
+
+/// Host names in URLs that servers report are checked once per round; one that does not
+/// resolve from this node is replaced by the host that answered.
+struct Resolver {
+    timeout: Duration,
+    known: Mutex<HashMap<String, bool>>,
+}
+
+impl Resolver {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn resolves(&self, host: &str, port: u16) -> bool {
+        if select::is_ip_literal(host) {
+            return true;
+        }
+        if let Some(known) = self.known.lock().expect("resolver cache").get(host) {
+            return *known;
+        }
+        let lookup = tokio::net::lookup_host((host, port));
+        let ok = match tokio::time::timeout(self.timeout, lookup).await {
+            Ok(Ok(mut addrs)) => addrs.next().is_some(),
+            _ => false,
+        };
+        self.known
+            .lock()
+            .expect("resolver cache")
+            .insert(host.to_string(), ok);
+        ok
+    }
+
+    async fn mend(&self, url: &str, answered: Option<&str>) -> String {
+        match (select::split_url(url), answered) {
+            (Some((host, port, _)), Some(answered)) if host != answered => {
+                if self.resolves(host, port).await {
+                    url.to_string()
+                } else {
+                    select::with_host(url, answered)
+                }
+            }
+            _ => url.to_string(),
+        }
+    }
+}
+
+fn text(s: &opcua::types::UAString) -> String {
+    s.value().clone().unwrap_or_default()
+}
+
+fn application(d: &ApplicationDescription) -> Application {
+    Application {
+        uri: text(&d.application_uri),
+        name: text(&d.application_name.text),
+        product_uri: text(&d.product_uri),
+        kind: match d.application_type {
+            ApplicationType::Server => ApplicationKind::Server,
+            ApplicationType::Client => ApplicationKind::Client,
+            ApplicationType::ClientAndServer => ApplicationKind::ClientAndServer,
+            ApplicationType::DiscoveryServer => ApplicationKind::DiscoveryServer,
+        },
+        discovery_urls: d
+            .discovery_urls
+            .iter()
+            .flatten()
+            .map(text)
+            .filter(|u| !u.is_empty())
+            .collect(),
+    }
+}
+
+fn endpoint(d: &EndpointDescription) -> Option<Endpoint> {
+    let mode = match d.security_mode {
+        MessageSecurityMode::None => SecurityMode::None,
+        MessageSecurityMode::Sign => SecurityMode::Sign,
+        MessageSecurityMode::SignAndEncrypt => SecurityMode::SignAndEncrypt,
+        MessageSecurityMode::Invalid => return None,
+    };
+    Some(Endpoint {
+        url: text(&d.endpoint_url),
+        policy_uri: text(&d.security_policy_uri),
+        mode,
+        level: d.security_level,
+    })
+}
+
+/// One round with a fresh scanner (for `dowser discover` and tests).
+pub async fn scan(details: &OpcuaDetails) -> Result<Snapshot, DiscoveryError> {
+    Ok(Arc::new(Scanner::new(details)?).round().await)
+}
