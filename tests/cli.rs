@@ -252,22 +252,144 @@ spec:
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// A binary built with only the Modbus handler (`tests/test.sh` builds it and sets
+/// `DOWSER_SLIM_BIN`), to show what a slim agent says about the handlers it lacks.
+fn slim_dowser() -> String {
+    std::env::var("DOWSER_SLIM_BIN").unwrap_or_else(|_| {
+        panic!(
+            "DOWSER_SLIM_BIN is not set: run tests/test.sh, or build one with \
+             `cargo build -p dowser --no-default-features --features modbus --target-dir DIR` \
+             and set DOWSER_SLIM_BIN=DIR/debug/dowser"
+        )
+    })
+}
+
 #[test]
 fn a_handler_missing_from_the_build_is_named() {
-    if dowser::handlers::enabled().contains(&"opcua") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let file = write_config(
         dir.path(),
         "c.yaml",
         "apiVersion: dowser.dev/v1alpha1\nkind: Configuration\nmetadata: {name: o}\nspec:\n  discovery: {opcua: {discoveryUrls: [\"opc.tcp://127.0.0.1:4840/\"]}}\n",
     );
-    let out = dowser(&["discover", "-f", &file]);
+    let out = Command::new(slim_dowser())
+        .args(["discover", "-f", &file])
+        .output()
+        .expect("run the slim dowser");
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("spec.discovery.opcua: the opcua discovery handler is not available in this dowser binary"),
+        text(&out.stderr).contains(
+            "spec.discovery.opcua: the opcua discovery handler is not available in this dowser binary (it has: modbus)"
+        ),
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_servers_are_shown_with_their_env() {
+    use dowser_sim::opcua::{Kind, ServerConfig};
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut lds = ServerConfig::server(any, "LDS", "urn:t:lds");
+    lds.kind = Kind::Discovery;
+    let fleet = dowser_sim::Fleet::start(&dowser_sim::FleetConfig {
+        opcua: vec![
+            lds,
+            ServerConfig::server(any, "Press 1", "urn:t:press-1")
+                .with_endpoints(&["None", "Basic256Sha256/SignAndEncrypt"]),
+            ServerConfig::server(any, "Oven 1", "urn:t:oven-1"),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let lds_url = fleet.opcua[0].url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            r#"
+apiVersion: dowser.dev/v1alpha1
+kind: Configuration
+metadata: {{name: ua}}
+spec:
+  discovery:
+    opcua:
+      discoveryUrls: ["{lds_url}"]
+      securityPolicy: Basic256Sha256
+"#
+        ),
+    );
+    let out = run_discover(vec![
+        "discover".into(),
+        "-f".into(),
+        file,
+        "-o".into(),
+        "json".into(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "the oven offers no Basic256Sha256: {list:?}");
+    let press = &list[0];
+    assert_eq!(press["deviceId"], "urn:t:press-1");
+    assert_eq!(press["env"]["OPCUA_APPLICATION_URI"], "urn:t:press-1");
+    assert_eq!(press["env"]["OPCUA_ENDPOINT_URL"], fleet.opcua[1].url);
+    assert_eq!(
+        press["env"]["OPCUA_SECURITY_POLICIES"],
+        "Basic256Sha256,None"
+    );
+    assert_eq!(press["instance"]["spec"]["shared"], true);
+}
+
+#[tokio::test]
+async fn rtu_units_are_shown_as_local_devices_with_their_line() {
+    use dowser_sim::{modbus::UnitConfig, rtu};
+    let line = rtu::serve(&rtu::LineConfig {
+        mode: dowser_sim::modbus::Mode::Normal,
+        units: vec![UnitConfig::identified(7, "Acme", "Meter-3", "2.1")],
+    })
+    .unwrap();
+    let path = line.path.to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            r#"
+apiVersion: dowser.dev/v1alpha1
+kind: Configuration
+metadata: {{name: meters}}
+spec:
+  discovery:
+    modbus:
+      rtu: {{lines: [{{path: "{path}", baudRate: 19200}}]}}
+      unitIds: ["6-8"]
+      requestTimeoutMs: 200
+"#
+        ),
+    );
+    let out = run_discover(vec![
+        "discover".into(),
+        "-f".into(),
+        file,
+        "-o".into(),
+        "json".into(),
+        "--node".into(),
+        "edge-1".into(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let meter = &list[0];
+    assert_eq!(meter["env"]["MODBUS_UNIT_ID"], "7");
+    assert_eq!(meter["env"]["MODBUS_SERIAL_PORT"], path);
+    assert_eq!(meter["env"]["MODBUS_VENDOR_NAME"], "Acme");
+    let spec = &meter["instance"]["spec"];
+    assert_eq!(spec["shared"], false);
+    assert_eq!(spec["devices"][0]["hostPath"], path);
 }

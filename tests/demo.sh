@@ -27,3 +27,7 @@ grep -v '^ready$' "$log" | sed 's/^/    /' >&2
 echo >&2
 echo "==> dowser discover -f deploy/examples/modbus-tcp.yaml" >&2
 "$bin/dowser" discover -f deploy/examples/modbus-tcp.yaml "$@"
+echo >&2
+echo "==> dowser discover -f deploy/examples/opcua.yaml --property USERNAME=operator --property PASSWORD=..." >&2
+"$bin/dowser" discover -f deploy/examples/opcua.yaml \
+  --property USERNAME=operator --property PASSWORD=demo-only "$@"

@@ -26,6 +26,7 @@ step "checking the toolchain"
 command -v cargo >/dev/null || fail "cargo is missing: install Rust 1.89 or newer (rustup)"
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 command -v python3 >/dev/null || apt_install python3
+command -v socat >/dev/null || apt_install socat   # pty pairs for Modbus RTU against pymodbus
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 
 step "third-party protocol peers (tests/peers/requirements.txt)"
@@ -37,7 +38,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pymodbus' 2>/d
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
 fi
 export DOWSER_PYTHON="$venv/bin/python"
-"$DOWSER_PYTHON" -c 'import pymodbus; print("pymodbus", pymodbus.__version__)' >&2
+"$DOWSER_PYTHON" -c 'import pymodbus, asyncua; print("pymodbus", pymodbus.__version__, "asyncua", asyncua.__version__)' >&2
 
 step "local Kubernetes control plane binaries (built from Go modules, cached)"
 command -v go >/dev/null || fail "go is missing: the control plane is built from the Kubernetes Go modules"
@@ -53,13 +54,14 @@ step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "slim agent build (one handler feature)"
-cargo check --quiet -p dowser --no-default-features --features modbus
+step "slim agent build (one handler feature; the CLI tests run it)"
+cargo build --quiet -p dowser --no-default-features --features modbus --target-dir "$cache/slim-target"
+export DOWSER_SLIM_BIN="$cache/slim-target/debug/dowser"
 
 step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet
 
-step "tests: unit, protocol (dowser-sim, pymodbus), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI"
+step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$cache/last-test.log"
 status=${PIPESTATUS[0]}
 

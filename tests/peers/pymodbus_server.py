@@ -1,7 +1,9 @@
 """An independent Modbus TCP server (pymodbus) with device identification, for dowser's tests.
 
 Usage: pymodbus_server.py --port PORT --units 1,2 --vendor V --product P --revision R
-Serves until killed.
+       pymodbus_server.py --serial /dev/pts/N --baud 115200 --parity E --units 1,2 ...
+Serves Modbus TCP on 127.0.0.1:PORT, or Modbus RTU on a serial port (one end of a pty
+pair in the tests), until killed.
 """
 
 import argparse
@@ -13,13 +15,17 @@ from pymodbus.datastore import (
     ModbusSequentialDataBlock,
     ModbusServerContext,
 )
-from pymodbus.server import ModbusTcpServer
+from pymodbus import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--serial", default="")
+    parser.add_argument("--baud", type=int, default=19200)
+    parser.add_argument("--parity", default="N")
     parser.add_argument("--units", default="1")
     parser.add_argument("--vendor", default="pymodbus")
     parser.add_argument("--product", default="PM")
@@ -40,7 +46,17 @@ async def main() -> None:
             "ProductName": args.product_name,
         }
     )
-    server = ModbusTcpServer(context, identity=identity, address=(args.host, args.port))
+    if args.serial:
+        server = ModbusSerialServer(
+            context,
+            framer=FramerType.RTU,
+            identity=identity,
+            port=args.serial,
+            baudrate=args.baud,
+            parity=args.parity,
+        )
+    else:
+        server = ModbusTcpServer(context, identity=identity, address=(args.host, args.port))
     await server.serve_forever()
 
 

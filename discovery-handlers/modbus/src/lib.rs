@@ -19,7 +19,7 @@ use dowser_discovery_api::{
 use futures::StreamExt;
 
 pub use identify::Identity;
-pub use scan::scan;
+pub use scan::{scan, scan_remembering};
 
 /// The Modbus discovery handler.
 #[derive(Clone, Copy, Debug, Default)]
@@ -51,13 +51,17 @@ impl DiscoveryHandler for ModbusHandler {
                 .boxed();
         }
         let interval = std::time::Duration::from_secs(u64::from(details.interval_seconds));
-        futures::stream::unfold((details, true), move |(details, first)| async move {
-            if !first {
-                tokio::time::sleep(interval).await;
-            }
-            let snapshot = scan(&details).await;
-            Some((Ok(snapshot), (details, false)))
-        })
+        let memory = rtu::LineMemory::default();
+        futures::stream::unfold(
+            (details, memory, true),
+            move |(details, mut memory, first)| async move {
+                if !first {
+                    tokio::time::sleep(interval).await;
+                }
+                let snapshot = scan_remembering(&details, &mut memory).await;
+                Some((Ok(snapshot), (details, memory, false)))
+            },
+        )
         .boxed()
     }
 }

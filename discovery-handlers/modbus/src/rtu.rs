@@ -2,7 +2,10 @@
 //! shared bus); lines are scanned in parallel. Devices found are local to the node, and the
 //! line's device node goes with them to the broker container.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use dowser_discovery_api::{
     Device, DeviceSpec, Snapshot,
@@ -58,17 +61,46 @@ pub fn device_id(line: &SerialLine, unit: u8) -> String {
     format!("modbus+rtu://{port}/{unit}")
 }
 
-pub async fn scan(details: &ModbusDetails, rtu: &RtuDetails) -> Snapshot {
+/// What the last scan of each line found. A broker that talks to a unit holds the line open
+/// exclusively; the agent cannot scan it then, and the units last seen on it are kept rather
+/// than reported gone (which would take their broker away after the grace period).
+#[derive(Debug, Default)]
+pub struct LineMemory {
+    last: HashMap<String, Vec<Device>>,
+}
+
+enum LineScan {
+    Scanned(Vec<Device>),
+    /// Another process holds the line open exclusively.
+    Busy,
+    /// The line cannot be opened (missing, no permission, bad settings).
+    Unavailable,
+}
+
+pub async fn scan(details: &ModbusDetails, rtu: &RtuDetails, memory: &mut LineMemory) -> Snapshot {
     let filter = IdentityFilter::new(details);
     let scans = rtu
         .lines
         .iter()
         .map(|line| scan_line(details, rtu, line, &filter));
-    let devices = futures::future::join_all(scans)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let results = futures::future::join_all(scans).await;
+    let mut devices = Vec::new();
+    for (line, result) in rtu.lines.iter().zip(results) {
+        match result {
+            LineScan::Scanned(found) => {
+                devices.extend(found.iter().cloned());
+                memory.last.insert(line.path.clone(), found);
+            }
+            LineScan::Busy => {
+                let kept = memory.last.get(&line.path).cloned().unwrap_or_default();
+                debug!(line = %line.path, units = kept.len(), "line held by another process: keeping the units last seen on it");
+                devices.extend(kept);
+            }
+            LineScan::Unavailable => {
+                memory.last.remove(&line.path);
+            }
+        }
+    }
     Snapshot::new(devices)
 }
 
@@ -77,14 +109,17 @@ async fn scan_line(
     rtu: &RtuDetails,
     line: &SerialLine,
     filter: &IdentityFilter,
-) -> Vec<Device> {
+) -> LineScan {
     let request_timeout = Duration::from_millis(details.request_timeout_ms.into());
     let gap = inter_frame_delay(rtu, line.baud_rate);
     let mut ctx = match open(line) {
         Ok(c) => c,
+        // serialport reports EBUSY (TIOCEXCL) and a held flock as NoDevice; a missing node is
+        // NotFound.
+        Err(e) if e.kind == tokio_serial::ErrorKind::NoDevice => return LineScan::Busy,
         Err(e) => {
             warn!(line = %line.path, error = %e, "cannot open serial line");
-            return vec![];
+            return LineScan::Unavailable;
         }
     };
     let mut devices = Vec::new();
@@ -146,5 +181,5 @@ async fn scan_line(
         }
         tokio::time::sleep(gap).await;
     }
-    devices
+    LineScan::Scanned(devices)
 }

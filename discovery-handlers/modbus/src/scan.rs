@@ -97,9 +97,18 @@ struct Endpoint {
 /// Scans once (Modbus TCP targets or RTU lines) and returns what answered. Unreachable,
 /// silent or misbehaving devices are simply absent from the snapshot.
 pub async fn scan(details: &ModbusDetails) -> Snapshot {
+    scan_remembering(details, &mut crate::rtu::LineMemory::default()).await
+}
+
+/// One round that remembers, between rounds, what each serial line had (see
+/// [`crate::rtu::LineMemory`]).
+pub async fn scan_remembering(
+    details: &ModbusDetails,
+    memory: &mut crate::rtu::LineMemory,
+) -> Snapshot {
     let started = std::time::Instant::now();
     let snapshot = match &details.rtu {
-        Some(rtu) => crate::rtu::scan(details, rtu).await,
+        Some(rtu) => crate::rtu::scan(details, rtu, memory).await,
         None => scan_tcp(details).await,
     };
     snapshot.with_round(started.elapsed())

@@ -68,3 +68,33 @@ async fn a_missing_serial_line_finds_nothing_and_does_not_fail() {
     let snapshot = scan(&details("/dev/ttyDOES-NOT-EXIST", "1")).await;
     assert!(snapshot.is_empty());
 }
+
+#[tokio::test]
+async fn a_line_held_by_a_broker_keeps_the_units_last_seen_on_it() {
+    let line = serve(&LineConfig {
+        mode: Mode::Normal,
+        units: vec![UnitConfig::identified(2, "Acme", "Meter-3", "2.1")],
+    })
+    .unwrap();
+    let path = line.path.to_string_lossy().into_owned();
+    let d = details(&path, "1-3");
+    let mut memory = dowser_modbus::rtu::LineMemory::default();
+    let first = dowser_modbus::scan_remembering(&d, &mut memory).await;
+    assert_eq!(first.devices().len(), 1);
+
+    // A broker opens the line exclusively, as serial libraries do by default.
+    let held = {
+        use tokio_serial::SerialPortBuilderExt;
+        tokio_serial::new(&path, 19200).open_native_async().unwrap()
+    };
+    let while_held = dowser_modbus::scan_remembering(&d, &mut memory).await;
+    assert_eq!(
+        while_held, first,
+        "the unit is not reported gone while its broker holds the line"
+    );
+    // Without a memory (a scan that never saw the line free) nothing is invented.
+    assert!(scan(&d).await.is_empty());
+    drop(held);
+    let after = dowser_modbus::scan_remembering(&d, &mut memory).await;
+    assert_eq!(after, first);
+}
