@@ -1,10 +1,14 @@
 //! dowser-sim: simulated industrial devices for tests, demos and benchmarks: Modbus TCP
-//! devices on loopback and Modbus RTU units on pseudo-terminals.
+//! devices on loopback, Modbus RTU units on pseudo-terminals and services announced over
+//! mDNS.
 //!
 //! A fleet is described by a small YAML file (or built in code) and served until dropped.
 
+pub mod mdns;
 pub mod modbus;
+pub mod netns;
 pub mod rtu;
+pub mod zeroconf;
 
 use serde::Deserialize;
 
@@ -18,6 +22,9 @@ pub struct FleetConfig {
     /// Modbus RTU lines, each on a pseudo-terminal of its own.
     #[serde(default)]
     pub rtu: Vec<rtu::LineConfig>,
+    /// Services announced over mDNS / DNS-SD.
+    #[serde(default)]
+    pub mdns: Vec<mdns::ServiceConfig>,
 }
 
 impl FleetConfig {
@@ -30,6 +37,7 @@ impl FleetConfig {
 pub struct Fleet {
     pub modbus: Vec<modbus::RunningListener>,
     pub rtu: Vec<rtu::RunningLine>,
+    pub mdns: Option<mdns::RunningMdns>,
 }
 
 impl Fleet {
@@ -43,7 +51,12 @@ impl Fleet {
             .iter()
             .map(rtu::serve)
             .collect::<anyhow::Result<_>>()?;
-        Ok(Self { modbus, rtu })
+        let mdns = if config.mdns.is_empty() {
+            None
+        } else {
+            Some(mdns::RunningMdns::start(&config.mdns)?)
+        };
+        Ok(Self { modbus, rtu, mdns })
     }
 
     /// One line per unit served, for people and for scripts.
@@ -80,6 +93,15 @@ impl Fleet {
                     u.mode.unwrap_or(l.config.mode),
                 ));
             }
+        }
+        for s in self.mdns.iter().flat_map(|m| m.services()) {
+            lines.push(format!(
+                "mdns {:?} port {} txt={:?} mode={:?}",
+                s.full_name(),
+                s.port,
+                s.txt,
+                s.mode,
+            ));
         }
         lines
     }
