@@ -31,13 +31,19 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 step "third-party protocol peers (tests/peers/requirements.txt)"
 req=tests/peers/requirements.txt
 venv="$cache/peers-$(sha256sum "$req" | cut -c1-12)"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pymodbus' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pymodbus, zeroconf' 2>/dev/null; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
 fi
 export DOWSER_PYTHON="$venv/bin/python"
-"$DOWSER_PYTHON" -c 'import pymodbus; print("pymodbus", pymodbus.__version__)' >&2
+"$DOWSER_PYTHON" -c 'import pymodbus, zeroconf; print("pymodbus", pymodbus.__version__, "zeroconf", zeroconf.__version__)' >&2
+
+step "private network namespaces for the mDNS tests (unshare --net, loopback only)"
+command -v unshare >/dev/null || apt_install util-linux
+command -v ip >/dev/null || apt_install iproute2
+unshare --net -- sh -c 'ip link set lo up' ||
+  fail "cannot make a private network namespace (unshare --net): the mDNS tests need root or unprivileged user namespaces"
 
 step "local Kubernetes control plane binaries (built from Go modules, cached)"
 command -v go >/dev/null || fail "go is missing: the control plane is built from the Kubernetes Go modules"
@@ -53,8 +59,9 @@ step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "slim agent build (one handler feature)"
+step "slim agent builds (one handler feature each)"
 cargo check --quiet -p dowser --no-default-features --features modbus
+cargo check --quiet -p dowser --no-default-features --features mdns
 
 step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet

@@ -55,7 +55,27 @@ pub fn run(test: &str, body: impl FnOnce()) {
     eprint!("{stderr}");
 }
 
-/// Whether this process runs inside a namespace made by [`run`].
+/// Whether this process runs inside a namespace made by [`run`] or [`reexec`].
 pub fn inside() -> bool {
     std::env::var_os(INSIDE).is_some()
+}
+
+/// For programs (benchmarks): returns at once inside a private network namespace;
+/// otherwise runs this program again, with the same arguments, in a new one, and exits
+/// with its status.
+pub fn reexec() {
+    if inside() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("this program's path");
+    let status = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c"])
+        .arg(r#"ip link set lo up && exec "$@""#)
+        .arg("sh")
+        .arg(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(INSIDE, "1")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run unshare ({e}): install util-linux"));
+    std::process::exit(status.code().unwrap_or(1));
 }
