@@ -12,6 +12,8 @@ pub fn enabled() -> Vec<&'static str> {
         "modbus",
         #[cfg(feature = "opcua")]
         "opcua",
+        #[cfg(feature = "mdns")]
+        "mdns",
     ]
     .into_iter()
     .collect()
@@ -42,6 +44,11 @@ pub fn validate(selected: Selected<'_>, path: &str) -> Vec<FieldError> {
             use dowser_discovery_api::DiscoveryHandler;
             dowser_opcua::OpcuaHandler.validate(d, &format!("{path}.opcua"))
         }
+        #[cfg(feature = "mdns")]
+        Selected::Mdns(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            dowser_mdns::MdnsHandler.validate(d, &format!("{path}.mdns"))
+        }
         other => vec![FieldError::new(
             format!("{path}.{}", other.name()),
             not_built(other.name()),
@@ -64,6 +71,11 @@ pub fn discover(
         Selected::Opcua(d) => {
             use dowser_discovery_api::DiscoveryHandler;
             Ok(dowser_opcua::OpcuaHandler.discover(d.clone(), properties))
+        }
+        #[cfg(feature = "mdns")]
+        Selected::Mdns(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            Ok(dowser_mdns::MdnsHandler.discover(d.clone(), properties))
         }
         other => Err(DiscoveryError::Unavailable(not_built(other.name()))),
     }

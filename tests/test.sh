@@ -32,13 +32,19 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 step "third-party protocol peers (tests/peers/requirements.txt)"
 req=tests/peers/requirements.txt
 venv="$cache/peers-$(sha256sum "$req" | cut -c1-12)"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pymodbus' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pymodbus, asyncua, zeroconf' 2>/dev/null; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
 fi
 export DOWSER_PYTHON="$venv/bin/python"
-"$DOWSER_PYTHON" -c 'import pymodbus, asyncua; print("pymodbus", pymodbus.__version__, "asyncua", asyncua.__version__)' >&2
+"$DOWSER_PYTHON" -c 'import pymodbus, asyncua, zeroconf; print("pymodbus", pymodbus.__version__, "asyncua", asyncua.__version__, "zeroconf", zeroconf.__version__)' >&2
+
+step "private network namespaces for the mDNS tests (unshare --net, loopback only)"
+command -v unshare >/dev/null || apt_install util-linux
+command -v ip >/dev/null || apt_install iproute2
+unshare --net -- sh -c 'ip link set lo up' ||
+  fail "cannot make a private network namespace (unshare --net): the mDNS tests need root or unprivileged user namespaces"
 
 step "local Kubernetes control plane binaries (built from Go modules, cached)"
 command -v go >/dev/null || fail "go is missing: the control plane is built from the Kubernetes Go modules"
@@ -54,9 +60,10 @@ step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "slim agent build (one handler feature; the CLI tests run it)"
+step "slim agent builds (one handler feature each; the CLI tests run the modbus one)"
 cargo build --quiet -p dowser --no-default-features --features modbus --target-dir "$cache/slim-target"
 export DOWSER_SLIM_BIN="$cache/slim-target/debug/dowser"
+cargo check --quiet -p dowser --no-default-features --features mdns
 
 step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet

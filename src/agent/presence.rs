@@ -1,5 +1,10 @@
 //! What one node reports for one Configuration: devices it sees, and when each was last
 //! seen. Pure: snapshots and the clock go in, Instance changes come out.
+//!
+//! A polled handler's snapshot (one with a round) shows what one scan saw: a device is seen
+//! at that moment. An event-driven handler's snapshot (no round) is the state until the
+//! next one: a device in it is seen continuously until a snapshot lacks it, however long
+//! nothing changes, and its grace period starts then.
 
 use std::{
     collections::BTreeMap,
@@ -12,6 +17,8 @@ use dowser_discovery_api::{Device, Snapshot};
 struct Entry {
     device: Device,
     last_seen: Instant,
+    /// In the latest snapshot of an event-driven handler: seen until a snapshot lacks it.
+    held: bool,
 }
 
 /// The devices a node reports for a Configuration.
@@ -30,6 +37,7 @@ impl Presence {
                 Entry {
                     device,
                     last_seen: now,
+                    held: false,
                 },
             );
         }
@@ -38,11 +46,18 @@ impl Presence {
     /// Records a full snapshot. Returns the devices that are new or changed (to write);
     /// devices missing from the snapshot are kept with their last-seen time.
     pub fn observe(&mut self, snapshot: &Snapshot, now: Instant) -> Vec<Device> {
+        let held = snapshot.round().is_none();
+        for entry in self.entries.values_mut().filter(|e| e.held) {
+            // Seen until now; the next snapshot says whether it still is.
+            entry.held = false;
+            entry.last_seen = now;
+        }
         let mut changed = Vec::new();
         for device in snapshot.devices() {
             match self.entries.get_mut(&device.id) {
                 Some(entry) => {
                     entry.last_seen = now;
+                    entry.held = held;
                     if entry.device != *device {
                         entry.device = device.clone();
                         changed.push(device.clone());
@@ -54,6 +69,7 @@ impl Presence {
                         Entry {
                             device: device.clone(),
                             last_seen: now,
+                            held,
                         },
                     );
                     changed.push(device.clone());
@@ -68,7 +84,7 @@ impl Presence {
         let gone: Vec<String> = self
             .entries
             .iter()
-            .filter(|(_, e)| now.saturating_duration_since(e.last_seen) >= grace)
+            .filter(|(_, e)| !e.held && now.saturating_duration_since(e.last_seen) >= grace)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
@@ -79,7 +95,11 @@ impl Presence {
 
     /// When the next device would expire, if any.
     pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
-        self.entries.values().map(|e| e.last_seen + grace).min()
+        self.entries
+            .values()
+            .filter(|e| !e.held)
+            .map(|e| e.last_seen + grace)
+            .min()
     }
 
     /// Every device currently reported.
@@ -128,8 +148,8 @@ mod tests {
     fn a_missed_scan_is_not_a_departure() {
         let t0 = Instant::now();
         let mut p = Presence::default();
-        p.observe(&Snapshot::new(vec![dev("a", "1")]), t0);
-        p.observe(&Snapshot::default(), t0 + Duration::from_secs(5));
+        p.observe(&scan(vec![dev("a", "1")]), t0);
+        p.observe(&scan(vec![]), t0 + Duration::from_secs(5));
         assert!(p.expire(t0 + Duration::from_secs(29), GRACE).is_empty());
         assert_eq!(p.next_expiry(GRACE), Some(t0 + GRACE));
         assert_eq!(p.expire(t0 + GRACE, GRACE), ["a"]);
@@ -140,14 +160,11 @@ mod tests {
     fn seeing_a_device_again_restarts_its_grace_period() {
         let t0 = Instant::now();
         let mut p = Presence::default();
-        p.observe(&Snapshot::new(vec![dev("a", "1")]), t0);
-        p.observe(&Snapshot::default(), t0 + Duration::from_secs(20));
+        p.observe(&scan(vec![dev("a", "1")]), t0);
+        p.observe(&scan(vec![]), t0 + Duration::from_secs(20));
         assert!(
-            p.observe(
-                &Snapshot::new(vec![dev("a", "1")]),
-                t0 + Duration::from_secs(25)
-            )
-            .is_empty()
+            p.observe(&scan(vec![dev("a", "1")]), t0 + Duration::from_secs(25))
+                .is_empty()
         );
         assert!(p.expire(t0 + Duration::from_secs(50), GRACE).is_empty());
         assert_eq!(p.expire(t0 + Duration::from_secs(55), GRACE), ["a"]);
@@ -167,5 +184,35 @@ mod tests {
         );
         // b was not seen again: it leaves after the grace period, counted from adoption.
         assert_eq!(p.expire(t0 + GRACE, GRACE), ["b"]);
+    }
+
+    fn scan(devices: Vec<Device>) -> Snapshot {
+        Snapshot::new(devices).with_round(Duration::from_millis(10))
+    }
+
+    #[test]
+    fn an_event_driven_device_is_seen_until_a_snapshot_lacks_it() {
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        // No round: an event-driven handler, which yields only when something changes.
+        p.observe(&Snapshot::new(vec![dev("a", "1")]), t0);
+        assert_eq!(p.next_expiry(GRACE), None);
+        assert!(p.expire(t0 + Duration::from_secs(3600), GRACE).is_empty());
+        // It leaves; its grace period starts with the snapshot that lacks it.
+        let left = t0 + Duration::from_secs(3600);
+        p.observe(&Snapshot::default(), left);
+        assert_eq!(p.next_expiry(GRACE), Some(left + GRACE));
+        assert!(p.expire(left + Duration::from_secs(29), GRACE).is_empty());
+        assert_eq!(p.expire(left + GRACE, GRACE), ["a"]);
+    }
+
+    #[test]
+    fn a_polled_device_is_seen_at_its_scan_only() {
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        p.observe(&scan(vec![dev("a", "1")]), t0);
+        assert_eq!(p.next_expiry(GRACE), Some(t0 + GRACE));
+        p.observe(&scan(vec![]), t0 + Duration::from_secs(20));
+        assert_eq!(p.expire(t0 + GRACE, GRACE), ["a"]);
     }
 }

@@ -9,8 +9,10 @@ use crate::{FieldError, Snapshot};
 /// Resolved `properties` of a Configuration (credentials and the like), by name.
 pub type Properties = BTreeMap<String, String>;
 
-/// A never-ending stream of full snapshots. Polled handlers yield one per interval;
-/// event-driven handlers yield whenever the set of devices changes.
+/// A never-ending stream of full snapshots. Polled handlers yield one per interval, with
+/// the time the round took ([`Snapshot::with_round`]); event-driven handlers yield whenever
+/// the set of devices changes, without a round, and a device in their latest snapshot counts
+/// as seen until a snapshot lacks it.
 pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, DiscoveryError>> + Send>>;
 
 /// Why a discovery round could not produce a snapshot. A device that misbehaves is never an

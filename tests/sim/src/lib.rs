@@ -1,11 +1,15 @@
 //! dowser-sim: simulated industrial devices for tests, demos and benchmarks: Modbus TCP
-//! devices on loopback, Modbus RTU units on pseudo-terminals, OPC UA servers and discovery servers.
+//! devices on loopback, Modbus RTU units on pseudo-terminals, OPC UA servers and discovery
+//! servers, and services announced over mDNS.
 //!
 //! A fleet is described by a small YAML file (or built in code) and served until dropped.
 
+pub mod mdns;
 pub mod modbus;
+pub mod netns;
 pub mod opcua;
 pub mod rtu;
+pub mod zeroconf;
 
 use serde::Deserialize;
 
@@ -22,6 +26,9 @@ pub struct FleetConfig {
     /// OPC UA servers and discovery servers.
     #[serde(default)]
     pub opcua: Vec<opcua::ServerConfig>,
+    /// Services announced over mDNS / DNS-SD.
+    #[serde(default)]
+    pub mdns: Vec<mdns::ServiceConfig>,
 }
 
 impl FleetConfig {
@@ -37,6 +44,7 @@ pub struct Fleet {
     pub opcua: Vec<opcua::RunningServer>,
     /// Certificates of the OPC UA servers (one self-signed key pair shared by all).
     _pki: Option<tempfile::TempDir>,
+    pub mdns: Option<mdns::RunningMdns>,
 }
 
 impl Fleet {
@@ -61,10 +69,16 @@ impl Fleet {
                 Some(pki),
             )
         };
+        let mdns = if config.mdns.is_empty() {
+            None
+        } else {
+            Some(mdns::RunningMdns::start(&config.mdns)?)
+        };
         Ok(Self {
             modbus,
             rtu,
             opcua,
+            mdns,
             _pki: pki,
         })
     }
@@ -115,6 +129,15 @@ impl Fleet {
                 s.application_name,
                 s.application_uri,
                 s.product_uri,
+                s.mode,
+            ));
+        }
+        for s in self.mdns.iter().flat_map(|m| m.services()) {
+            lines.push(format!(
+                "mdns {:?} port {} txt={:?} mode={:?}",
+                s.full_name(),
+                s.port,
+                s.txt,
                 s.mode,
             ));
         }

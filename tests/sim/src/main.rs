@@ -9,16 +9,19 @@ use dowser_sim::{
     modbus::{ListenerConfig, Mode, Spread, UnitConfig},
 };
 
-/// Simulated Modbus TCP devices on loopback and Modbus RTU units on pseudo-terminals, for
-/// dowser's tests, demos and benchmarks.
+/// Simulated Modbus TCP devices on loopback, Modbus RTU units on pseudo-terminals and
+/// services announced over mDNS, for dowser's tests, demos and benchmarks.
 ///
 /// Either describe a fleet in YAML (`-f fleet.yaml`) or serve a row of identical devices
-/// with flags. Prints one line per unit served, then `ready`, and serves until interrupted.
+/// with flags. Prints one line per unit or service, then `ready`, and serves until
+/// interrupted (mDNS services then say goodbye). Lines on standard input control the mDNS
+/// services: `withdraw INSTANCE` sends goodbyes, `announce INSTANCE` announces it again.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// Fleet file (YAML): `modbus: [{listen: 127.0.0.1:5020, units: [{id: 1, vendorName: Acme}]}]`,
-    /// `rtu: [{units: [{id: 1, vendorName: Acme}]}]` (each line gets a pseudo-terminal, printed).
+    /// `rtu: [{units: [{id: 1, vendorName: Acme}]}]` (each line gets a pseudo-terminal, printed),
+    /// `mdns: [{instance: Press 7, serviceType: _http._tcp.local., port: 8080, txt: {vendor: Acme}}]`.
     #[arg(short = 'f', long, conflicts_with = "modbus")]
     file: Option<PathBuf>,
     /// Serve Modbus TCP devices starting at this address:port.
@@ -89,10 +92,46 @@ async fn main() -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let fleet = std::sync::Arc::new(fleet);
+    // Reads commands until standard input ends; the process exits on a signal either way.
+    std::thread::spawn({
+        let fleet = fleet.clone();
+        move || control(&fleet)
+    });
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    drop(fleet);
+    if let Some(mdns) = &fleet.mdns {
+        mdns.shutdown();
+    }
     Ok(())
+}
+
+/// Applies `withdraw INSTANCE` and `announce INSTANCE` lines from standard input to the
+/// mDNS services, answering each with one line.
+fn control(fleet: &Fleet) {
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { return };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (command, instance) = line.split_once(' ').unwrap_or((line, ""));
+        let instance = instance.trim();
+        let result = match (&fleet.mdns, command) {
+            (None, _) => Err(anyhow::anyhow!("this fleet has no mDNS services")),
+            (Some(m), "withdraw") => m.withdraw(instance).map(|()| "withdrawn"),
+            (Some(m), "announce") => m.announce(instance).map(|()| "announcing"),
+            _ => Err(anyhow::anyhow!(
+                "unknown command {command:?}: use withdraw INSTANCE or announce INSTANCE"
+            )),
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = match result {
+            Ok(done) => writeln!(out, "{done} {instance}"),
+            Err(e) => writeln!(out, "error: {e:#}"),
+        };
+        let _ = out.flush();
+    }
 }

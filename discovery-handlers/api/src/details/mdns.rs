@@ -40,6 +40,11 @@ pub struct MdnsDetails {
     #[serde(default = "u32_of::<255>")]
     #[schemars(range(min = 1, max = 4096))]
     pub max_txt_value_bytes: u32,
+    /// Network interfaces to browse on, by name (`eth0`, `enp3s0`, `lo`). Absent: every
+    /// interface that is up and has an address, loopback included. On a node with a pod
+    /// network, `include` the plant-facing interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Filter>,
 }
 
 /// A TXT key that must be present, and a filter on its value.
@@ -70,10 +75,13 @@ impl TxtRecordFilter {
 
 impl MdnsDetails {
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        if let Some(f) = &self.instance_names {
-            errors.extend(f.validate(&format!("{path}.instanceNames")));
-        }
+        let mut errors = crate::filter::validate_all(
+            path,
+            &[
+                ("instanceNames", &self.instance_names),
+                ("interfaces", &self.interfaces),
+            ],
+        );
         for (i, r) in self.txt_records.iter().enumerate() {
             errors.extend(r.filter().validate(&format!("{path}.txtRecords[{i}]")));
         }
