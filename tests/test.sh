@@ -1,44 +1,17 @@
 #!/usr/bin/env bash
 # The whole dowser test suite: lint, unit, protocol (dowser-sim and third-party peers),
-# CLI, and the CRDs on a real local control plane (built from the Kubernetes Go modules). Installs what it needs (as root on a fresh machine, without asking) and caches it
-# outside the repository in ${DOWSER_CACHE:-~/.cache/dowser}.
+# CLI, and the CRDs on a real local control plane (built from the Kubernetes Go modules).
+# Installs what it needs (as root on a fresh machine, without asking; see tests/prereqs.sh)
+# and caches it outside the repository in ${DOWSER_CACHE:-~/.cache/dowser}.
 # Usage: tests/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
-cache=${DOWSER_CACHE:-$HOME/.cache/dowser}
-mkdir -p "$cache"
+. tests/prereqs.sh
 
-step() { printf '\n==> %s\n' "$*" >&2; }
-fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-apt_install() {
-  local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  step "installing ${missing[*]} (apt)"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-}
-
-step "checking the toolchain"
-command -v cargo >/dev/null || fail "cargo is missing: install Rust 1.89 or newer (rustup)"
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
-command -v python3 >/dev/null || apt_install python3
+need_toolchain
 command -v socat >/dev/null || apt_install socat   # pty pairs for Modbus RTU against pymodbus
-python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
-
-step "third-party protocol peers (tests/peers/requirements.txt)"
-req=tests/peers/requirements.txt
-venv="$cache/peers-$(sha256sum "$req" | cut -c1-12)"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pymodbus, asyncua, zeroconf' 2>/dev/null; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-fi
-export DOWSER_PYTHON="$venv/bin/python"
-"$DOWSER_PYTHON" -c 'import pymodbus, asyncua, zeroconf; print("pymodbus", pymodbus.__version__, "asyncua", asyncua.__version__, "zeroconf", zeroconf.__version__)' >&2
+peers_venv
 
 step "private network namespaces for the mDNS tests (unshare --net, loopback only)"
 command -v unshare >/dev/null || apt_install util-linux
@@ -46,12 +19,7 @@ command -v ip >/dev/null || apt_install iproute2
 unshare --net -- sh -c 'ip link set lo up' ||
   fail "cannot make a private network namespace (unshare --net): the mDNS tests need root or unprivileged user namespaces"
 
-step "local Kubernetes control plane binaries (built from Go modules, cached)"
-command -v go >/dev/null || fail "go is missing: the control plane is built from the Kubernetes Go modules"
-command -v openssl >/dev/null || apt_install openssl
-DOWSER_K8S_BIN=$(tests/cluster/build-binaries.sh | tail -n 1)
-export DOWSER_K8S_BIN
-"$DOWSER_K8S_BIN/kube-apiserver" --version >&2
+k8s_binaries
 
 step "local control plane smoke test (two clusters at once, scheduling, clean stop)"
 tests/cluster/smoke-test.sh >&2
