@@ -20,7 +20,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -81,7 +81,7 @@ fn refusal(config: &Configuration) -> Option<String> {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
-    let client = Client::try_default().await?;
+    let client = crate::client::for_component("agent").await?;
     let node = args.node_name.clone();
     let metrics = Arc::new(metrics::Metrics::default());
     let listener = tokio::net::TcpListener::bind(&args.health_addr).await?;

@@ -151,7 +151,7 @@ struct Ctx {
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
-    let client = Client::try_default().await?;
+    let client = crate::client::for_component("controller").await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(&args.health_addr).await?;

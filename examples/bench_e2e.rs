@@ -1,0 +1,297 @@
+//! The cluster part of `tests/bench.sh`: agent footprint and end-to-end latency on a local
+//! control plane that the script has booted (KUBECONFIG, CRDs applied, apiserver audit log
+//! at DOWSER_AUDIT_LOG). Runs the release binaries given by DOWSER_BIN and
+//! DOWSER_FAKE_KUBELET; simulated devices are served in this process.
+//!
+//! Writes Markdown table rows (benchmark | dowser | peer | ratio) to `--rows`.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use dowser_discovery_api::naming::{instance_name, instance_resource};
+use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{Api, Client, api::ListParams};
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run tests/bench.sh)"))
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let out = Command::new(format!("{}/kubectl", env("DOWSER_K8S_BIN")))
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn apply(yaml: &str) {
+    let mut child = Command::new(format!("{}/kubectl", env("DOWSER_K8S_BIN")))
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// (VmRSS, VmHWM) in KiB and user+system CPU ticks of a process.
+fn usage(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (kib("VmRSS:"), kib("VmHWM:"), ticks)
+}
+
+/// Requests (and of them writes) in the audit log made with a user agent prefix, in the
+/// lines after `from`.
+fn audit_count(log: &Path, from: usize, agent: &str) -> (usize, usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut ids = BTreeSet::new();
+    let mut writes = 0;
+    for line in &lines[from.min(lines.len())..] {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if !v["userAgent"].as_str().unwrap_or("").starts_with(agent) {
+            continue;
+        }
+        if ids.insert(v["auditID"].as_str().unwrap_or("").to_string())
+            && matches!(
+                v["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            )
+        {
+            writes += 1;
+        }
+    }
+    (ids.len(), writes, lines.len())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+async fn device(addr: &str) -> RunningListener {
+    serve(&ListenerConfig::device(
+        addr.parse().unwrap(),
+        vec![UnitConfig::identified(1, "Acme", "PLC", "1.0")],
+    ))
+    .await
+    .unwrap()
+    .remove(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut work, mut rows) = (PathBuf::from("target/bench/e2e"), PathBuf::from("target/bench/e2e.rows"));
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--work" => work = args.next().unwrap().into(),
+            "--rows" => rows = args.next().unwrap().into(),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    std::fs::create_dir_all(&work).unwrap();
+    let audit = PathBuf::from(env("DOWSER_AUDIT_LOG"));
+    let kubeconfig = env("KUBECONFIG");
+    let client = Client::try_default().await.unwrap();
+    let mut out = Vec::new();
+
+    let node_dir = work.join("edge-1");
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let _kubelet = Proc(
+        Command::new(env("DOWSER_FAKE_KUBELET"))
+            .args(["--kubeconfig", &kubeconfig, "--node-name", "edge-1", "--root-dir"])
+            .arg(&node_dir)
+            .stderr(std::fs::File::create(work.join("kubelet.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    while !node_dir.join("device-plugins/kubelet.sock").exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Footprint: the examples of deploy/examples and 100 Modbus Instances, then a minute idle.
+    let mut fleet = ListenerConfig::device(
+        "127.91.0.1:5020".parse().unwrap(),
+        vec![
+            UnitConfig::identified(1, "Acme", "PLC", "1.0"),
+            UnitConfig::identified(2, "Acme", "IO", "1.0"),
+        ],
+    );
+    fleet.count = 50;
+    let _fleet = serve(&fleet).await.unwrap();
+    kubectl(&["apply", "-f", "deploy/examples/"]);
+    apply(
+        "apiVersion: dowser.dev/v1alpha1\nkind: Configuration\nmetadata: {name: hundred, namespace: default}\nspec:\n  discovery: {modbus: {targets: [\"127.91.0.1-127.91.0.50\"], ports: [5020], unitIds: [\"1-2\"], intervalSeconds: 30}}\n",
+    );
+    let agent = Proc(
+        Command::new(env("DOWSER_BIN"))
+            .args(["agent", "--device-plugin-dir"])
+            .arg(node_dir.join("device-plugins"))
+            .arg("--pod-resources-socket")
+            .arg(node_dir.join("pod-resources/kubelet.sock"))
+            .args(["--health-addr", "127.0.0.1:0", "--pod-resources-interval-seconds", "1"])
+            .env("NODE_NAME", "edge-1")
+            .env("DOWSER_LOG", "warn")
+            .stderr(std::fs::File::create(work.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = agent.0.id();
+    let t = Instant::now();
+    loop {
+        let n = kubectl(&["get", "instances", "-l", "dowser.dev/configuration=hundred", "-o", "name"])
+            .lines()
+            .count();
+        if n == 100 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "only {n} of 100 Instances");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let converge = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, _, lines_before) = audit_count(&audit, usize::MAX, "dowser-agent/");
+    let (_, _, ticks_before) = usage(pid);
+    let mut rss = Vec::new();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss.push(usage(pid).0);
+    }
+    let (steady, peak, ticks_after) = usage(pid);
+    let (requests, writes, _) = audit_count(&audit, lines_before, "dowser-agent/");
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let cpu = (ticks_after - ticks_before) as f64 / ticks_per_sec / 60.0 * 100.0;
+    let mib = |k: u64| k as f64 / 1024.0;
+    out.push(format!(
+        "| agent RSS idle, 6 example Configurations + 100 Instances (MiB; budget 12) | steady {:.1}, peak {:.1} | Akri agent limit 79 Mi | - |",
+        mib(steady),
+        mib(peak)
+    ));
+    out.push(format!(
+        "| agent CPU idle over 60 s | {cpu:.2} % of a core | - | - |"
+    ));
+    out.push(format!(
+        "| agent API requests / writes in 60 s idle (apiserver audit log) | {requests} / {writes} | - | - |"
+    ));
+    out.push(format!("| 100 Instances created after agent start (s) | {converge:.2} | - | - |"));
+    drop(agent);
+    kubectl(&["delete", "configurations", "--all", "--wait=false"]);
+
+    // End to end: device appears -> resource allocatable on the node -> broker Running.
+    let _agent = Proc(
+        Command::new(env("DOWSER_BIN"))
+            .args(["agent", "--device-plugin-dir"])
+            .arg(node_dir.join("device-plugins"))
+            .arg("--pod-resources-socket")
+            .arg(node_dir.join("pod-resources/kubelet.sock"))
+            .args(["--health-addr", "127.0.0.1:0", "--pod-resources-interval-seconds", "1"])
+            .args(["--slot-release-grace-seconds", "1"])
+            .env("NODE_NAME", "edge-1")
+            .env("DOWSER_LOG", "warn")
+            .stderr(std::fs::File::create(work.join("agent-e2e.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let _controller = Proc(
+        Command::new(env("DOWSER_BIN"))
+            .args(["controller", "--health-addr", "127.0.0.1:0", "--instance-name", "bench"])
+            .env("DOWSER_LOG", "warn")
+            .stderr(std::fs::File::create(work.join("controller.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    apply(
+        "apiVersion: dowser.dev/v1alpha1\nkind: Configuration\nmetadata: {name: e2e, namespace: default}\nspec:\n  discovery: {modbus: {targets: [\"127.91.1.0/27\"], ports: [5020], intervalSeconds: 1, connectTimeoutMs: 200, requestTimeoutMs: 300}}\n  offlineGracePeriodSeconds: 1\n  brokerSpec: {brokerPodSpec: {containers: [{name: broker, image: example.invalid/broker:1}]}}\n",
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let (mut to_allocatable, mut to_running) = (Vec::new(), Vec::new());
+    const REPS: usize = 20;
+    for rep in 0..REPS {
+        let addr = format!("127.91.1.{}:5020", rep + 1);
+        let id = format!("modbus+tcp://{addr}/1");
+        let instance = instance_name("e2e", &id, None);
+        let resource = instance_resource(&instance);
+        let t0 = Instant::now();
+        let dev = device(&addr).await;
+        let mut allocatable = None;
+        let running = loop {
+            assert!(t0.elapsed() < Duration::from_secs(60), "rep {rep}: no broker in 60 s");
+            if allocatable.is_none() {
+                let node = nodes.get("edge-1").await.unwrap();
+                let has = node
+                    .status
+                    .and_then(|s| s.allocatable)
+                    .and_then(|a| a.get(&resource).map(|q| q.0 != "0"))
+                    .unwrap_or(false);
+                if has {
+                    allocatable = Some(t0.elapsed());
+                }
+            }
+            if let Some(pod) = pods.get_opt(&format!("{instance}-0")).await.unwrap()
+                && pod.status.and_then(|s| s.phase).as_deref() == Some("Running")
+            {
+                break t0.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        to_allocatable.push(allocatable.unwrap_or(running).as_secs_f64());
+        to_running.push(running.as_secs_f64());
+        drop(dev);
+        // Wait for the broker to go before the next device, so runs do not overlap.
+        let t = Instant::now();
+        while !pods
+            .list(&ListParams::default().labels("dowser.dev/configuration=e2e"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+        {
+            assert!(t.elapsed() < Duration::from_secs(60), "broker of rep {rep} never left");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out.push(format!(
+        "| device appears → `dowser.dev/<instance>` allocatable on the node, p50 / p95 of {REPS} (s; Modbus polled every 1 s) | {:.2} / {:.2} | - | - |",
+        percentile(&mut to_allocatable, 0.5),
+        percentile(&mut to_allocatable, 0.95)
+    ));
+    out.push(format!(
+        "| device appears → broker pod Running, p50 / p95 of {REPS} (s; budget p50 2) | {:.2} / {:.2} | - | - |",
+        percentile(&mut to_running, 0.5),
+        percentile(&mut to_running, 0.95)
+    ));
+    std::fs::write(&rows, out.join("\n") + "\n").unwrap();
+}
