@@ -1,10 +1,12 @@
 //! What one node reports for one Configuration: devices it sees, and when each was last
 //! seen. Pure: snapshots and the clock go in, Instance changes come out.
 //!
-//! A polled handler's snapshot (one with a round) shows what one scan saw: a device is seen
-//! at that moment. An event-driven handler's snapshot (no round) is the state until the
-//! next one: a device in it is seen continuously until a snapshot lacks it, however long
-//! nothing changes, and its grace period starts then.
+//! A device in the latest snapshot is present, however long until the next one (a polled
+//! handler's interval may be longer than the grace period): only a snapshot without it can
+//! start its departure. A polled handler's snapshot (one with a round) shows what one scan
+//! saw, so a device's grace period counts from the last scan that saw it. An event-driven
+//! handler's snapshot (no round) is the state until the next one, so the grace period counts
+//! from the snapshot that lacks the device.
 
 use std::{
     collections::BTreeMap,
@@ -17,8 +19,8 @@ use dowser_discovery_api::{Device, Snapshot};
 struct Entry {
     device: Device,
     last_seen: Instant,
-    /// In the latest snapshot of an event-driven handler: seen until a snapshot lacks it.
-    held: bool,
+    /// In the latest snapshot: present until a snapshot lacks it.
+    in_latest: bool,
 }
 
 /// The devices a node reports for a Configuration.
@@ -37,7 +39,7 @@ impl Presence {
                 Entry {
                     device,
                     last_seen: now,
-                    held: false,
+                    in_latest: false,
                 },
             );
         }
@@ -46,18 +48,21 @@ impl Presence {
     /// Records a full snapshot. Returns the devices that are new or changed (to write);
     /// devices missing from the snapshot are kept with their last-seen time.
     pub fn observe(&mut self, snapshot: &Snapshot, now: Instant) -> Vec<Device> {
-        let held = snapshot.round().is_none();
-        for entry in self.entries.values_mut().filter(|e| e.held) {
-            // Seen until now; the next snapshot says whether it still is.
-            entry.held = false;
-            entry.last_seen = now;
+        let event_driven = snapshot.round().is_none();
+        for entry in self.entries.values_mut().filter(|e| e.in_latest) {
+            // Until this snapshot says otherwise below.
+            entry.in_latest = false;
+            if event_driven {
+                // It was there until now.
+                entry.last_seen = now;
+            }
         }
         let mut changed = Vec::new();
         for device in snapshot.devices() {
             match self.entries.get_mut(&device.id) {
                 Some(entry) => {
                     entry.last_seen = now;
-                    entry.held = held;
+                    entry.in_latest = true;
                     if entry.device != *device {
                         entry.device = device.clone();
                         changed.push(device.clone());
@@ -69,7 +74,7 @@ impl Presence {
                         Entry {
                             device: device.clone(),
                             last_seen: now,
-                            held,
+                            in_latest: true,
                         },
                     );
                     changed.push(device.clone());
@@ -79,12 +84,13 @@ impl Presence {
         changed
     }
 
-    /// Removes and returns the ids of devices unseen for at least `grace`.
+    /// Removes and returns the ids of devices missing from the latest snapshot and unseen for
+    /// at least `grace`.
     pub fn expire(&mut self, now: Instant, grace: Duration) -> Vec<String> {
         let gone: Vec<String> = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.held && now.saturating_duration_since(e.last_seen) >= grace)
+            .filter(|(_, e)| !e.in_latest && now.saturating_duration_since(e.last_seen) >= grace)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
@@ -97,7 +103,7 @@ impl Presence {
     pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
         self.entries
             .values()
-            .filter(|e| !e.held)
+            .filter(|e| !e.in_latest)
             .map(|e| e.last_seen + grace)
             .min()
     }
@@ -166,6 +172,7 @@ mod tests {
             p.observe(&scan(vec![dev("a", "1")]), t0 + Duration::from_secs(25))
                 .is_empty()
         );
+        p.observe(&scan(vec![]), t0 + Duration::from_secs(40));
         assert!(p.expire(t0 + Duration::from_secs(50), GRACE).is_empty());
         assert_eq!(p.expire(t0 + Duration::from_secs(55), GRACE), ["a"]);
     }
@@ -184,6 +191,20 @@ mod tests {
         );
         // b was not seen again: it leaves after the grace period, counted from adoption.
         assert_eq!(p.expire(t0 + GRACE, GRACE), ["b"]);
+    }
+
+    #[test]
+    fn a_device_not_scanned_again_yet_is_not_gone_whatever_the_interval() {
+        // intervalSeconds 60 with offlineGracePeriodSeconds 30: the next scan comes after
+        // the grace period, and the device must still be there.
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        p.observe(&scan(vec![dev("a", "1")]), t0);
+        assert!(p.expire(t0 + Duration::from_secs(61), GRACE).is_empty());
+        assert_eq!(p.next_expiry(GRACE), None);
+        // The next scan misses it: its grace period counts from the scan that saw it.
+        p.observe(&scan(vec![]), t0 + Duration::from_secs(61));
+        assert_eq!(p.expire(t0 + Duration::from_secs(61), GRACE), ["a"]);
     }
 
     fn scan(devices: Vec<Device>) -> Snapshot {
@@ -211,8 +232,13 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Presence::default();
         p.observe(&scan(vec![dev("a", "1")]), t0);
-        assert_eq!(p.next_expiry(GRACE), Some(t0 + GRACE));
+        assert_eq!(p.next_expiry(GRACE), None, "in the latest scan: present");
         p.observe(&scan(vec![]), t0 + Duration::from_secs(20));
+        assert_eq!(
+            p.next_expiry(GRACE),
+            Some(t0 + GRACE),
+            "counted from the scan that saw it"
+        );
         assert_eq!(p.expire(t0 + GRACE, GRACE), ["a"]);
     }
 }
