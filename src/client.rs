@@ -7,8 +7,9 @@ use kube::{Client, Config};
 pub async fn for_component(component: &str) -> anyhow::Result<Client> {
     let mut config = Config::infer().await?;
     let agent = format!("dowser-{component}/{}", env!("CARGO_PKG_VERSION"));
-    config
-        .headers
-        .push((http::header::USER_AGENT, http::HeaderValue::from_str(&agent)?));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent)?,
+    ));
     Ok(Client::try_from(config)?)
 }
