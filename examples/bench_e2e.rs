@@ -63,6 +63,20 @@ fn apply(yaml: &str) {
     assert!(child.wait().unwrap().success());
 }
 
+/// (RssAnon, RssFile) in KiB: heap and stacks versus mapped pages of the binary.
+fn rss_split(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0u64)
+    };
+    (kib("RssAnon:"), kib("RssFile:"))
+}
+
 /// (VmRSS, VmHWM) in KiB and user+system CPU ticks of a process.
 fn usage(pid: u32) -> (u64, u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -227,13 +241,16 @@ async fn main() {
         rss.push(usage(pid).0);
     }
     let (steady, peak, ticks_after) = usage(pid);
+    let (anon, file) = rss_split(pid);
     let (requests, writes, _) = audit_count(&audit, lines_before, "dowser-agent/");
     let ticks_per_sec = 100.0; // USER_HZ on Linux
     let cpu = (ticks_after - ticks_before) as f64 / ticks_per_sec / 60.0 * 100.0;
     let mib = |k: u64| k as f64 / 1024.0;
     out.push(format!(
-        "| agent RSS idle, 6 example Configurations + 100 Instances (MiB; budget 12) | steady {:.1}, peak {:.1} | Akri agent limit 79 Mi | - |",
+        "| agent RSS idle, 6 example Configurations + 100 Instances (MiB; budget 12) | steady {:.1} (heap {:.1} + binary pages {:.1}), peak {:.1} | Akri agent limit 79 Mi | - |",
         mib(steady),
+        mib(anon),
+        mib(file),
         mib(peak)
     ));
     out.push(format!(
@@ -390,9 +407,12 @@ async fn main() {
     let created = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(30)).await;
     let (rss, hwm, _) = usage(_controller.0.id());
+    let (anon, file) = rss_split(_controller.0.id());
     out.push(format!(
-        "| controller RSS with 1,000 Instances (MiB; budget 30) | {:.1} (peak {:.1}) | Akri controller limit 100 Mi | - |",
+        "| controller RSS with 1,000 Instances (MiB; budget 30) | {:.1} (heap {:.1} + binary pages {:.1}), peak {:.1} | Akri controller limit 100 Mi | - |",
         mib(rss),
+        mib(anon),
+        mib(file),
         mib(hwm)
     ));
     out.push(format!("| 1,000 Instances created + status written by the bench client (s) | {created:.1} | - | - |"));

@@ -30,6 +30,7 @@ now() { printf '%s' "$EPOCHREALTIME"; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 ratio() { awk -v d="$1" -v p="$2" 'BEGIN { if (d > 0) printf "%.1f×", p / d; else print "-" }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+devices_in_output() { "$DOWSER_PYTHON" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))))' "$work/out"; }
 
 work=$(mktemp -d)
 pids=()
@@ -73,7 +74,7 @@ EOF
 sim "$work/sweep.yaml"
 config "$work/sweep-config.yaml" '{modbus: {targets: ["127.90.0.0/24"], requestTimeoutMs: 1000}}'
 d=$(time3 "$bin/dowser" discover -f "$work/sweep-config.yaml" -o json)
-found=$(grep -c '"deviceId"' "$work/out" || true)
+found=$(devices_in_output)
 [ "$found" = 5 ] || fail "dowser found $found of 5 devices in the sweep"
 p=$(time3 nmap -n -Pn -p 502 --script modbus-discover 127.90.0.0/24)
 found=$(grep -c 'modbus-discover' "$work/out" || true)
@@ -96,7 +97,7 @@ EOF
 sim "$work/ident.yaml"
 config "$work/ident-config.yaml" '{modbus: {targets: ["127.90.1.1-127.90.1.50"], ports: [5020], unitIds: ["1-2"]}}'
 d=$(time3 "$bin/dowser" discover -f "$work/ident-config.yaml" -o json)
-found=$(grep -c '"deviceId"' "$work/out" || true)
+found=$(devices_in_output)
 [ "$found" = 100 ] || fail "dowser identified $found of 100 units"
 p=$(time3 "$DOWSER_PYTHON" tests/peers/bench_modbus_identify.py --hosts 127.90.1.1-50 --port 5020 --units 1-2)
 read -r found _ <"$work/out"
@@ -117,7 +118,7 @@ EOF
 sim "$work/opcua.yaml"
 config "$work/opcua-config.yaml" '{opcua: {discoveryUrls: ["opc.tcp://127.90.2.1:4840/"]}}'
 d=$(time3 "$bin/dowser" discover -f "$work/opcua-config.yaml" -o json)
-found=$(grep -c '"deviceId"' "$work/out" || true)
+found=$(devices_in_output)
 [ "$found" = 20 ] || fail "dowser found $found of 20 OPC UA servers"
 p=$(time3 "$DOWSER_PYTHON" tests/peers/bench_opcua_discover.py opc.tcp://127.90.2.1:4840/)
 read -r found _ <"$work/out"
