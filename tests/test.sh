@@ -37,8 +37,10 @@ step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet
 
 step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI"
+set +e   # a failing test must still reach the summary below
 cargo test --workspace --no-fail-fast 2>&1 | tee "$cache/last-test.log"
 status=${PIPESTATUS[0]}
+set -e
 
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$cache/last-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$cache/last-test.log" | awk '{s+=$1} END {print s+0}')
