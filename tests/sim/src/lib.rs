@@ -9,6 +9,7 @@ pub mod modbus;
 pub mod netns;
 pub mod opcua;
 pub mod rtu;
+pub mod umockdev;
 pub mod zeroconf;
 
 use serde::Deserialize;
