@@ -14,8 +14,6 @@ pub fn enabled() -> Vec<&'static str> {
         "opcua",
         #[cfg(feature = "mdns")]
         "mdns",
-        #[cfg(feature = "serial")]
-        "serial",
     ]
     .into_iter()
     .collect()
@@ -51,11 +49,6 @@ pub fn validate(selected: Selected<'_>, path: &str) -> Vec<FieldError> {
             use dowser_discovery_api::DiscoveryHandler;
             dowser_mdns::MdnsHandler.validate(d, &format!("{path}.mdns"))
         }
-        #[cfg(feature = "serial")]
-        Selected::Serial(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            dowser_serial::SerialHandler.validate(d, &format!("{path}.serial"))
-        }
         other => vec![FieldError::new(
             format!("{path}.{}", other.name()),
             not_built(other.name()),
@@ -83,11 +76,6 @@ pub fn discover(
         Selected::Mdns(d) => {
             use dowser_discovery_api::DiscoveryHandler;
             Ok(dowser_mdns::MdnsHandler.discover(d.clone(), properties))
-        }
-        #[cfg(feature = "serial")]
-        Selected::Serial(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            Ok(dowser_serial::SerialHandler.discover(d.clone(), properties))
         }
         other => Err(DiscoveryError::Unavailable(not_built(other.name()))),
     }

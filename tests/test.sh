@@ -19,11 +19,6 @@ command -v ip >/dev/null || apt_install iproute2
 unshare --net -- sh -c 'ip link set lo up' ||
   fail "cannot make a private network namespace (unshare --net): the mDNS tests need root or unprivileged user namespaces"
 
-step "umockdev (fake sysfs/udev) for the USB-serial tests"
-apt_install umockdev gir1.2-umockdev-1.0 python3-gi libudev-dev pkg-config
-umockdev-wrapper /usr/bin/python3 -c "import gi; gi.require_version('UMockdev', '1.0'); from gi.repository import UMockdev" ||
-  fail "umockdev's Python binding is not importable by /usr/bin/python3: the serial tests need it"
-
 k8s_binaries
 
 step "local control plane smoke test (two clusters at once, scheduling, clean stop)"
@@ -37,7 +32,6 @@ step "slim agent builds (one handler feature each; the CLI tests run the modbus 
 cargo build --quiet -p dowser --no-default-features --features modbus --target-dir "$cache/slim-target"
 export DOWSER_SLIM_BIN="$cache/slim-target/debug/dowser"
 cargo check --quiet -p dowser --no-default-features --features mdns
-cargo check --quiet -p dowser --no-default-features --features serial
 
 step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet

@@ -9,7 +9,6 @@ pub mod modbus;
 pub mod netns;
 pub mod opcua;
 pub mod rtu;
-pub mod umockdev;
 pub mod zeroconf;
 
 use serde::Deserialize;
