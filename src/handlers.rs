@@ -10,6 +10,8 @@ pub fn enabled() -> Vec<&'static str> {
     [
         #[cfg(feature = "modbus")]
         "modbus",
+        #[cfg(feature = "serial")]
+        "serial",
     ]
     .into_iter()
     .collect()
@@ -35,6 +37,11 @@ pub fn validate(selected: Selected<'_>, path: &str) -> Vec<FieldError> {
             use dowser_discovery_api::DiscoveryHandler;
             dowser_modbus::ModbusHandler.validate(d, &format!("{path}.modbus"))
         }
+        #[cfg(feature = "serial")]
+        Selected::Serial(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            dowser_serial::SerialHandler.validate(d, &format!("{path}.serial"))
+        }
         other => vec![FieldError::new(
             format!("{path}.{}", other.name()),
             not_built(other.name()),
@@ -52,6 +59,11 @@ pub fn discover(
         Selected::Modbus(d) => {
             use dowser_discovery_api::DiscoveryHandler;
             Ok(dowser_modbus::ModbusHandler.discover(d.clone(), properties))
+        }
+        #[cfg(feature = "serial")]
+        Selected::Serial(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            Ok(dowser_serial::SerialHandler.discover(d.clone(), properties))
         }
         other => Err(DiscoveryError::Unavailable(not_built(other.name()))),
     }

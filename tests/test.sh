@@ -39,6 +39,11 @@ fi
 export DOWSER_PYTHON="$venv/bin/python"
 "$DOWSER_PYTHON" -c 'import pymodbus; print("pymodbus", pymodbus.__version__)' >&2
 
+step "OS-level test doubles: umockdev (USB serial)"
+apt_install umockdev gir1.2-umockdev-1.0 python3-gi
+/usr/bin/python3 -c 'import gi; gi.require_version("UMockdev", "1.0")' \
+  || fail "the umockdev Python binding (gir1.2-umockdev-1.0, python3-gi) does not load"
+
 step "local Kubernetes control plane binaries (built from Go modules, cached)"
 command -v go >/dev/null || fail "go is missing: the control plane is built from the Kubernetes Go modules"
 command -v openssl >/dev/null || apt_install openssl
