@@ -12,6 +12,8 @@ pub fn enabled() -> Vec<&'static str> {
         "modbus",
         #[cfg(feature = "serial")]
         "serial",
+        #[cfg(feature = "ble")]
+        "ble",
     ]
     .into_iter()
     .collect()
@@ -42,6 +44,11 @@ pub fn validate(selected: Selected<'_>, path: &str) -> Vec<FieldError> {
             use dowser_discovery_api::DiscoveryHandler;
             dowser_serial::SerialHandler.validate(d, &format!("{path}.serial"))
         }
+        #[cfg(feature = "ble")]
+        Selected::Ble(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            dowser_ble::BleHandler.validate(d, &format!("{path}.ble"))
+        }
         other => vec![FieldError::new(
             format!("{path}.{}", other.name()),
             not_built(other.name()),
@@ -64,6 +71,11 @@ pub fn discover(
         Selected::Serial(d) => {
             use dowser_discovery_api::DiscoveryHandler;
             Ok(dowser_serial::SerialHandler.discover(d.clone(), properties))
+        }
+        #[cfg(feature = "ble")]
+        Selected::Ble(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            Ok(dowser_ble::BleHandler.discover(d.clone(), properties))
         }
         other => Err(DiscoveryError::Unavailable(not_built(other.name()))),
     }

@@ -39,10 +39,15 @@ fi
 export DOWSER_PYTHON="$venv/bin/python"
 "$DOWSER_PYTHON" -c 'import pymodbus; print("pymodbus", pymodbus.__version__)' >&2
 
-step "OS-level test doubles: umockdev (USB serial)"
-apt_install umockdev gir1.2-umockdev-1.0 python3-gi
+step "build dependencies: libdbus (BLE discovery talks to BlueZ over D-Bus)"
+apt_install pkg-config libdbus-1-dev
+
+step "OS-level test doubles: umockdev (USB serial), python-dbusmock's BlueZ on a private D-Bus (BLE)"
+apt_install umockdev gir1.2-umockdev-1.0 python3-gi dbus-daemon python3-dbusmock
 /usr/bin/python3 -c 'import gi; gi.require_version("UMockdev", "1.0")' \
   || fail "the umockdev Python binding (gir1.2-umockdev-1.0, python3-gi) does not load"
+/usr/bin/python3 -c 'import dbusmock.templates.bluez5' \
+  || fail "python-dbusmock's bluez5 template (python3-dbusmock) does not load"
 
 step "local Kubernetes control plane binaries (built from Go modules, cached)"
 command -v go >/dev/null || fail "go is missing: the control plane is built from the Kubernetes Go modules"

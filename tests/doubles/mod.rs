@@ -2,6 +2,7 @@
 //! and `dowser discover --watch` run as a process against them.
 #![allow(dead_code)]
 
+pub mod bluez;
 pub mod umockdev;
 pub mod watch;
 

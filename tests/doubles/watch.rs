@@ -116,6 +116,25 @@ impl Watch {
         })
     }
 
+    /// Waits up to `seconds` until the watch has said `text` on its standard error.
+    pub fn until_said(&self, seconds: u64, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for dowser discover --watch to say {text:?}; it said:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Forgets what was printed so far (snapshots and standard error).
+    pub fn drain(&self) {
+        while self.printed.try_recv().is_ok() {}
+        self.stderr.lock().unwrap().clear();
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

@@ -10,7 +10,9 @@ use crate::{FieldError, Snapshot};
 pub type Properties = BTreeMap<String, String>;
 
 /// A never-ending stream of full snapshots. Polled handlers yield one per interval;
-/// event-driven handlers yield whenever the set of devices changes.
+/// event-driven handlers yield whenever the set of devices changes, and repeat the current
+/// snapshot every second or so: the agent counts a device as seen when a snapshot holds it,
+/// so one that is never repeated goes offline after the grace period.
 pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, DiscoveryError>> + Send>>;
 
 /// Why a discovery round could not produce a snapshot. A device that misbehaves is never an
