@@ -47,7 +47,7 @@ impl Watch {
             ])
             .arg(config)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("DOWSER_LOG", "debug")
+            .env("DOWSER_LOG", "info,dowser_serial=debug,dowser_ble=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
