@@ -14,6 +14,10 @@ pub fn enabled() -> Vec<&'static str> {
         "opcua",
         #[cfg(feature = "mdns")]
         "mdns",
+        #[cfg(feature = "serial")]
+        "serial",
+        #[cfg(feature = "ble")]
+        "ble",
     ]
     .into_iter()
     .collect()
@@ -49,6 +53,18 @@ pub fn validate(selected: Selected<'_>, path: &str) -> Vec<FieldError> {
             use dowser_discovery_api::DiscoveryHandler;
             dowser_mdns::MdnsHandler.validate(d, &format!("{path}.mdns"))
         }
+        #[cfg(feature = "serial")]
+        Selected::Serial(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            dowser_serial::SerialHandler.validate(d, &format!("{path}.serial"))
+        }
+        #[cfg(feature = "ble")]
+        Selected::Ble(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            dowser_ble::BleHandler.validate(d, &format!("{path}.ble"))
+        }
+        // Reachable in builds without every handler feature.
+        #[allow(unreachable_patterns)]
         other => vec![FieldError::new(
             format!("{path}.{}", other.name()),
             not_built(other.name()),
@@ -77,6 +93,17 @@ pub fn discover(
             use dowser_discovery_api::DiscoveryHandler;
             Ok(dowser_mdns::MdnsHandler.discover(d.clone(), properties))
         }
+        #[cfg(feature = "serial")]
+        Selected::Serial(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            Ok(dowser_serial::SerialHandler.discover(d.clone(), properties))
+        }
+        #[cfg(feature = "ble")]
+        Selected::Ble(d) => {
+            use dowser_discovery_api::DiscoveryHandler;
+            Ok(dowser_ble::BleHandler.discover(d.clone(), properties))
+        }
+        #[allow(unreachable_patterns)]
         other => Err(DiscoveryError::Unavailable(not_built(other.name()))),
     }
 }

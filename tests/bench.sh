@@ -11,7 +11,7 @@ out=${1:-target/bench.md}
 started=$(date +%s)
 
 need_toolchain
-apt_install nmap socat libudev-dev pkg-config
+apt_install nmap socat libdbus-1-dev pkg-config
 peers_venv
 k8s_binaries
 

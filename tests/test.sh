@@ -19,6 +19,16 @@ command -v ip >/dev/null || apt_install iproute2
 unshare --net -- sh -c 'ip link set lo up' ||
   fail "cannot make a private network namespace (unshare --net): the mDNS tests need root or unprivileged user namespaces"
 
+step "build dependencies: libdbus (BLE discovery talks to BlueZ over D-Bus)"
+apt_install pkg-config libdbus-1-dev
+
+step "OS-level test doubles: umockdev (USB serial), python-dbusmock's BlueZ on a private D-Bus (BLE)"
+apt_install umockdev gir1.2-umockdev-1.0 python3-gi dbus-daemon python3-dbusmock
+/usr/bin/python3 -c 'import gi; gi.require_version("UMockdev", "1.0")' \
+  || fail "the umockdev Python binding (gir1.2-umockdev-1.0, python3-gi) does not load"
+/usr/bin/python3 -c 'import dbusmock.templates.bluez5' \
+  || fail "python-dbusmock's bluez5 template (python3-dbusmock) does not load"
+
 k8s_binaries
 
 step "local control plane smoke test (two clusters at once, scheduling, clean stop)"
@@ -32,6 +42,8 @@ step "slim agent builds (one handler feature each; the CLI tests run the modbus 
 cargo build --quiet -p dowser --no-default-features --features modbus --target-dir "$cache/slim-target"
 export DOWSER_SLIM_BIN="$cache/slim-target/debug/dowser"
 cargo check --quiet -p dowser --no-default-features --features mdns
+cargo check --quiet -p dowser --no-default-features --features serial
+cargo check --quiet -p dowser --no-default-features --features ble
 
 step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet

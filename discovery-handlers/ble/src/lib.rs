@@ -1,0 +1,231 @@
+//! Bluetooth Low Energy discovery for dowser.
+//!
+//! Scans continuously through BlueZ (btleplug over the D-Bus system bus) on one adapter and
+//! keeps the devices heard within the presence window that pass the filters (name, address,
+//! service UUIDs, manufacturer ids, minimum RSSI). A device's id is its address; RSSI only
+//! decides presence and is never part of a device. When BlueZ or the adapter is missing,
+//! the stream says so and tries again.
+
+pub mod presence;
+mod removals;
+
+use std::time::Duration;
+
+use btleplug::{
+    api::{Central, CentralEvent, CentralState, Manager as _, Peripheral as _, ScanFilter},
+    platform::{Adapter, Manager, PeripheralId},
+};
+use dowser_discovery_api::{
+    DiscoveryError, DiscoveryHandler, FieldError, Properties, Snapshot, SnapshotStream,
+    details::BleDetails,
+};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+pub use presence::{Advert, BleFilter, Presence};
+
+/// How often presence is re-evaluated (the window ends, BlueZ forgets a device) and the
+/// current snapshot repeated, so the agent knows the devices are still there.
+pub const TICK: Duration = Duration::from_secs(1);
+/// The wait before trying again when BlueZ or the adapter is missing.
+pub const RETRY: Duration = Duration::from_secs(3);
+
+/// The BLE discovery handler.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BleHandler;
+
+impl DiscoveryHandler for BleHandler {
+    type Details = BleDetails;
+
+    fn name(&self) -> &'static str {
+        "ble"
+    }
+
+    fn shared(&self, details: &BleDetails) -> bool {
+        dowser_discovery_api::details::Selected::Ble(details).shared()
+    }
+
+    fn validate(&self, details: &BleDetails, path: &str) -> Vec<FieldError> {
+        let _ = (details, path);
+        Vec::new()
+    }
+
+    /// Yields a snapshot when scanning starts, whenever a device comes or goes or changes,
+    /// and every [`TICK`]; an error when BlueZ or the adapter cannot be used (retried every
+    /// [`RETRY`]).
+    fn discover(&self, details: BleDetails, _properties: Properties) -> SnapshotStream {
+        let path = "spec.discovery.ble";
+        let errors = details.validate(path);
+        if !errors.is_empty() {
+            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) })
+                .boxed();
+        }
+        let filter = match BleFilter::new(&details) {
+            Ok(f) => f,
+            Err(e) => {
+                let e = DiscoveryError::Invalid(vec![FieldError::new(path, e)]);
+                return futures::stream::once(async move { Err(e) }).boxed();
+            }
+        };
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let e = scan(&details, &filter, &tx).await;
+                if tx.is_closed() {
+                    return;
+                }
+                debug!(error = %e, "BLE discovery stopped; trying again in {RETRY:?}");
+                if tx.send(Err(e)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+            .boxed()
+    }
+}
+
+type Sender = mpsc::Sender<Result<Snapshot, DiscoveryError>>;
+
+/// One scanning session, until it fails (or nobody listens any more).
+async fn scan(details: &BleDetails, filter: &BleFilter, tx: &Sender) -> DiscoveryError {
+    let (name, adapter) = match adapter(details.adapter.as_deref()).await {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let mut removals = match removals::Removals::open().await {
+        Ok(r) => r,
+        Err(e) => {
+            return DiscoveryError::Unavailable(format!("cannot follow BlueZ's devices: {e}"));
+        }
+    };
+    let mut events = match adapter.events().await {
+        Ok(e) => e,
+        Err(e) => return unavailable("cannot follow BlueZ's events", e),
+    };
+    if let Err(e) = adapter.start_scan(ScanFilter::default()).await {
+        return unavailable("cannot start scanning", e);
+    }
+    let mut presence = Presence::new(details, filter.clone());
+    if tx.send(Ok(presence.snapshot())).await.is_err() {
+        return DiscoveryError::Failed("nobody listens".into());
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let changed = tokio::select! {
+            event = events.next() => match event {
+                None => return DiscoveryError::Unavailable("lost the connection to BlueZ".into()),
+                Some(CentralEvent::StateUpdate(CentralState::PoweredOff)) => {
+                    return DiscoveryError::Unavailable("the Bluetooth adapter was powered off".into());
+                }
+                Some(event) => match heard_from(&event) {
+                    Some(id) => match advert(&adapter, id).await {
+                        Some(a) => presence.heard(&a, std::time::Instant::now()),
+                        None => false,
+                    },
+                    None => false,
+                },
+            },
+            path = removals.next() => match path {
+                None => return DiscoveryError::Unavailable("lost the connection to the D-Bus system bus".into()),
+                Some(path) => removals::address_of(&path, &name).is_some_and(|a| presence.forget(&a)),
+            },
+            _ = tick.tick() => {
+                if let Err(e) = adapter.adapter_info().await {
+                    return unavailable("lost the Bluetooth adapter", e);
+                }
+                presence.expire(std::time::Instant::now());
+                // Sent every tick, changed or not: the agent counts it as seeing the devices.
+                true
+            },
+        };
+        if changed && tx.send(Ok(presence.snapshot())).await.is_err() {
+            return DiscoveryError::Failed("nobody listens".into());
+        }
+    }
+}
+
+fn unavailable(what: &str, e: btleplug::Error) -> DiscoveryError {
+    DiscoveryError::Unavailable(format!("{what}: {e}"))
+}
+
+/// The adapter to scan with, and its name: the one named, else the first.
+async fn adapter(name: Option<&str>) -> Result<(String, Adapter), DiscoveryError> {
+    let manager = Manager::new().await.map_err(|e| {
+        DiscoveryError::Unavailable(format!("cannot reach the D-Bus system bus: {e}"))
+    })?;
+    let adapters = manager.adapters().await.map_err(|e| {
+        DiscoveryError::Unavailable(format!(
+            "cannot list Bluetooth adapters (is BlueZ, bluetoothd, running?): {e}"
+        ))
+    })?;
+    let mut named = Vec::new();
+    for a in adapters {
+        let info = a.adapter_info().await.map_err(|e| {
+            DiscoveryError::Unavailable(format!("cannot read a Bluetooth adapter: {e}"))
+        })?;
+        let id = info
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        named.push((id, a));
+    }
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+    let found = match name {
+        Some(want) => named.into_iter().find(|(n, _)| n == want),
+        None => named.into_iter().next(),
+    };
+    match found {
+        Some((n, a)) => {
+            debug!(adapter = %n, "scanning");
+            Ok((n, a))
+        }
+        None => Err(DiscoveryError::Unavailable(format!(
+            "no Bluetooth adapter{}: BlueZ lists {}",
+            name.map(|n| format!(" {n}")).unwrap_or_default(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ))),
+    }
+}
+
+/// The device an event says was heard, if it says so.
+fn heard_from(event: &CentralEvent) -> Option<&PeripheralId> {
+    match event {
+        CentralEvent::DeviceDiscovered(id)
+        | CentralEvent::DeviceUpdated(id)
+        | CentralEvent::RssiUpdate { id, .. }
+        | CentralEvent::ManufacturerDataAdvertisement { id, .. }
+        | CentralEvent::ServiceDataAdvertisement { id, .. }
+        | CentralEvent::ServicesAdvertisement { id, .. } => Some(id),
+        _ => None,
+    }
+}
+
+/// What BlueZ knows of a device now; `None` when it is gone already.
+async fn advert(adapter: &Adapter, id: &PeripheralId) -> Option<Advert> {
+    let peripheral = adapter.peripheral(id).await.ok()?;
+    let p = peripheral.properties().await.ok()??;
+    Some(Advert {
+        address: p.address.to_string(),
+        address_type: p.address_type.map(|t| {
+            match t {
+                btleplug::api::AddressType::Public => "public",
+                btleplug::api::AddressType::Random => "random",
+            }
+            .to_string()
+        }),
+        name: p.advertisement_name,
+        services: p.services.iter().map(|u| u.to_string()).collect(),
+        manufacturer_ids: p.manufacturer_data.keys().copied().collect(),
+        rssi: p.rssi,
+    })
+}

@@ -1,0 +1,248 @@
+//! USB serial adapters in a umockdev testbed: sysfs, udev properties and device nodes in
+//! the shapes the Linux drivers give them.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+/// What a USB serial adapter tells about itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Adapter {
+    pub vid: &'static str,
+    pub pid: &'static str,
+    pub serial: Option<&'static str>,
+    pub manufacturer: Option<&'static str>,
+    pub product: Option<&'static str>,
+    /// The kernel driver; `cdc_acm` ports hang off the USB interface (`ttyACM*`), the
+    /// usb-serial drivers (`ftdi_sio`, `ch341`, `cp210x`) off a usb-serial port (`ttyUSB*`).
+    pub driver: &'static str,
+}
+
+pub const FTDI_FT232R: Adapter = Adapter {
+    vid: "0403",
+    pid: "6001",
+    serial: Some("A10K3XYZ"),
+    manufacturer: Some("FTDI"),
+    product: Some("FT232R USB UART"),
+    driver: "ftdi_sio",
+};
+
+/// The CH340 has no serial number and no manufacturer string.
+pub const CH340: Adapter = Adapter {
+    vid: "1a86",
+    pid: "7523",
+    serial: None,
+    manufacturer: None,
+    product: Some("USB Serial"),
+    driver: "ch341",
+};
+
+pub const CP2102: Adapter = Adapter {
+    vid: "10c4",
+    pid: "ea60",
+    serial: Some("0001"),
+    manufacturer: Some("Silicon Labs"),
+    product: Some("CP2102 USB to UART Bridge Controller"),
+    driver: "cp210x",
+};
+
+pub const ARDUINO_UNO: Adapter = Adapter {
+    vid: "2341",
+    pid: "0043",
+    serial: Some("75833353035351F0F1C1"),
+    manufacturer: Some("Arduino (www.arduino.cc)"),
+    product: None,
+    driver: "cdc_acm",
+};
+
+const HOST: &str = "/devices/pci0000:00/0000:00:14.0";
+
+/// The sysfs path of the USB device plugged into `port` (`1-2`: bus 1, port 2).
+pub fn usb_device_path(port: &str) -> String {
+    let bus = port.split('-').next().unwrap();
+    format!("/sys{HOST}/usb{bus}/{port}")
+}
+
+/// The umockdev description of `adapter` plugged into USB `port` whose serial port the
+/// kernel named `tty` (`ttyUSB0`).
+pub fn usb_serial(adapter: &Adapter, port: &str, tty: &str) -> String {
+    let (bus, devpath) = port.split_once('-').unwrap();
+    let dev = format!("{HOST}/usb{bus}/{port}");
+    let intf = format!("{dev}/{port}:1.0");
+    let minor: u32 = tty
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap();
+    let devnum = 2 + minor;
+    let mut s = String::new();
+    let mut line = |l: String| {
+        s.push_str(&l);
+        s.push('\n');
+    };
+    // The USB device.
+    line(format!("P: {dev}"));
+    line(format!("N: bus/usb/{bus:0>3}/{devnum:03}"));
+    line(format!("E: DEVNAME=/dev/bus/usb/{bus:0>3}/{devnum:03}"));
+    line("E: DEVTYPE=usb_device".into());
+    line("E: DRIVER=usb".into());
+    line("E: SUBSYSTEM=usb".into());
+    line(format!("E: BUSNUM={bus:0>3}"));
+    line(format!("E: DEVNUM={devnum:03}"));
+    line(format!("E: ID_VENDOR_ID={}", adapter.vid));
+    line(format!("E: ID_MODEL_ID={}", adapter.pid));
+    line(format!("A: idVendor={}", adapter.vid));
+    line(format!("A: idProduct={}", adapter.pid));
+    if let Some(v) = adapter.serial {
+        line(format!("A: serial={v}"));
+        line(format!("E: ID_SERIAL_SHORT={v}"));
+    }
+    if let Some(v) = adapter.manufacturer {
+        line(format!("A: manufacturer={v}"));
+    }
+    if let Some(v) = adapter.product {
+        line(format!("A: product={v}"));
+    }
+    line(format!("A: busnum={bus}"));
+    line(format!("A: devnum={devnum}"));
+    line(format!("A: devpath={devpath}"));
+    line(String::new());
+    // Its interface.
+    line(format!("P: {intf}"));
+    line("E: DEVTYPE=usb_interface".into());
+    line(format!("E: DRIVER={}", adapter.driver));
+    line("E: SUBSYSTEM=usb".into());
+    line("A: bInterfaceNumber=00".into());
+    line(String::new());
+    let (parent, major) = if adapter.driver == "cdc_acm" {
+        (intf.clone(), 166)
+    } else {
+        // A usb-serial port between the interface and the tty.
+        line(format!("P: {intf}/{tty}"));
+        line(format!("E: DRIVER={}", adapter.driver));
+        line("E: SUBSYSTEM=usb-serial".into());
+        line(String::new());
+        (format!("{intf}/{tty}"), 188)
+    };
+    line(format!("P: {parent}/tty/{tty}"));
+    line(format!("N: {tty}"));
+    line(format!("E: DEVNAME=/dev/{tty}"));
+    line(format!("E: MAJOR={major}"));
+    line(format!("E: MINOR={minor}"));
+    line("E: SUBSYSTEM=tty".into());
+    line(format!("A: dev={major}:{minor}"));
+    let target = parent.rsplit('/').next().unwrap();
+    line(format!("L: device=../../../{target}"));
+    line(String::new());
+    s
+}
+
+/// An on-board UART (`ttyS0`), which is not a USB serial adapter.
+pub fn onboard_uart() -> String {
+    "P: /devices/platform/serial8250\nE: DRIVER=serial8250\nE: SUBSYSTEM=platform\n\n\
+     P: /devices/platform/serial8250/tty/ttyS0\nN: ttyS0\nE: DEVNAME=/dev/ttyS0\nE: MAJOR=4\n\
+     E: MINOR=64\nE: SUBSYSTEM=tty\nA: dev=4:64\nL: device=../../../serial8250\n\n"
+        .to_string()
+}
+
+/// Writes a umockdev description to a file in `dir`.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.umockdev"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Environment for a process that should see the testbed at `root` as its /sys and /dev.
+pub fn preload_env(root: &str) -> [(&'static str, String); 2] {
+    [
+        ("LD_PRELOAD", "libumockdev-preload.so.0".to_string()),
+        ("UMOCKDEV_DIR", root.to_string()),
+    ]
+}
+
+/// A live testbed (tests/doubles/umockdev_bed.py) in which adapters are plugged and
+/// unplugged while other processes watch.
+pub struct Bed {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub root: String,
+    files: tempfile::TempDir,
+    added: usize,
+}
+
+impl Bed {
+    pub fn start() -> Self {
+        super::require(
+            "umockdev-wrapper",
+            "install the Debian packages umockdev, gir1.2-umockdev-1.0 and python3-gi",
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles/umockdev_bed.py");
+        let mut child = Command::new("umockdev-wrapper")
+            .arg("/usr/bin/python3")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the umockdev testbed");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        let root = first
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "the umockdev testbed did not start (needs gir1.2-umockdev-1.0 and python3-gi): {first:?}"
+                )
+            })
+            .trim()
+            .to_string();
+        Self {
+            child,
+            stdin,
+            stdout,
+            root,
+            files: tempfile::tempdir().unwrap(),
+            added: 0,
+        }
+    }
+
+    fn command(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).unwrap();
+        assert_eq!(answer.trim(), "ok", "testbed command {line:?} failed");
+    }
+
+    /// Adds the devices of a umockdev description, with their "add" uevents.
+    pub fn add(&mut self, text: &str) {
+        self.added += 1;
+        let path = write(self.files.path(), &format!("add-{}", self.added), text);
+        self.command(&format!("add {}", path.display()));
+    }
+
+    /// Plugs `adapter` into USB `port`; the kernel names its serial port `tty`.
+    pub fn plug(&mut self, adapter: &Adapter, port: &str, tty: &str) {
+        self.add(&usb_serial(adapter, port, tty));
+    }
+
+    /// Unplugs whatever is in USB `port`.
+    pub fn unplug(&mut self, port: &str) {
+        self.command(&format!("remove {}", usb_device_path(port)));
+    }
+
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        preload_env(&self.root)
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
