@@ -239,7 +239,7 @@ async fn the_standby_takes_over_when_the_leader_dies() {
         ControllerProcess::replica(&plant.cluster, scratch.path(), "controller-b"),
     ];
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(plant.client.clone(), "default");
+        Api::namespaced(plant.client.clone(), common::cluster::INSTALL_NAMESPACE);
     let sim = device("127.0.0.1:0").await;
     plant
         .apply(with_broker(

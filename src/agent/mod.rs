@@ -52,7 +52,20 @@ pub struct AgentArgs {
     /// How often the kubelet's PodResources is read, in seconds.
     #[arg(long, default_value_t = 5)]
     pub pod_resources_interval_seconds: u64,
+    /// The discovery handlers this node runs, comma-separated (default: every handler built
+    /// into this binary). The node refuses a Configuration of another handler and says so
+    /// in the Configuration's status.
+    #[arg(
+        long,
+        env = "DOWSER_HANDLERS",
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(HANDLER_NAMES),
+    )]
+    pub handlers: Option<Vec<String>>,
 }
+
+/// Every discovery handler's name, built into this binary or not.
+const HANDLER_NAMES: [&str; 5] = ["modbus", "opcua", "ble", "serial", "mdns"];
 
 struct RunningWorker {
     fingerprint: String,
@@ -65,11 +78,24 @@ fn fingerprint(config: &Configuration) -> String {
     serde_json::to_string(&config.spec).unwrap_or_default()
 }
 
-/// Why this node does not run a Configuration, if it does not.
-fn refusal(config: &Configuration) -> Option<String> {
+/// Why this node does not run a Configuration, if it does not. `enabled`: the handlers this
+/// node runs (`None`: all).
+fn refusal(config: &Configuration, enabled: Option<&[String]>) -> Option<String> {
     let mut errors = validate::spec(&config.spec);
     if let Ok(selected) = config.spec.discovery.selected() {
-        errors.extend(handlers::validate(selected, "spec.discovery"));
+        match enabled {
+            Some(list) if !list.iter().any(|h| h == selected.name()) => {
+                errors.push(dowser_discovery_api::FieldError::new(
+                    format!("spec.discovery.{}", selected.name()),
+                    format!(
+                        "the {} discovery handler is not enabled on this node (agent --handlers {})",
+                        selected.name(),
+                        list.join(",")
+                    ),
+                ));
+            }
+            _ => errors.extend(handlers::validate(selected, "spec.discovery")),
+        }
     }
     (!errors.is_empty()).then(|| {
         errors
@@ -184,6 +210,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
             dirty = false;
             reconcile_workers(
                 &shared,
+                args.handlers.as_deref(),
                 &config_store,
                 &node_labels,
                 &mut workers,
@@ -241,6 +268,7 @@ where
 
 async fn reconcile_workers(
     shared: &Arc<worker::Shared>,
+    enabled: Option<&[String]>,
     configs: &reflector::Store<Configuration>,
     labels: &BTreeMap<String, String>,
     workers: &mut BTreeMap<(String, String), RunningWorker>,
@@ -254,7 +282,7 @@ async fn reconcile_workers(
         {
             continue;
         }
-        if let Some(why) = refusal(&config) {
+        if let Some(why) = refusal(&config, enabled) {
             if refused.get(&key) != Some(&why) {
                 warn!(configuration = %format!("{}/{}", key.0, key.1), %why, "not discovering");
                 worker::report_refusal(shared, &config, &why).await;
@@ -296,5 +324,57 @@ async fn reconcile_workers(
                 task,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modbus_config() -> Configuration {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Configuration",
+            "metadata": {"name": "line3", "namespace": "default"},
+            "spec": {"discovery": {"modbus": {"targets": ["10.0.7.1"]}}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_refuses_the_handlers_it_does_not_run() {
+        let config = modbus_config();
+        let only_ble = ["ble".to_string(), "mdns".to_string()];
+        assert_eq!(
+            refusal(&config, Some(&only_ble)).as_deref(),
+            Some(
+                "spec.discovery.modbus: the modbus discovery handler is not enabled on this node \
+                 (agent --handlers ble,mdns)"
+            )
+        );
+        let with_modbus = ["modbus".to_string()];
+        assert_eq!(refusal(&config, Some(&with_modbus)), None);
+        assert_eq!(refusal(&config, None), None);
+    }
+
+    #[test]
+    fn unknown_handler_names_are_rejected_at_start() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            agent: AgentArgs,
+        }
+        let ok = Cmd::try_parse_from(["agent", "--node-name", "a", "--handlers", "modbus,mdns"])
+            .unwrap();
+        assert_eq!(
+            ok.agent.handlers,
+            Some(vec!["modbus".to_string(), "mdns".to_string()])
+        );
+        let err = Cmd::try_parse_from(["agent", "--node-name", "a", "--handlers", "modbus,zigbee"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("invalid value 'zigbee'"), "{err}");
     }
 }

@@ -1,4 +1,4 @@
-//! `dowser agent` processes next to fake kubelets.
+//! `dowser agent` processes next to fake kubelets, with the identity `deploy/` gives them.
 
 use std::process::{Child, Command, Stdio};
 
@@ -36,7 +36,10 @@ impl Agent {
             ])
             .args(["--pod-resources-interval-seconds", "1"])
             .env("NODE_NAME", &kubelet.node)
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env(
+                "KUBECONFIG",
+                cluster.service_account_kubeconfig("dowser-agent"),
+            )
             .env("DOWSER_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(file)

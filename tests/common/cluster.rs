@@ -1,20 +1,43 @@
 //! A real local control plane for end-to-end tests: booted with `tests/cluster/up.sh` into a
 //! temporary directory and stopped with `tests/cluster/down.sh` when dropped, or an existing
-//! one given by `DOWSER_TEST_KUBECONFIG` (with `DOWSER_KUBECTL`), which is left running.
+//! one given by `DOWSER_TEST_KUBECONFIG` (with `DOWSER_KUBECTL`, `DOWSER_HELM`), which is
+//! left running.
+//!
+//! dowser's own processes never run as the cluster's administrator here: they get tokens of
+//! the ServiceAccounts in `deploy/`, bound to the RBAC rules there
+//! ([`Cluster::service_account_kubeconfig`]), so every end-to-end test also proves that
+//! those rules are enough. Fake kubelets and the tests' own clients stay administrators.
 
+use serde::Deserialize;
 use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
+    sync::Mutex,
 };
 
+/// The namespace of dowser's own objects in `deploy/` (ServiceAccounts, the Lease).
+pub const INSTALL_NAMESPACE: &str = "dowser-system";
+
+/// The README's command that lets the agents read the Secrets and ConfigMaps of namespace
+/// `default`, where the tests' Configurations live.
+pub const PROPERTIES_BINDING: &str = "kubectl -n default create rolebinding dowser-agent-properties --clusterrole=dowser-agent-properties --serviceaccount=dowser-system:dowser-agent";
+
+/// Admission plugins a hardened cluster enables beyond the defaults: the rules in `deploy/`
+/// must hold there too (whoever sets owner references must be allowed to delete the object).
+const EXTRA_ADMISSION: &str = "--enable-admission-plugins=OwnerReferencesPermissionEnforcement";
+
 pub struct Cluster {
+    /// The administrator's kubeconfig.
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
+    pub helm: PathBuf,
     state: Option<tempfile::TempDir>,
     /// Working directory for fake kubelets and the like, removed with the cluster.
     scratch: tempfile::TempDir,
+    /// Kubeconfigs of `deploy/`'s ServiceAccounts, by name (empty until the first is asked for).
+    identities: Mutex<BTreeMap<String, PathBuf>>,
 }
 
 /// A fake kubelet process (tests/fake-kubelet) serving one Node.
@@ -67,7 +90,7 @@ fn fake_kubelet_binary() -> PathBuf {
     bin
 }
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -85,19 +108,27 @@ impl Cluster {
     pub fn start() -> Self {
         if let Ok(kubeconfig) = std::env::var("DOWSER_TEST_KUBECONFIG") {
             let kubectl = std::env::var("DOWSER_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+            let helm = std::env::var("DOWSER_HELM").unwrap_or_else(|_| "helm".into());
             return Self {
                 kubeconfig: kubeconfig.into(),
                 kubectl: kubectl.into(),
+                helm: helm.into(),
                 state: None,
                 scratch: tempfile::tempdir().unwrap(),
+                identities: Mutex::default(),
             };
         }
         let state = tempfile::Builder::new()
             .prefix("dowser-cluster-")
             .tempdir()
             .expect("temporary directory");
+        let apiserver_args = match std::env::var("DOWSER_APISERVER_ARGS") {
+            Ok(more) => format!("{more} {EXTRA_ADMISSION}"),
+            Err(_) => EXTRA_ADMISSION.to_string(),
+        };
         let up = Command::new(repo().join("tests/cluster/up.sh"))
             .arg(state.path())
+            .env("DOWSER_APISERVER_ARGS", apiserver_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
@@ -115,9 +146,84 @@ impl Cluster {
         Self {
             kubeconfig: env["KUBECONFIG"].clone().into(),
             kubectl: env["KUBECTL"].clone().into(),
+            helm: env["HELM"].clone().into(),
             state: Some(state),
             scratch: tempfile::tempdir().unwrap(),
+            identities: Mutex::default(),
         }
+    }
+
+    /// A kubeconfig with a token of `deploy/`'s ServiceAccount `name` (`dowser-agent`,
+    /// `dowser-controller`). The first call installs what `kubectl apply -k deploy/` installs
+    /// for identities (the namespace, ServiceAccounts, ClusterRoles, Roles and their bindings;
+    /// not the workloads: the tests run the processes themselves) and the README's
+    /// RoleBinding for properties in `default`.
+    pub fn service_account_kubeconfig(&self, name: &str) -> PathBuf {
+        let mut identities = self.identities.lock().unwrap();
+        if identities.is_empty() {
+            self.install_identities();
+        }
+        if let Some(path) = identities.get(name) {
+            return path.clone();
+        }
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            name,
+            "-n",
+            INSTALL_NAMESPACE,
+            "--duration=24h",
+        ]);
+        let admin: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
+        let cluster = admin["clusters"][0]["cluster"].clone();
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "dowser", "cluster": cluster}],
+            "users": [{"name": name, "user": {"token": token.trim()}}],
+            "contexts": [{"name": name, "context": {"cluster": "dowser", "user": name}}],
+            "current-context": name,
+        });
+        let path = self.scratch.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, serde_json::to_string_pretty(&kubeconfig).unwrap()).unwrap();
+        identities.insert(name.to_string(), path.clone());
+        path
+    }
+
+    fn install_identities(&self) {
+        let deploy = repo().join("deploy");
+        let all = self.kubectl_ok(&["kustomize", deploy.to_str().unwrap()]);
+        let kinds = [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ];
+        let items: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&all)
+            .map(|doc| serde_json::Value::deserialize(doc).expect("kustomize output parses"))
+            .filter(|o| kinds.contains(&o["kind"].as_str().unwrap_or_default()))
+            .collect();
+        assert!(
+            items.iter().any(|o| o["kind"] == "ClusterRole"),
+            "no RBAC in deploy/"
+        );
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let out = self.kubectl(&["apply", "-f", "-"], &list.to_string());
+        assert!(
+            out.status.success(),
+            "kubectl apply (RBAC of deploy/): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let args: Vec<&str> = PROPERTIES_BINDING.split_whitespace().skip(1).collect();
+        let out = self.kubectl(&args, "");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("AlreadyExists"),
+            "{PROPERTIES_BINDING}: {stderr}"
+        );
     }
 
     /// Installs the CRDs from `crds/` and waits until they are served.

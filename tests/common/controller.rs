@@ -1,4 +1,4 @@
-//! A `dowser controller` process.
+//! A `dowser controller` process, with the identity `deploy/` gives it.
 
 use std::process::{Child, Command, Stdio};
 
@@ -26,7 +26,12 @@ impl ControllerProcess {
             .arg("--health-addr")
             .arg(health.to_string())
             .args(["--instance-name", identity, "--lease-duration-seconds", "4"])
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env(
+                "KUBECONFIG",
+                cluster.service_account_kubeconfig("dowser-controller"),
+            )
+            // As the Deployment in deploy/ sets it: the Lease lives in dowser's namespace.
+            .env("POD_NAMESPACE", super::cluster::INSTALL_NAMESPACE)
             .env("DOWSER_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(file)

@@ -1,0 +1,835 @@
+//! Installing dowser: the kustomize base and the Helm chart in `deploy/`, the README's
+//! install commands run as written against a real apiserver, the Pod Security level of each
+//! component, what each identity must not be able to do, and the Dockerfile agreeing with
+//! the manifests. (That the identities may do enough is proved by the agent and controller
+//! tests, which run with their tokens.)
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use common::cluster::{Cluster, INSTALL_NAMESPACE, PROPERTIES_BINDING, repo};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The directory with kubectl and helm (`DOWSER_K8S_BIN`, else the cached build).
+fn bin_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(find_bin_dir).clone()
+}
+
+fn find_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("DOWSER_K8S_BIN") {
+        return dir.into();
+    }
+    let out = Command::new(repo().join("tests/cluster/build-binaries.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/cluster/build-binaries.sh");
+    assert!(
+        out.status.success(),
+        "tests/cluster/build-binaries.sh failed: kubectl and helm are needed"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().expect("a bin directory").into()
+}
+
+/// Runs a tool and returns stdout, or panics with stderr.
+fn run(program: &Path, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} {}: {}",
+        program.display(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Objects of a multi-document YAML stream.
+fn objects(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn kustomize() -> Vec<Value> {
+    objects(&run(&bin_dir().join("kubectl"), &["kustomize", "deploy"]))
+}
+
+const CHART: &str = "deploy/helm/dowser";
+
+/// `helm template dowser deploy/helm/dowser -n dowser-system` with these `--set`s.
+fn helm_template(sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut args = vec!["template", "dowser", CHART, "-n", INSTALL_NAMESPACE];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let out = Command::new(bin_dir().join("helm"))
+        .args(&args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(objects(&String::from_utf8_lossy(&out.stdout)))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn chart(sets: &[&str]) -> Vec<Value> {
+    helm_template(sets).unwrap_or_else(|e| panic!("helm template {sets:?}: {e}"))
+}
+
+fn pod_spec(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["spec"]
+}
+
+fn container(workload: &Value) -> &Value {
+    &pod_spec(workload)["containers"][0]
+}
+
+fn env(workload: &Value, name: &str) -> Option<String> {
+    container(workload)["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(String::from))
+}
+
+fn mounts(workload: &Value) -> Vec<String> {
+    container(workload)["volumeMounts"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| m["mountPath"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cargo_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+#[test]
+fn helm_lint_passes() {
+    let out = run(&bin_dir().join("helm"), &["lint", "--strict", CHART]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}
+
+#[test]
+fn the_chart_carries_the_generated_crds_and_the_package_version() {
+    let dir = repo().join(CHART).join("crds");
+    for crd in dowser::crd::crds() {
+        let path = dir.join(dowser::crd::crd_file_name(&crd));
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == dowser::crd::crd_file(&crd),
+            "{} is stale: run `cargo run -- crds --dir {CHART}/crds` and commit the result",
+            path.display()
+        );
+    }
+    let meta: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join(CHART).join("Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["appVersion"], cargo_version());
+    let kustomization: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kustomization["images"][0]["newTag"], cargo_version());
+}
+
+/// The rules of the chart's roles are those of the kustomize base (the e2e tests prove the
+/// base's), with the chart's name prefix for release `dowser`.
+#[test]
+fn kustomize_and_helm_grant_the_same_rules() {
+    let base = kustomize();
+    let helm = chart(&["agent.propertyNamespaces={default}"]);
+    for (kind, name) in [
+        ("ClusterRole", "dowser-agent"),
+        ("ClusterRole", "dowser-agent-properties"),
+        ("ClusterRole", "dowser-controller"),
+        ("Role", "dowser-controller-lease"),
+    ] {
+        assert_eq!(
+            find(&base, kind, name)["rules"],
+            find(&helm, kind, name)["rules"],
+            "{kind} {name}"
+        );
+    }
+    for (kind, name) in [
+        ("ClusterRoleBinding", "dowser-agent"),
+        ("ClusterRoleBinding", "dowser-controller"),
+        ("RoleBinding", "dowser-controller-lease"),
+    ] {
+        for field in ["roleRef", "subjects"] {
+            assert_eq!(
+                find(&base, kind, name)[field],
+                find(&helm, kind, name)[field],
+                "{kind} {name}: {field}"
+            );
+        }
+    }
+    // Kustomize installs the properties role unbound (the README binds it per namespace).
+    assert!(
+        !base
+            .iter()
+            .any(|o| o["roleRef"]["name"] == "dowser-agent-properties")
+    );
+    let binding = find(&helm, "RoleBinding", "dowser-agent-properties");
+    assert_eq!(binding["metadata"]["namespace"], "default");
+}
+
+#[test]
+fn chart_values_change_what_they_claim_to() {
+    // Defaults: every handler, host network, the mounts each handler needs, nothing else.
+    let objs = chart(&[]);
+    let agent = find(&objs, "DaemonSet", "dowser-agent");
+    let controller = find(&objs, "Deployment", "dowser-controller");
+    assert_eq!(
+        env(agent, "DOWSER_HANDLERS").as_deref(),
+        Some("modbus,opcua,ble,serial,mdns")
+    );
+    assert_eq!(pod_spec(agent)["hostNetwork"], true);
+    assert_eq!(pod_spec(agent)["dnsPolicy"], "ClusterFirstWithHostNet");
+    let mut m = mounts(agent);
+    m.sort();
+    assert_eq!(
+        m,
+        [
+            "/dev",
+            "/run/dbus",
+            "/run/udev",
+            "/var/lib/kubelet/device-plugins",
+            "/var/lib/kubelet/pod-resources"
+        ]
+    );
+    assert_eq!(container(agent)["securityContext"]["privileged"], false);
+    assert_eq!(
+        container(agent)["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert_eq!(controller["spec"]["replicas"], 2);
+    let image = format!("ghcr.io/dowser-dev/dowser:{}", cargo_version());
+    assert_eq!(container(agent)["image"], image.as_str());
+    assert_eq!(container(controller)["image"], image.as_str());
+    assert_eq!(env(agent, "DOWSER_LOG_FORMAT").as_deref(), Some("json"));
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["kind"] == "ServiceMonitor" || o["kind"] == "PodMonitor")
+    );
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["metadata"]["name"] == "dowser-agent-properties"),
+        "Secrets are readable only when asked for"
+    );
+
+    // Handlers: each toggle removes the handler and what the node gives it.
+    let objs = chart(&[
+        "handlers.ble.enabled=false",
+        "handlers.serial.enabled=false",
+        "handlers.mdns.enabled=false",
+        "agent.hostNetwork=false",
+    ]);
+    let agent = find(&objs, "DaemonSet", "dowser-agent");
+    assert_eq!(
+        env(agent, "DOWSER_HANDLERS").as_deref(),
+        Some("modbus,opcua")
+    );
+    assert_eq!(pod_spec(agent)["hostNetwork"], Value::Null);
+    let mut m = mounts(agent);
+    m.sort();
+    assert_eq!(
+        m,
+        [
+            "/var/lib/kubelet/device-plugins",
+            "/var/lib/kubelet/pod-resources"
+        ]
+    );
+    let volumes = pod_spec(agent)["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    let agent = find(
+        &chart(&["handlers.ble.enabled=false"]),
+        "DaemonSet",
+        "dowser-agent",
+    )
+    .clone();
+    assert!(!mounts(&agent).contains(&"/run/dbus".to_string()));
+    assert!(mounts(&agent).contains(&"/dev".to_string()));
+    assert_eq!(
+        env(&agent, "DOWSER_HANDLERS").as_deref(),
+        Some("modbus,opcua,serial,mdns")
+    );
+
+    // Clear errors for what cannot work.
+    let err = helm_template(&["agent.hostNetwork=false"]).unwrap_err();
+    assert!(
+        err.contains("handlers.mdns needs agent.hostNetwork=true"),
+        "{err}"
+    );
+    let err = helm_template(&["logFormat=yaml"]).unwrap_err();
+    assert!(err.contains("logFormat"), "{err}");
+    let err = helm_template(&["handlers.zigbee.enabled=true"]).unwrap_err();
+    assert!(err.contains("zigbee"), "{err}");
+
+    // Images, logs, placement, sizes, the controller's knobs.
+    let objs = chart(&[
+        "image.repository=registry.plant.local/dowser",
+        "image.tag=9.9.9",
+        "logFormat=text",
+        "logLevel=debug",
+        "agent.nodeSelector.site/line=line-3",
+        "agent.tolerations[0].key=plant",
+        "agent.tolerations[0].operator=Exists",
+        "agent.resources.limits.memory=32Mi",
+        "agent.port=9999",
+        "controller.replicas=3",
+        "controller.leaseDurationSeconds=30",
+        "controller.nodeSelector.role=infra",
+    ]);
+    let agent = find(&objs, "DaemonSet", "dowser-agent");
+    let controller = find(&objs, "Deployment", "dowser-controller");
+    for w in [agent, controller] {
+        assert_eq!(container(w)["image"], "registry.plant.local/dowser:9.9.9");
+        assert_eq!(env(w, "DOWSER_LOG_FORMAT").as_deref(), Some("text"));
+        assert_eq!(env(w, "DOWSER_LOG").as_deref(), Some("debug"));
+    }
+    assert_eq!(
+        pod_spec(agent)["nodeSelector"],
+        json!({"site/line": "line-3"})
+    );
+    assert_eq!(
+        pod_spec(agent)["tolerations"],
+        json!([{"key": "plant", "operator": "Exists"}])
+    );
+    assert_eq!(
+        container(agent)["resources"]["limits"]["memory"],
+        json!("32Mi")
+    );
+    assert_eq!(
+        env(agent, "DOWSER_HEALTH_ADDR").as_deref(),
+        Some("0.0.0.0:9999")
+    );
+    assert_eq!(container(agent)["ports"][0]["containerPort"], 9999);
+    assert_eq!(controller["spec"]["replicas"], 3);
+    assert!(
+        container(controller)["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--lease-duration-seconds=30"))
+    );
+    assert_eq!(
+        pod_spec(controller)["nodeSelector"],
+        json!({"role": "infra"})
+    );
+
+    // Secrets and ConfigMaps: per namespace, or everywhere when asked.
+    let objs = chart(&["agent.propertyNamespaces={plant-3,plant-4}"]);
+    let bindings: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["roleRef"]["name"] == "dowser-agent-properties")
+        .collect();
+    assert_eq!(bindings.len(), 2);
+    assert!(bindings.iter().all(|b| b["kind"] == "RoleBinding"));
+    let namespaces: Vec<&Value> = bindings
+        .iter()
+        .map(|b| &b["metadata"]["namespace"])
+        .collect();
+    assert_eq!(namespaces, [&json!("plant-3"), &json!("plant-4")]);
+    let objs = chart(&["agent.propertyNamespaces={*}"]);
+    let binding = find(&objs, "ClusterRoleBinding", "dowser-agent-properties");
+    assert_eq!(binding["subjects"][0]["name"], "dowser-agent");
+
+    // Prometheus Operator objects (their CRDs are not in the test cluster: rendered only).
+    let objs = chart(&["metrics.serviceMonitor.enabled=true"]);
+    let monitor = find(&objs, "ServiceMonitor", "dowser");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    for (component, port) in [("agent", 9580), ("controller", 8081)] {
+        let svc = find(&objs, "Service", &format!("dowser-{component}-metrics"));
+        assert_eq!(svc["spec"]["ports"][0]["port"], port);
+        assert_eq!(
+            svc["spec"]["selector"]["app.kubernetes.io/component"],
+            component
+        );
+        assert_eq!(
+            svc["metadata"]["labels"]["app.kubernetes.io/name"],
+            monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        );
+    }
+    assert!(!objs.iter().any(|o| o["kind"] == "PodMonitor"));
+    let objs = chart(&["metrics.podMonitor.enabled=true"]);
+    let monitor = find(&objs, "PodMonitor", "dowser");
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"][0]["port"],
+        container(find(&objs, "DaemonSet", "dowser-agent"))["ports"][0]["name"]
+    );
+    assert!(!objs.iter().any(|o| o["kind"] == "ServiceMonitor"));
+}
+
+/// The manifests pass the binary options it has, and run the user the image has.
+#[test]
+fn the_manifests_and_the_dockerfile_agree_with_the_binary() {
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the Dockerfile sets a USER");
+    let (uid, gid) = user.trim().split_once(':').unwrap();
+    assert_ne!(uid, "0", "the image runs as a non-root user");
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/dowser\"]"));
+    assert!(dockerfile.contains("COPY --from=build /out/dowser /usr/local/bin/dowser"));
+    // The runtime libraries BLE (D-Bus) and serial (udev) link, and their build headers.
+    let runtime = dockerfile.rsplit("FROM ").next().unwrap();
+    assert!(runtime.starts_with("debian:bookworm"));
+    assert!(runtime.contains("libudev1") && runtime.contains("libdbus-1-3"));
+    for dev in ["libudev-dev", "libdbus-1-dev", "pkg-config"] {
+        assert!(dockerfile.contains(dev), "{dev}");
+    }
+    // The builder is at least the Rust version the workspace asks for.
+    let rust = rust_version();
+    assert!(
+        dockerfile.contains(&format!("FROM rust:{rust}-bookworm AS build")),
+        "the builder image should be rust:{rust}-bookworm (Cargo.toml's rust-version)"
+    );
+
+    let help = |sub: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dowser"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sets: [&[&str]; 2] = [&[], &["agent.propertyNamespaces={default}"]];
+    let mut workloads = vec![];
+    let base = kustomize();
+    workloads.push((
+        "kustomize",
+        find(&base, "DaemonSet", "dowser-agent").clone(),
+        find(&base, "Deployment", "dowser-controller").clone(),
+    ));
+    for s in sets {
+        let objs = chart(s);
+        workloads.push((
+            "helm",
+            find(&objs, "DaemonSet", "dowser-agent").clone(),
+            find(&objs, "Deployment", "dowser-controller").clone(),
+        ));
+    }
+    for (source, agent, controller) in &workloads {
+        for (workload, sub) in [(agent, "agent"), (controller, "controller")] {
+            let args = container(workload)["args"].as_array().unwrap();
+            assert_eq!(args[0], sub, "{source}");
+            let help = help(sub);
+            for e in container(workload)["env"].as_array().unwrap() {
+                let name = e["name"].as_str().unwrap();
+                if name == "DOWSER_LOG" {
+                    continue; // the log filter, read by main.rs
+                }
+                assert!(
+                    help.contains(&format!("[env: {name}=")),
+                    "{source} {sub}: the binary has no option from {name}"
+                );
+            }
+            for a in &args[1..] {
+                let flag = a.as_str().unwrap().split('=').next().unwrap();
+                assert!(help.contains(flag), "{source} {sub}: no option {flag}");
+            }
+        }
+        // The controller runs as the image's user; the agent as root, with nothing else.
+        let sc = &pod_spec(controller)["securityContext"];
+        assert_eq!(sc["runAsUser"].to_string(), uid, "{source}");
+        assert_eq!(sc["runAsGroup"].to_string(), gid, "{source}");
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(pod_spec(agent)["securityContext"]["runAsUser"], 0);
+        assert_eq!(
+            env(agent, "NODE_NAME"),
+            None,
+            "NODE_NAME comes from the downward API"
+        );
+        let node = container(agent)["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "NODE_NAME")
+            .unwrap();
+        assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    }
+}
+
+/// The workspace's `rust-version` (Cargo.toml).
+fn rust_version() -> String {
+    let text = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("rust-version = "))
+        .expect("rust-version in Cargo.toml");
+    line.trim_start_matches("rust-version = ")
+        .trim_matches('"')
+        .to_string()
+}
+
+/// The `sh` blocks of the README's Install section.
+fn readme_install_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install\n"))
+        .expect("the README has an Install section");
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .collect()
+}
+
+fn readme_block(starting_with: &str) -> String {
+    readme_install_blocks()
+        .into_iter()
+        .find(|b| b.starts_with(starting_with))
+        .unwrap_or_else(|| panic!("no README install block starts with {starting_with:?}"))
+}
+
+/// Runs a README block with bash, as a user would, against the test cluster.
+fn run_readme_block(cluster: &Cluster, block: &str) {
+    let path = format!(
+        "{}:{}:{}",
+        cluster.kubectl.parent().unwrap().display(),
+        cluster.helm.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .current_dir(repo())
+        .env("PATH", path)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "README block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kubectl auth can-i` as a ServiceAccount of dowser-system: (verb, resource, namespace or
+/// "" for all, expected).
+fn assert_can_i(cluster: &Cluster, sa: &str, checks: &[(&str, &str, &str, bool)]) {
+    let who = format!("--as=system:serviceaccount:{INSTALL_NAMESPACE}:{sa}");
+    let mut wrong = vec![];
+    for (verb, resource, ns, expected) in checks {
+        // `resource/sub` names a subresource here (kubectl would read it as an object name).
+        let (resource_only, sub) = match resource.split_once('/') {
+            Some((r, s)) => (r, Some(format!("--subresource={s}"))),
+            None => (*resource, None),
+        };
+        let mut args = vec!["auth", "can-i", verb, resource_only, who.as_str()];
+        if let Some(s) = &sub {
+            args.push(s);
+        }
+        if ns.is_empty() {
+            args.push("--all-namespaces");
+        } else {
+            args.extend(["-n", ns]);
+        }
+        let out = cluster.kubectl(&args, "");
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if (answer == "yes") != *expected {
+            wrong.push(format!(
+                "{sa} {verb} {resource} in {}: {answer} (expected {})",
+                if ns.is_empty() { "all namespaces" } else { ns },
+                if *expected { "yes" } else { "no" }
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// What each identity must not do, and a few things it must (the e2e tests prove the rest).
+fn check_identities(cluster: &Cluster) {
+    assert_can_i(
+        cluster,
+        "dowser-agent",
+        &[
+            ("patch", "instances.dowser.dev/status", "default", true),
+            ("patch", "instances.dowser.dev", "default", true),
+            ("get", "secrets", "default", true),
+            ("watch", "configmaps", "default", true),
+            // Secrets elsewhere, and listing them cluster-wide.
+            ("get", "secrets", "kube-system", false),
+            ("get", "secrets", INSTALL_NAMESPACE, false),
+            ("list", "secrets", "", false),
+            ("get", "configmaps", "kube-system", false),
+            // Workloads and nodes are not its business.
+            ("delete", "pods", "default", false),
+            ("create", "pods", "default", false),
+            ("get", "pods", "default", false),
+            ("create", "pods/exec", "default", false),
+            ("patch", "nodes", "", false),
+            ("patch", "nodes/status", "", false),
+            ("delete", "nodes", "", false),
+            ("get", "nodes", "", false),
+            // Configurations belong to their authors.
+            ("create", "configurations.dowser.dev", "default", false),
+            ("patch", "configurations.dowser.dev", "default", false),
+            ("delete", "configurations.dowser.dev", "default", false),
+            ("create", "services", "default", false),
+            ("create", "events.events.k8s.io", "default", false),
+            (
+                "patch",
+                "leases.coordination.k8s.io",
+                INSTALL_NAMESPACE,
+                false,
+            ),
+            ("create", "serviceaccounts/token", INSTALL_NAMESPACE, false),
+            ("escalate", "clusterroles", "", false),
+            ("bind", "clusterroles", "", false),
+            ("impersonate", "serviceaccounts", INSTALL_NAMESPACE, false),
+        ],
+    );
+    assert_can_i(
+        cluster,
+        "dowser-controller",
+        &[
+            ("create", "pods", "default", true),
+            (
+                "create",
+                "leases.coordination.k8s.io",
+                INSTALL_NAMESPACE,
+                true,
+            ),
+            // Nodes: read, never written.
+            ("patch", "nodes/status", "", false),
+            ("update", "nodes/status", "", false),
+            ("patch", "nodes", "", false),
+            ("delete", "nodes", "", false),
+            // No Secrets, ConfigMaps, exec or pod updates.
+            ("get", "secrets", "default", false),
+            ("list", "secrets", "", false),
+            ("get", "configmaps", "default", false),
+            ("create", "pods/exec", "default", false),
+            ("update", "pods", "default", false),
+            ("patch", "pods/status", "default", false),
+            // Instances are the agents': it only deletes orphans and trims their status.
+            ("create", "instances.dowser.dev", "default", false),
+            ("patch", "instances.dowser.dev", "default", false),
+            ("patch", "configurations.dowser.dev", "default", false),
+            ("delete", "configurations.dowser.dev", "default", false),
+            // Only its own Lease, only in its namespace.
+            ("get", "leases.coordination.k8s.io", "kube-system", false),
+            (
+                "patch",
+                "leases.coordination.k8s.io",
+                "kube-node-lease",
+                false,
+            ),
+            (
+                "delete",
+                "leases.coordination.k8s.io",
+                INSTALL_NAMESPACE,
+                false,
+            ),
+            ("create", "deployments.apps", "default", false),
+            ("create", "events", "default", false),
+            ("escalate", "clusterroles", "", false),
+            ("bind", "clusterroles", "", false),
+            ("impersonate", "serviceaccounts", INSTALL_NAMESPACE, false),
+        ],
+    );
+    // resourceNames: its own Lease, and no other one even in its namespace.
+    for (lease, expected) in [("dowser-controller", "yes"), ("kube-scheduler", "no")] {
+        for verb in ["get", "patch"] {
+            let out = cluster.kubectl(
+                &[
+                    "auth",
+                    "can-i",
+                    verb,
+                    &format!("leases.coordination.k8s.io/{lease}"),
+                    &format!("--as=system:serviceaccount:{INSTALL_NAMESPACE}:dowser-controller"),
+                    "-n",
+                    INSTALL_NAMESPACE,
+                ],
+                "",
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                expected,
+                "controller {verb} Lease {lease}"
+            );
+        }
+    }
+}
+
+/// Pod Security: the controller's pod is admitted where "restricted" is enforced; the agent's
+/// is not (it needs host paths and the host network) — and is admitted in dowser-system.
+fn check_pod_security(cluster: &Cluster, agent: &str, controller: &str) {
+    let ns = "psa-restricted";
+    let out = cluster.kubectl(&["create", "namespace", ns], "");
+    assert!(out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"));
+    cluster.kubectl_ok(&[
+        "label",
+        "--overwrite",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    for sa in [agent, controller] {
+        let out = cluster.kubectl(&["-n", ns, "create", "serviceaccount", sa], "");
+        assert!(
+            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists")
+        );
+    }
+    let pod_of = |kind: &str, name: &str| {
+        let w: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+            "-n",
+            INSTALL_NAMESPACE,
+            "get",
+            kind,
+            name,
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": format!("{name}-psa"), "namespace": ns},
+            "spec": w["spec"]["template"]["spec"],
+        })
+    };
+    let out = cluster.kubectl(
+        &["create", "--dry-run=server", "-f", "-"],
+        &pod_of("deployment", controller).to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "the controller's pod is not Pod Security restricted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster.kubectl(
+        &["create", "--dry-run=server", "-f", "-"],
+        &pod_of("daemonset", agent).to_string(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("violates PodSecurity"),
+        "{stderr}"
+    );
+}
+
+/// Waits until the workloads have pods on the fake node, admitted by the apiserver.
+async fn pods_of(cluster: &Cluster, component: &str, count: usize) {
+    let client = cluster.client().await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client, INSTALL_NAMESPACE);
+    let selector = format!("app.kubernetes.io/component={component}");
+    common::eventually(60, &format!("{count} {component} pods"), || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        (list.items.len() == count).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_kustomize_install_works_on_a_real_apiserver() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    let _node = cluster.fake_kubelet("node-a", &[]);
+    run_readme_block(&cluster, &readme_block("kubectl apply -k deploy/"));
+    // The harness grants the e2e tests' agents exactly what the README grants.
+    let block = readme_block("kubectl apply -k deploy/").replace("\\\n", " ");
+    assert!(block.contains(PROPERTIES_BINDING), "{block}");
+
+    // Applying again changes nothing the server refuses.
+    let out = cluster.kubectl_ok(&["apply", "-k", "deploy/", "--dry-run=server"]);
+    assert!(out.contains("daemonset.apps/dowser-agent"), "{out}");
+    // The rollout is done: one agent on the node, two controllers.
+    pods_of(&cluster, "agent", 1).await;
+    pods_of(&cluster, "controller", 2).await;
+    check_pod_security(&cluster, "dowser-agent", "dowser-controller");
+    check_identities(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_helm_install_works_on_a_real_apiserver() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    let _node = cluster.fake_kubelet("node-a", &[]);
+    let block = readme_block("helm install");
+    run_readme_block(&cluster, &block);
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/configurations.dowser.dev",
+        "crd/instances.dowser.dev",
+        "--timeout=60s",
+    ]);
+    pods_of(&cluster, "agent", 1).await;
+    pods_of(&cluster, "controller", 2).await;
+
+    // helm template | kubectl apply --dry-run=server, with the README's values and others.
+    for sets in [
+        vec!["agent.propertyNamespaces={default}"],
+        vec!["agent.propertyNamespaces={*}", "logFormat=text"],
+        vec![
+            "handlers.mdns.enabled=false",
+            "handlers.ble.enabled=false",
+            "agent.hostNetwork=false",
+            "controller.replicas=3",
+        ],
+    ] {
+        let mut args = vec!["template", "dowser", CHART, "-n", INSTALL_NAMESPACE];
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        let rendered = run(&cluster.helm, &args);
+        let out = cluster.kubectl(&["apply", "--dry-run=server", "-f", "-"], &rendered);
+        assert!(
+            out.status.success(),
+            "helm template {sets:?} | kubectl apply --dry-run=server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    check_pod_security(&cluster, "dowser-agent", "dowser-controller");
+    check_identities(&cluster);
+
+    // The README's uninstall.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let uninstall = "helm uninstall dowser -n dowser-system";
+    assert!(readme.contains(&format!("`{uninstall}`")));
+    run_readme_block(&cluster, uninstall);
+    let left = cluster.kubectl_ok(&[
+        "get",
+        "clusterroles,clusterrolebindings",
+        "-l",
+        "app.kubernetes.io/instance=dowser",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "left after uninstall: {left}");
+}
