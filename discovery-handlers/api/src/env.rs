@@ -44,19 +44,17 @@ pub fn is_valid(name: &str) -> bool {
 /// A value from the wire made fit for an environment variable: control characters dropped,
 /// surrounding spaces trimmed, at most `max_bytes` bytes (cut on a character boundary).
 pub fn printable_value(value: &str, max_bytes: usize) -> String {
-    let mut out: String = value.chars().filter(|c| !c.is_control()).collect();
-    let trimmed = out.trim();
-    if trimmed.len() != out.len() {
-        out = trimmed.to_string();
-    }
+    let out: String = value.chars().filter(|c| !c.is_control()).collect();
+    let mut out = out.trim_start();
     if out.len() > max_bytes {
         let mut end = max_bytes;
         while !out.is_char_boundary(end) {
             end -= 1;
         }
-        out.truncate(end);
+        out = &out[..end];
     }
-    out
+    // Trimmed after the cut, so that a cut before a space leaves none at the end.
+    out.trim_end().to_string()
 }
 
 #[cfg(test)]
@@ -87,6 +85,7 @@ mod tests {
         assert_eq!(printable_value(" a\nb\u{0}c ", 100), "abc");
         assert_eq!(printable_value(&"é".repeat(10), 5), "éé");
         assert_eq!(printable_value("plain", 5), "plain");
+        assert_eq!(printable_value("ab cd", 3), "ab");
     }
 
     #[test]

@@ -269,7 +269,7 @@ impl ModbusDetails {
                             ),
                         ));
                     }
-                    total += n;
+                    total = total.saturating_add(n);
                 }
                 Err(e) => errors.push(FieldError::new(format!("{path}.targets[{i}]"), e.0)),
             }
@@ -492,7 +492,10 @@ impl Target {
                     _ => all,
                 }
             }
-            Target::Range { start, end } => ip_to_u128(*end) - ip_to_u128(*start) + 1,
+            // Saturating: `::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff` names 2^128 addresses.
+            Target::Range { start, end } => {
+                (ip_to_u128(*end) - ip_to_u128(*start)).saturating_add(1)
+            }
         }
     }
 
@@ -653,5 +656,27 @@ mod tests {
             "{}",
             errors[0].message
         );
+    }
+
+    #[test]
+    fn the_whole_ipv6_space_is_refused_not_wrapped_around() {
+        // Found by the property tests: 2^128 addresses overflowed the count, and two halves
+        // of the space overflowed the total.
+        let all = "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        assert_eq!(all.parse::<Target>().unwrap().address_count(), u128::MAX);
+        for targets in [
+            vec![all],
+            vec![
+                "::-8000::",
+                "8000::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ],
+        ] {
+            let d = ModbusDetails {
+                targets: targets.into_iter().map(String::from).collect(),
+                ..ModbusDetails::default()
+            };
+            let errors = d.validate("m");
+            assert!(errors.iter().any(|e| e.path == "m.targets"), "{errors:?}");
+        }
     }
 }
