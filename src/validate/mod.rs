@@ -72,7 +72,9 @@ pub fn configuration(value: &Value) -> Result<Configuration, Vec<FieldError>> {
         errors.push(FieldError::new("spec", "Required value"));
     }
     let schema_ok = errors.is_empty();
-    if let Err(failures) = kube_cel::Validator::new().validate_compiled(&CEL, &defaulted, None) {
+    // The API server's CEL sees a field set to null as absent (`has()` is false).
+    let for_cel = without_nulls(&defaulted);
+    if let Err(failures) = kube_cel::Validator::new().validate_compiled(&CEL, &for_cel, None) {
         for f in failures.iter() {
             // Rules that could not be evaluated because a field has the wrong type are
             // already reported by the schema check.
@@ -169,6 +171,20 @@ fn label_selector(selector: &LabelSelector, path: &str) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// `value` with every object member that is null left out, as CEL rules see an object.
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
