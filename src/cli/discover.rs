@@ -166,10 +166,17 @@ fn report_invalid(file: &str, name: &str, errors: &[FieldError]) {
 fn parse_overrides(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     items
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
+            // The text is not repeated: a value typed without its name may be a secret.
             s.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| anyhow::anyhow!("--property {s:?} is not NAME=VALUE"))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--property takes NAME=VALUE; --property number {} has no '=' (not shown: it may hold a secret)",
+                        i + 1
+                    )
+                })
         })
         .collect()
 }

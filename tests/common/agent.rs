@@ -15,6 +15,11 @@ pub struct Agent {
 impl Agent {
     /// Starts `dowser agent` for a fake kubelet's node.
     pub fn start(cluster: &Cluster, kubelet: &FakeKubelet) -> Agent {
+        Self::start_logging(cluster, kubelet, "info,kube=warn")
+    }
+
+    /// Starts `dowser agent` with its log filter (`DOWSER_LOG`) set to `filter`.
+    pub fn start_logging(cluster: &Cluster, kubelet: &FakeKubelet, filter: &str) -> Agent {
         let log = kubelet.root.join("agent.log");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -40,7 +45,7 @@ impl Agent {
                 "KUBECONFIG",
                 cluster.service_account_kubeconfig("dowser-agent"),
             )
-            .env("DOWSER_LOG", "info,kube=warn")
+            .env("DOWSER_LOG", filter)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -18,6 +18,16 @@ impl ControllerProcess {
 
     /// One replica with its own identity; replicas elect a leader with a 4 s Lease.
     pub fn replica(cluster: &Cluster, dir: &std::path::Path, identity: &str) -> Self {
+        Self::replica_logging(cluster, dir, identity, "info,kube=warn")
+    }
+
+    /// One replica with its log filter (`DOWSER_LOG`) set to `filter`.
+    pub fn replica_logging(
+        cluster: &Cluster,
+        dir: &std::path::Path,
+        identity: &str,
+        filter: &str,
+    ) -> Self {
         let log = dir.join(format!("{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let health = super::free_addr();
@@ -32,7 +42,7 @@ impl ControllerProcess {
             )
             // As the Deployment in deploy/ sets it: the Lease lives in dowser's namespace.
             .env("POD_NAMESPACE", super::cluster::INSTALL_NAMESPACE)
-            .env("DOWSER_LOG", "info,kube=warn")
+            .env("DOWSER_LOG", filter)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -1,0 +1,254 @@
+//! Reliability and security end to end, on a real control plane with fake kubelets, agents
+//! and the controller as processes: Secret values stay secret, a flapping device restarts
+//! no broker.
+
+mod common;
+
+use std::process::Command;
+
+use common::{
+    agent::Agent,
+    cluster::Cluster,
+    controller::ControllerProcess,
+    eventually,
+    plant::{device, modbus_config, phase},
+};
+use dowser::crd::{Configuration, Instance};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Pod, Secret},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+/// Distinctive values that must never show up outside the Secret.
+const USER: &str = "u-5e7a1c-plc-operator";
+const PASSWORD: &str = "p-9b2d44-first-password";
+const ROTATED: &str = "p-31c8e0-rotated-password";
+
+/// Each value as it is, and as base64 (the form a Secret's `data` takes in a dump).
+fn forms(values: &[&str]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| {
+            let b64 = serde_json::to_value(ByteString(v.as_bytes().to_vec())).unwrap();
+            [v.to_string(), b64.as_str().unwrap().to_string()]
+        })
+        .collect()
+}
+
+fn with_broker(mut config: serde_json::Value) -> serde_json::Value {
+    config["spec"]["brokerSpec"] =
+        json!({"brokerPodSpec": {"containers": [{"name": "broker", "image": "example/broker:1"}]}});
+    config
+}
+
+async fn apply(client: &Client, config: serde_json::Value) {
+    let api: Api<Configuration> = Api::namespaced(client.clone(), "default");
+    let name = config["metadata"]["name"].as_str().unwrap().to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(config),
+    )
+    .await
+    .unwrap();
+}
+
+async fn instances(client: &Client, config: &str) -> Vec<Instance> {
+    let api: Api<Instance> = Api::namespaced(client.clone(), "default");
+    api.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+async fn running_brokers(client: &Client, config: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// `dowser discover` as a process: (exit success, stdout + stderr).
+fn discover(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dowser"))
+        .arg("discover")
+        .args(args)
+        .env("DOWSER_LOG", "debug")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_never_leave_the_secret() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let kubelet = cluster.fake_kubelet("node-a", &[]);
+    let agent = Agent::start_logging(&cluster, &kubelet, "debug");
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::replica_logging(&cluster, scratch.path(), "c-0", "debug");
+    let sim = device("127.0.0.1:0").await;
+
+    // A Secret with the user name only; the Configuration also wants the password.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let secret = |data: serde_json::Value| -> Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "plc-creds", "namespace": "default"},
+            "stringData": data,
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&PostParams::default(), &secret(json!({"user": USER})))
+        .await
+        .unwrap();
+    let mut config = with_broker(modbus_config("guarded", sim.addr.port(), None));
+    config["spec"]["properties"] = json!([
+        {"name": "USER", "valueFrom": {"secretKeyRef": {"name": "plc-creds", "key": "user"}}},
+        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "plc-creds", "key": "password"}}},
+    ]);
+    apply(&client, config.clone()).await;
+
+    // The error path: the node says which key is missing, and nothing else.
+    let configs: Api<Configuration> = Api::namespaced(client.clone(), "default");
+    eventually(60, "the node reports the missing key", || async {
+        let nodes = configs.get("guarded").await.ok()?.status?.nodes;
+        nodes
+            .iter()
+            .any(|n| {
+                n.error.as_deref().is_some_and(|e| {
+                    e.contains("key \"password\" of Secret \"plc-creds\" not found")
+                })
+            })
+            .then_some(())
+    })
+    .await;
+
+    // The key appears: discovery, an Instance, a broker.
+    let both = |password: &str| secret(json!({"user": USER, "password": password}));
+    secrets
+        .replace("plc-creds", &PostParams::default(), &both(PASSWORD))
+        .await
+        .unwrap();
+    let first = eventually(90, "a broker Running for the device", || async {
+        let b = running_brokers(&client, "guarded").await;
+        (b.len() == 1 && instances(&client, "guarded").await.len() == 1).then_some(b)
+    })
+    .await;
+
+    // The password is rotated: discovery runs again with it, the broker stays.
+    secrets
+        .replace("plc-creds", &PostParams::default(), &both(ROTATED))
+        .await
+        .unwrap();
+    eventually(60, "the agent rediscovers with the new Secret", || async {
+        agent
+            .log()
+            .contains("a referenced Secret or ConfigMap changed")
+            .then_some(())
+    })
+    .await;
+    eventually(30, "the node is healthy again", || async {
+        let nodes = configs.get("guarded").await.ok()?.status?.nodes;
+        nodes
+            .iter()
+            .any(|n| n.error.is_none() && n.devices == 1)
+            .then_some(())
+    })
+    .await;
+    let broker = running_brokers(&client, "guarded").await;
+    assert_eq!(broker.len(), 1);
+    assert_eq!(
+        broker[0].uid(),
+        first[0].uid(),
+        "the broker was not replaced"
+    );
+
+    // `dowser discover` with the values given on the command line, in every output format,
+    // and with a value typed without its name.
+    let file = scratch.path().join("guarded.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let f = file.to_str().unwrap();
+    let user = format!("USER={USER}");
+    let password = format!("PASSWORD={ROTATED}");
+    let mut cli = String::new();
+    for output in ["table", "yaml", "json"] {
+        let (ok, out) = discover(&[
+            "-f",
+            f,
+            "-o",
+            output,
+            "--property",
+            &user,
+            "--property",
+            &password,
+        ]);
+        assert!(ok, "dowser discover -o {output}: {out}");
+        assert!(out.contains("MODBUS_VENDOR_NAME"), "{out}");
+        cli.push_str(&out);
+    }
+    let (ok, out) = discover(&["-f", f, "--property", &user, "--property", PASSWORD]);
+    assert!(!ok && out.contains("has no '='"), "{out}");
+    cli.push_str(&out);
+    // Without the values: the message names what to pass, not a value.
+    let (ok, out) = discover(&["-f", f]);
+    assert!(!ok && out.contains("--property PASSWORD=VALUE"), "{out}");
+    cli.push_str(&out);
+
+    // Everything a user or an operator can read.
+    let agent_log = agent.log();
+    let controller_log = controller.log();
+    assert!(
+        agent_log.contains("DEBUG") && controller_log.contains("DEBUG"),
+        "the processes log at debug level"
+    );
+    let dump = cluster.kubectl_ok(&[
+        "get",
+        "configurations.dowser.dev,instances.dowser.dev,pods,services,events,leases",
+        "-A",
+        "-o",
+        "yaml",
+    ]);
+    assert!(
+        dump.contains("guarded") && dump.contains("Scheduled"),
+        "{dump}"
+    );
+    let places = [
+        ("agent log", agent_log),
+        ("controller log", controller_log),
+        ("kubelet log", cluster.kubelet_log("node-a")),
+        (
+            "Configurations, Instances, Pods, Services, Events, Leases",
+            dump,
+        ),
+        ("dowser discover", cli),
+    ];
+    let mut leaks = Vec::new();
+    for (place, text) in &places {
+        for value in forms(&[USER, PASSWORD, ROTATED]) {
+            if text.contains(&value) {
+                leaks.push(format!("{value:?} in the {place}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "Secret values leaked: {leaks:#?}");
+}
