@@ -252,3 +252,123 @@ async fn secret_values_never_leave_the_secret() {
     }
     assert!(leaks.is_empty(), "Secret values leaked: {leaks:#?}");
 }
+
+/// A counter or gauge of the agent's `/metrics` (the first sample of that name).
+fn metric(agent: &Agent, name: &str) -> f64 {
+    let (_, body) = agent.get("/metrics");
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_device_restarts_no_broker() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let kubelet = cluster.fake_kubelet("node-a", &[]);
+    let agent = Agent::start(&cluster, &kubelet);
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&cluster, scratch.path());
+    let mut sim = Some(device("127.0.0.1:0").await);
+    let addr = sim.as_ref().unwrap().addr;
+
+    // Scans every second; a device may be unseen for 5 s before the node lets it go.
+    let mut config = with_broker(modbus_config("flappy", addr.port(), None));
+    config["spec"]["offlineGracePeriodSeconds"] = json!(5);
+    apply(&client, config).await;
+    let broker = eventually(90, "a broker Running for the device", || async {
+        let b = running_brokers(&client, "flappy").await;
+        (b.len() == 1).then(|| b[0].clone())
+    })
+    .await;
+    let configs: Api<Configuration> = Api::namespaced(client.clone(), "default");
+    // Settled: the Configuration's status is Ready with its broker.
+    eventually(60, "the Configuration is Ready", || async {
+        let s = configs.get("flappy").await.ok()?.status?;
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let instance_before = instances(&client, "flappy").await.remove(0);
+    let config_before = configs.get("flappy").await.unwrap();
+    let writes_before = metric(&agent, "dowser_agent_api_writes_total");
+
+    // For a minute, the device goes away for a second and comes back for a second.
+    let mut unseen_samples = 0usize;
+    for _ in 0..30 {
+        drop(sim.take());
+        // Watched while it is gone: does a scan miss it?
+        let mut missed = false;
+        for _ in 0..10 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            missed |= metric(&agent, "dowser_agent_devices") == 0.0;
+        }
+        unseen_samples += usize::from(missed);
+        sim = Some(
+            dowser_sim::modbus::serve(&dowser_sim::modbus::ListenerConfig::device(
+                addr,
+                vec![dowser_sim::modbus::UnitConfig::identified(
+                    1, "Acme", "PLC-100", "1.2",
+                )],
+            ))
+            .await
+            .expect("the device comes back on its address")
+            .remove(0),
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    drop(sim);
+    let writes = metric(&agent, "dowser_agent_api_writes_total") - writes_before;
+    let instance_after = instances(&client, "flappy").await;
+    let config_after = configs.get("flappy").await.unwrap();
+    let brokers = running_brokers(&client, "flappy").await;
+    let log = format!(
+        "--- agent ---\n{}\n--- controller ---\n{}",
+        agent.log(),
+        controller.log()
+    );
+
+    eprintln!(
+        "flapping: the device was missed by a scan in {unseen_samples} of 30 absences; {writes} agent API writes"
+    );
+    // The agent did see the device missing from scans (the test flapped it for real).
+    assert!(
+        unseen_samples >= 5,
+        "the scans missed the device in only {unseen_samples} of 30 absences"
+    );
+    // Nothing was rewritten: the Instance and the Configuration are as they were.
+    assert_eq!(instance_after.len(), 1, "{log}");
+    assert_eq!(instance_after[0].uid(), instance_before.uid());
+    assert_eq!(
+        instance_after[0].resource_version(),
+        instance_before.resource_version(),
+        "the Instance was written while the device flapped"
+    );
+    assert_eq!(
+        config_after.resource_version(),
+        config_before.resource_version(),
+        "the Configuration's status was written while the device flapped"
+    );
+    assert_eq!(writes, 0.0, "the agent wrote {writes} times\n{log}");
+    // The same broker pod ran throughout.
+    assert_eq!(brokers.len(), 1, "{log}");
+    assert_eq!(
+        brokers[0].uid(),
+        broker.uid(),
+        "the broker was replaced\n{log}"
+    );
+    let restarts: i32 = brokers[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|c| c.iter().map(|c| c.restart_count).sum())
+        .unwrap_or_default();
+    assert_eq!(restarts, 0);
+}
