@@ -127,6 +127,25 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
+/// A `dowser agent` for the fake node whose kubelet root is `node_dir`.
+fn start_agent(node_dir: &Path, log: &Path, extra: &[&str]) -> Proc {
+    Proc(
+        Command::new(env("DOWSER_BIN"))
+            .args(["agent", "--device-plugin-dir"])
+            .arg(node_dir.join("device-plugins"))
+            .arg("--pod-resources-socket")
+            .arg(node_dir.join("pod-resources/kubelet.sock"))
+            .args(["--health-addr", "127.0.0.1:0"])
+            .args(["--pod-resources-interval-seconds", "1"])
+            .args(extra)
+            .env("NODE_NAME", "edge-1")
+            .env("DOWSER_LOG", "warn")
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 async fn device(addr: &str) -> RunningListener {
     serve(&ListenerConfig::device(
         addr.parse().unwrap(),
@@ -191,24 +210,7 @@ async fn main() {
     apply(
         "apiVersion: dowser.dev/v1alpha1\nkind: Configuration\nmetadata: {name: hundred, namespace: default}\nspec:\n  discovery: {modbus: {targets: [\"127.91.0.1-127.91.0.50\"], ports: [5020], unitIds: [\"1-2\"], intervalSeconds: 30}}\n",
     );
-    let agent = Proc(
-        Command::new(env("DOWSER_BIN"))
-            .args(["agent", "--device-plugin-dir"])
-            .arg(node_dir.join("device-plugins"))
-            .arg("--pod-resources-socket")
-            .arg(node_dir.join("pod-resources/kubelet.sock"))
-            .args([
-                "--health-addr",
-                "127.0.0.1:0",
-                "--pod-resources-interval-seconds",
-                "1",
-            ])
-            .env("NODE_NAME", "edge-1")
-            .env("DOWSER_LOG", "warn")
-            .stderr(std::fs::File::create(work.join("agent.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = start_agent(&node_dir, &work.join("agent.log"), &[]);
     let pid = agent.0.id();
     let t = Instant::now();
     loop {
@@ -266,24 +268,10 @@ async fn main() {
     kubectl(&["delete", "configurations", "--all", "--wait=false"]);
 
     // End to end: device appears -> resource allocatable on the node -> broker Running.
-    let _agent = Proc(
-        Command::new(env("DOWSER_BIN"))
-            .args(["agent", "--device-plugin-dir"])
-            .arg(node_dir.join("device-plugins"))
-            .arg("--pod-resources-socket")
-            .arg(node_dir.join("pod-resources/kubelet.sock"))
-            .args([
-                "--health-addr",
-                "127.0.0.1:0",
-                "--pod-resources-interval-seconds",
-                "1",
-            ])
-            .args(["--slot-release-grace-seconds", "1"])
-            .env("NODE_NAME", "edge-1")
-            .env("DOWSER_LOG", "warn")
-            .stderr(std::fs::File::create(work.join("agent-e2e.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let _agent = start_agent(
+        &node_dir,
+        &work.join("agent-e2e.log"),
+        &["--slot-release-grace-seconds", "1"],
     );
     let _controller = Proc(
         Command::new(env("DOWSER_BIN"))
