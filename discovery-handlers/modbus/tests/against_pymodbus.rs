@@ -4,51 +4,15 @@
 //! the peers), else `python3`. A missing pymodbus fails the test with instructions: this
 //! tier is never skipped.
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::Stdio;
 
 use dowser_discovery_api::details::ModbusDetails;
 use dowser_modbus::scan;
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python() -> String {
-    std::env::var("DOWSER_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use dowser_sim::peers::{self, Peer, free_port};
 
 fn start_pymodbus(port: u16, units: &str) -> Peer {
-    let python = python();
-    let check = Command::new(&python)
-        .args(["-c", "import pymodbus"])
-        .status();
-    assert!(
-        check.is_ok_and(|s| s.success()),
-        "pymodbus is not importable by {python:?}: run tests/test.sh (it installs the test peers) \
-         or set DOWSER_PYTHON to a Python that has tests/peers/requirements.txt installed"
-    );
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/pymodbus_server.py");
-    let child = Command::new(python)
-        .arg(script)
+    let child = peers::script("pymodbus_server.py", "pymodbus")
+        .unwrap()
         .args(["--port", &port.to_string(), "--units", units])
         .args([
             "--vendor",
@@ -63,14 +27,10 @@ fn start_pymodbus(port: u16, units: &str) -> Peer {
         .spawn()
         .expect("start pymodbus");
     let peer = Peer(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "pymodbus did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    peers::wait_for("pymodbus", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .unwrap();
     peer
 }
 

@@ -8,7 +8,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,23 +17,7 @@ use dowser_discovery_api::details::{
     modbus::{Parity, RtuDetails, SerialLine},
 };
 use dowser_modbus::scan;
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use dowser_sim::peers::{self, Peer};
 
 /// A pty pair: (the device's end, the node's end).
 fn wire(dir: &Path) -> (Peer, PathBuf, PathBuf) {
@@ -45,24 +29,13 @@ fn wire(dir: &Path) -> (Peer, PathBuf, PathBuf) {
         .spawn()
         .expect("socat is missing: run tests/test.sh (it installs socat) or apt-get install socat");
     let peer = Peer(child);
-    wait_for("socat", || device.exists() && node.exists());
+    peers::wait_for("socat", || device.exists() && node.exists()).unwrap();
     (peer, device, node)
 }
 
 fn pymodbus_rtu(port: &Path, units: &str) -> Peer {
-    let python = std::env::var("DOWSER_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let check = Command::new(&python)
-        .args(["-c", "import pymodbus, serial"])
-        .status();
-    assert!(
-        check.is_ok_and(|s| s.success()),
-        "pymodbus (with pyserial) is not importable by {python:?}: run tests/test.sh or set \
-         DOWSER_PYTHON to a Python that has tests/peers/requirements.txt installed"
-    );
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/pymodbus_server.py");
-    let child = Command::new(python)
-        .arg(script)
+    let child = peers::script("pymodbus_server.py", "pymodbus, serial")
+        .unwrap()
         .args([
             "--serial",
             &port.to_string_lossy(),

@@ -7,9 +7,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -21,44 +19,12 @@ use dowser_discovery_api::{
     },
 };
 use dowser_opcua::scan;
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python() -> String {
-    std::env::var("DOWSER_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use dowser_sim::peers::{self, Peer, free_port};
 
 /// Starts an asyncua server and waits for its "ready".
 fn asyncua(port: u16, name: &str, uri: &str, policies: &str, register_to: Option<&str>) -> Peer {
-    let python = python();
-    let check = Command::new(&python)
-        .args(["-c", "import asyncua"])
-        .status();
-    assert!(
-        check.is_ok_and(|s| s.success()),
-        "asyncua is not importable by {python:?}: run tests/test.sh (it installs the test peers) \
-         or set DOWSER_PYTHON to a Python that has tests/peers/requirements.txt installed"
-    );
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/asyncua_server.py");
-    let mut command = Command::new(python);
+    let mut command = peers::script("asyncua_server.py", "asyncua").unwrap();
     command
-        .arg(script)
         .args(["--port", &port.to_string(), "--name", name, "--uri", uri])
         .args(["--product", "urn:asyncua:peer", "--policies", policies]);
     if let Some(lds) = register_to {

@@ -8,6 +8,7 @@ pub mod mdns;
 pub mod modbus;
 pub mod netns;
 pub mod opcua;
+pub mod peers;
 pub mod rtu;
 pub mod zeroconf;
 

@@ -7,8 +7,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
-    path::PathBuf,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Stdio},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -60,26 +59,10 @@ impl ZeroconfService {
     }
 }
 
-fn python() -> String {
-    std::env::var("DOWSER_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
 impl ZeroconfResponder {
     /// Starts the responder on 127.0.0.1 and waits until its sockets are open.
     pub fn start() -> anyhow::Result<Self> {
-        let python = python();
-        let check = Command::new(&python)
-            .args(["-c", "import zeroconf"])
-            .status();
-        anyhow::ensure!(
-            check.is_ok_and(|s| s.success()),
-            "python-zeroconf is not importable by {python:?}: run tests/test.sh (it installs the \
-             test peers) or set DOWSER_PYTHON to a Python that has tests/peers/requirements.txt installed"
-        );
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../peers/zeroconf_responder.py");
-        let mut child = Command::new(python)
-            .arg(script)
+        let mut child = crate::peers::script("zeroconf_responder.py", "zeroconf")?
             .args(["--address", "127.0.0.1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
