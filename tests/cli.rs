@@ -63,6 +63,25 @@ async fn run_discover(args: Vec<String>) -> Output {
     .unwrap()
 }
 
+/// `dowser discover -f FILE -o json EXTRA...`, which must succeed: the devices it lists, and
+/// what it said on stderr.
+async fn discover_json(file: String, extra: &[&str]) -> (Vec<Value>, String) {
+    let mut args = vec![
+        "discover".into(),
+        "-f".into(),
+        file,
+        "-o".into(),
+        "json".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let out = run_discover(args).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    match serde_json::from_slice(&out.stdout).unwrap() {
+        Value::Array(list) => (list, text(&out.stderr)),
+        other => panic!("not a list: {other}"),
+    }
+}
+
 #[tokio::test]
 async fn json_output_lists_instances_resources_and_env() {
     let device = sim(vec![
@@ -72,17 +91,7 @@ async fn json_output_lists_instances_resources_and_env() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let file = write_config(dir.path(), "c.yaml", &modbus_config(device.addr));
-    let out = run_discover(vec![
-        "discover".into(),
-        "-f".into(),
-        file,
-        "-o".into(),
-        "json".into(),
-    ])
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let list = list.as_array().unwrap();
+    let (list, stderr) = discover_json(file, &[]).await;
     assert_eq!(list.len(), 2);
     let first = &list[0];
     let port = device.addr.port();
@@ -110,7 +119,7 @@ async fn json_output_lists_instances_resources_and_env() {
     );
     assert_eq!(instance["spec"]["shared"], true);
     assert_eq!(instance["spec"]["capacity"], 1);
-    assert!(text(&out.stderr).contains("plc-line3 found 2 devices"));
+    assert!(stderr.contains("plc-line3 found 2 devices"));
 }
 
 #[tokio::test]
@@ -321,17 +330,7 @@ spec:
 "#
         ),
     );
-    let out = run_discover(vec![
-        "discover".into(),
-        "-f".into(),
-        file,
-        "-o".into(),
-        "json".into(),
-    ])
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let list = list.as_array().unwrap();
+    let (list, _) = discover_json(file, &[]).await;
     assert_eq!(list.len(), 1, "the oven offers no Basic256Sha256: {list:?}");
     let press = &list[0];
     assert_eq!(press["deviceId"], "urn:t:press-1");
@@ -371,19 +370,7 @@ spec:
 "#
         ),
     );
-    let out = run_discover(vec![
-        "discover".into(),
-        "-f".into(),
-        file,
-        "-o".into(),
-        "json".into(),
-        "--node".into(),
-        "edge-1".into(),
-    ])
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let list = list.as_array().unwrap();
+    let (list, _) = discover_json(file, &["--node", "edge-1"]).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let meter = &list[0];
     assert_eq!(meter["env"]["MODBUS_UNIT_ID"], "7");
