@@ -138,11 +138,11 @@ full=$(stat -c %s "$bin/dowser"); slim=$(stat -c %s target/bench/dowser-slim)
 row "binary size, all handlers / modbus only (MiB)" \
   "$(awk -v a="$full" -v b="$slim" 'BEGIN { printf "%.1f / %.1f", a / 1048576, b / 1048576 }')" "-" "-"
 
-step "long fuzzing: every property test with \${DOWSER_FUZZ_CASES:-5000} cases (CI runs 256-512)"
+step "long fuzzing: every property test with \${PROPTEST_CASES:-5000} cases (CI runs 256)"
 # Debug builds: overflow checks stay on, as they found the bugs the property tests caught.
-fuzz_cases=${DOWSER_FUZZ_CASES:-5000}
+fuzz_cases=${PROPTEST_CASES:-5000}
 t0=$(now)
-DOWSER_FUZZ_CASES=$fuzz_cases cargo test --quiet --test properties \
+PROPTEST_CASES=$fuzz_cases cargo test --quiet --test properties \
   -p dowser -p dowser-discovery-api -p dowser-modbus -p dowser-mdns -p dowser-opcua >&2
 row "property tests (5 targets, $fuzz_cases cases per property), all passed (s)" "$(secs "$t0" "$(now)")" "-" "-"
 

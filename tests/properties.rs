@@ -4,25 +4,14 @@
 //! the shipped examples with one part replaced, removed or added give a Configuration or
 //! field errors, never a panic; what is accepted is accepted again after a round trip.
 //!
-//! `DOWSER_FUZZ_CASES` sets the number of cases per property (default 256).
+//! `PROPTEST_CASES` sets the number of cases per property (default 256; the benchmark
+//! command runs far more).
 
 use std::sync::LazyLock;
 
 use dowser::{handlers, validate};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("DOWSER_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Every Configuration of `deploy/examples/`.
 static EXAMPLES: LazyLock<Vec<Value>> = LazyLock::new(|| {
@@ -282,7 +271,11 @@ fn the_examples_are_accepted_as_they_are() {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    // proptest's default: 256 cases, or PROPTEST_CASES; failures are reported, not stored.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_text_is_yaml_or_an_error(text in prop_oneof![

@@ -3,8 +3,8 @@
 //! values, Instance names. Arbitrary input gives a value or an error, never a panic, and
 //! what is accepted keeps its promises (bounded address counts, valid names).
 //!
-//! `DOWSER_FUZZ_CASES` sets the number of cases per property (default 512; the
-//! benchmark command runs far more).
+//! `PROPTEST_CASES` sets the number of cases per property (default 256; the benchmark
+//! command runs far more).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -17,18 +17,6 @@ use dowser_discovery_api::{
     env, naming,
 };
 use proptest::prelude::*;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("DOWSER_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(512);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Strings that look like targets: addresses, CIDRs, ranges, host:port, and their near
 /// misses, mixed with arbitrary text.
@@ -66,7 +54,11 @@ fn unit_text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    // proptest's default: 256 cases, or PROPTEST_CASES; failures are reported, not stored.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_target_text_parses_or_is_refused(s in target_text()) {

@@ -5,25 +5,14 @@
 //! order the addresses arrived in; a stream of resolve and goodbye events never grows the
 //! set of services past its limit.
 //!
-//! `DOWSER_FUZZ_CASES` sets the number of cases per property (default 256).
+//! `PROPTEST_CASES` sets the number of cases per property (default 256; the benchmark
+//! command runs far more).
 
 use std::net::{IpAddr, Ipv6Addr};
 
 use dowser_discovery_api::{details::MdnsDetails, env};
 use dowser_mdns::service::{Change, MAX_TXT_VARIABLES, Selection, Service, Services};
 use proptest::prelude::*;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("DOWSER_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 const SERVICE_TYPE: &str = "_opcua-tcp._tcp.local.";
 
@@ -74,7 +63,11 @@ fn service() -> impl Strategy<Value = Service> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    // proptest's default: 256 cases, or PROPTEST_CASES; failures are reported, not stored.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_announcement_gives_a_bounded_valid_environment(

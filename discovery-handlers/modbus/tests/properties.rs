@@ -7,7 +7,8 @@
 //! back: no panic, a bounded number of requests, at most the one unit asked for, and every
 //! identification value printable and bounded. A well-formed answer is read back exactly.
 //!
-//! `DOWSER_FUZZ_CASES` sets the number of cases per property (default 256).
+//! `PROPTEST_CASES` sets the number of cases per property (default 256; the benchmark
+//! command runs far more).
 
 use std::{
     sync::{
@@ -35,18 +36,6 @@ use tokio::{
 const MAX_IDENT_REQUESTS: usize = 8;
 /// Longest identification value handed to a broker, in bytes.
 const MAX_VALUE_LEN: usize = 128;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("DOWSER_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// One reply of the device to one request.
 #[derive(Clone, Debug)]
@@ -223,7 +212,11 @@ const OBJECT_NAMES: [&str; 7] = [
 ];
 
 proptest! {
-    #![proptest_config(config())]
+    // proptest's default: 256 cases, or PROPTEST_CASES; failures are reported, not stored.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn whatever_a_device_answers_the_scan_stays_bounded(

@@ -4,7 +4,8 @@
 //! bounded; the endpoint handed to brokers is acceptable, the best by the server's own
 //! ranking, and the same whatever order the endpoints arrived in.
 //!
-//! `DOWSER_FUZZ_CASES` sets the number of cases per property (default 256).
+//! `PROPTEST_CASES` sets the number of cases per property (default 256; the benchmark
+//! command runs far more).
 
 use std::net::Ipv6Addr;
 
@@ -16,18 +17,6 @@ use dowser_opcua::select::{
     Application, ApplicationKind, Endpoint, Selection, device, split_url, with_host,
 };
 use proptest::prelude::*;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("DOWSER_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Longest value handed to a broker, in bytes.
 const MAX_VALUE_BYTES: usize = 1024;
@@ -126,7 +115,11 @@ fn selection() -> impl Strategy<Value = Selection> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    // proptest's default: 256 cases, or PROPTEST_CASES; failures are reported, not stored.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_url_splits_or_is_refused(u in url()) {
