@@ -25,7 +25,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         reflector::ObjectRef,
@@ -207,6 +207,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     info!("controller running");
     // A Node that goes away concerns every Configuration that may have devices there.
     let node_deletions = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
         .filter_map(|e| async move { matches!(e, Ok(watcher::Event::Delete(_))).then_some(()) });
     Controller::new(configs, watcher::Config::default())
         .watches(
