@@ -177,9 +177,20 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     // A standby is healthy and ready: it is waiting for its turn.
     ready.store(true, Ordering::Relaxed);
     info!(%identity, "waiting for leadership");
+    // A standby stops on SIGTERM as the leader does (the kubelet deletes its pod).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     while !*leader.borrow_and_update() {
-        if leader.changed().await.is_err() {
-            anyhow::bail!("leader election stopped");
+        tokio::select! {
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("leader election stopped");
+                }
+            }
+            _ = term.recv() => {
+                info!(%identity, "stopping while standing by");
+                http.abort();
+                return Ok(0);
+            }
         }
     }
     info!(%identity, "leading");
@@ -237,11 +248,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
                     warn!("lost leadership: stopping");
                 }
                 _ = tokio::signal::ctrl_c() => {}
-                _ = async {
-                    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                        term.recv().await;
-                    }
-                } => {}
+                _ = term.recv() => {}
             }
         })
         .run(reconcile, error_policy, ctx)
@@ -390,6 +397,7 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
         .await?
         .items
         .into_iter()
+        .filter(brokers::is_slot_broker)
         .map(|p| (p.name_any(), p))
         .collect();
     let mut wanted: BTreeMap<String, (Pod, String)> = BTreeMap::new();
