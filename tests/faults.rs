@@ -406,3 +406,239 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
     assert!(agent_b.running());
     drop((new, stays, shared));
 }
+
+/// The `sh` block of the README's Install section that starts with `starting_with`.
+fn readme_block(starting_with: &str) -> String {
+    let readme = std::fs::read_to_string(common::cluster::repo().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install\n"))
+        .expect("the README has an Install section");
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .find(|b| b.starts_with(starting_with))
+        .unwrap_or_else(|| panic!("no README install block starts with {starting_with:?}"))
+}
+
+/// Runs a README block with bash, as a user would; fails if it has not finished in
+/// `seconds`.
+fn run_readme_block(cluster: &Cluster, block: &str, seconds: u64) {
+    let path = format!(
+        "{}:{}",
+        cluster.kubectl.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .current_dir(common::cluster::repo())
+        .env("PATH", path)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "README block did not finish in {seconds} s:\n{block}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "README block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Names (`kind/name`, with the namespace when there is one) of objects of these kinds,
+/// in every namespace, that match `keep`.
+fn objects(
+    cluster: &Cluster,
+    kinds: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<String> {
+    let out = cluster.kubectl_ok(&["get", kinds, "-A", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| keep(o))
+        .map(|o| {
+            format!(
+                "{}/{} {}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default(),
+                o["metadata"]["namespace"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn dowsers(o: &serde_json::Value) -> bool {
+    let text = o.to_string();
+    text.contains("dowser")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_leaves_nothing_behind() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    let node_a = cluster.fake_kubelet("node-a", &[]);
+    let node_b = cluster.fake_kubelet("node-b", &[]);
+    run_readme_block(&cluster, &readme_block("kubectl apply -k deploy/"), 150);
+    // The kubelets run what the DaemonSet and the Deployment asked for.
+    let workloads = workloads::Workloads::run(&cluster, &[&node_a, &node_b]).await;
+    eventually(60, "two agents and two controllers running", || async {
+        (workloads.running().len() == 4).then_some(())
+    })
+    .await;
+    let client = cluster.client().await;
+
+    // A broker pod with its Services, and a broker Job, each for a device both nodes see.
+    let served = device("127.0.0.1:0").await;
+    let commissioned = device("127.0.0.1:0").await;
+    let mut with_services = config("line", &[served.addr.port()], None);
+    with_services["spec"]["instanceServiceSpec"] =
+        json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+    with_services["spec"]["configurationServiceSpec"] =
+        json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+    apply(&client, with_services).await;
+    let mut with_job = config("commission", &[commissioned.addr.port()], None);
+    with_job["spec"]["brokerSpec"] = json!({"brokerJobSpec": {"template": {"spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "commission", "image": "example/commission:1"}],
+    }}}});
+    apply(&client, with_job).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let job_pods = || async {
+        pods.list(&ListParams::default().labels("batch.kubernetes.io/job-name"))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    };
+    let job_pod = eventually(
+        90,
+        "a broker Running, a Job's pod Running, Services",
+        || async {
+            let broker = pods
+                .list(&ListParams::default().labels("dowser.dev/slot"))
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|p| phase(p) == "Running");
+            let job_pod = job_pods()
+                .await
+                .into_iter()
+                .find(|p| phase(p) == "Running")?;
+            let services = objects(&cluster, "services", |o| {
+                o["metadata"]["labels"]["dowser.dev/configuration"].is_string()
+            });
+            (broker && services.len() == 2).then_some(job_pod)
+        },
+    )
+    .await;
+    eventually(30, "every node has dowser's device plugins", || async {
+        [&node_a, &node_b]
+            .iter()
+            .all(|k| {
+                std::fs::read_dir(k.plugin_dir()).unwrap().any(|e| {
+                    e.unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("dowser-")
+                })
+            })
+            .then_some(())
+    })
+    .await;
+
+    // The Job's pod is the Job's: the controller leaves it running.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now: Vec<_> = job_pods().await.iter().map(|p| p.uid()).collect();
+    assert_eq!(
+        now,
+        [job_pod.uid()],
+        "the broker Job's pod was replaced\n{}",
+        workloads.logs()
+    );
+
+    // The README's uninstall, as written.
+    let uninstall = Instant::now();
+    run_readme_block(
+        &cluster,
+        &readme_block("kubectl delete configurations.dowser.dev"),
+        150,
+    );
+    let uninstall_seconds = uninstall.elapsed().as_secs_f64();
+
+    // The processes were stopped with their pods, and exited cleanly.
+    eventually(30, "every dowser process stopped", || async {
+        workloads.running().is_empty().then_some(())
+    })
+    .await;
+    let stopped = workloads.stopped();
+    assert_eq!(stopped.len(), 4, "{stopped:?}");
+    assert!(
+        stopped.iter().all(|(_, s)| s.success()),
+        "{stopped:?}\n{}",
+        workloads.logs()
+    );
+    // Device plugins are gone from the nodes: no socket left, no dowser.dev device offered.
+    for k in [&node_a, &node_b] {
+        let left: Vec<String> = std::fs::read_dir(k.plugin_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "kubelet.sock" && n != "kubelet_internal_checkpoint")
+            .collect();
+        assert!(left.is_empty(), "{}: sockets left {left:?}", k.node);
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    eventually(30, "no dowser.dev resource offered by any node", || async {
+        for n in ["node-a", "node-b"] {
+            let status = nodes.get(n).await.ok()?.status?;
+            for list in [status.capacity?, status.allocatable?] {
+                if list
+                    .iter()
+                    .any(|(r, q)| r.starts_with("dowser.dev/") && q.0 != "0")
+                {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await;
+    // Nothing of dowser's is left in the cluster.
+    let crds = cluster.kubectl_ok(&["get", "crd", "-o", "name"]);
+    assert!(!crds.contains("dowser.dev"), "{crds}");
+    let ns = cluster.kubectl(&["get", "namespace", "dowser-system"], "");
+    assert!(!ns.status.success(), "namespace dowser-system is left");
+    let rbac = objects(
+        &cluster,
+        "clusterroles,clusterrolebindings,roles,rolebindings",
+        dowsers,
+    );
+    assert!(rbac.is_empty(), "RBAC left: {rbac:?}");
+    let leases = objects(&cluster, "leases", dowsers);
+    assert!(leases.is_empty(), "Leases left: {leases:?}");
+    let left = objects(
+        &cluster,
+        "pods,jobs,services,daemonsets,deployments",
+        dowsers,
+    );
+    assert!(left.is_empty(), "left after the uninstall: {left:?}");
+    eprintln!("uninstall: the README's commands took {uninstall_seconds:.1} s");
+}
