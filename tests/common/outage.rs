@@ -73,8 +73,7 @@ fn component(state: &Path, name: &str) -> (u32, String) {
             let mut f = l.split_whitespace();
             Some((f.next()?, f.next()?.parse().ok()?, f.next()?.to_string()))
         })
-        .filter(|(n, _, _)| *n == name)
-        .last()
+        .rfind(|(n, _, _)| *n == name)
         .map(|(_, pid, start)| (pid, start))
         .unwrap_or_else(|| panic!("no {name} in {}/pids", state.display()))
 }
@@ -143,6 +142,11 @@ impl StoppedApiServer {
             .expect("start kube-apiserver again");
         let pid = child.id();
         let start = start_time(pid).expect("kube-apiserver exited at once");
+        // down.sh stops it; this reaps it then.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
         let pids = self.state.join("pids");
         let kept: String = std::fs::read_to_string(&pids)
             .unwrap_or_default()
