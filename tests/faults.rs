@@ -27,6 +27,43 @@ use kube::{
 use outage::{Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_devices};
 use serde_json::json;
 
+/// Polls `check` for up to `seconds`; on timeout panics with `what`, the last state seen
+/// and `logs()`.
+async fn settle<T, F, Fut>(seconds: u64, what: &str, logs: impl Fn() -> String, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(state) => state,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}\nlast seen: {last}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a Configuration's Instances and brokers are, for failure messages.
+async fn describe(client: &Client, config: &str) -> String {
+    let list = instances(client, config).await.unwrap_or_default();
+    let b = brokers(client, config).await.unwrap_or_default();
+    let i: Vec<String> = list
+        .iter()
+        .map(|(p, i)| format!("{p}:{}:{:?}", i.name_any(), nodes(i)))
+        .collect();
+    let b: Vec<String> = b
+        .iter()
+        .map(|(i, p)| format!("{}({i}, {}, {:?})", p.name_any(), phase(p), p.uid()))
+        .collect();
+    format!("Instances {i:?}; brokers {b:?}")
+}
+
 /// A Modbus device on a chosen address (one that was free, named in the targets before).
 async fn device_at(addr: std::net::SocketAddr) -> RunningListener {
     serve(&ListenerConfig::device(
@@ -170,6 +207,13 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
             out.push_str(&format!("--- agent {} ---\n{}\n", a.node, a.log()));
         }
         out.push_str(&format!("--- controller ---\n{}\n", controller.log()));
+        for k in &kubelets {
+            out.push_str(&format!(
+                "--- kubelet {} ---\n{}\n",
+                k.node,
+                cluster.kubelet_log(&k.node)
+            ));
+        }
         out
     };
 
@@ -219,23 +263,30 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
     let back = Instant::now();
 
     // They catch up: the Instances are the devices present, each with its broker.
-    let (after, broker_after) = eventually(
-        90,
-        "the Instances and brokers of the devices present",
+    let (after, broker_after) = settle(
+        120,
+        &format!("the Instances and brokers of the devices present (ports {p_stays}, {p_new}; {p_goes} gone)"),
+        logs,
         || async {
-            let list = instances(&client, "outage").await?;
-            let b = brokers(&client, "outage").await?;
+            let not_yet = Err(describe(&client, "outage").await);
+            let (Some(list), Some(b)) =
+                (instances(&client, "outage").await, brokers(&client, "outage").await)
+            else {
+                return not_yet;
+            };
             let ports: Vec<u16> = list.iter().map(|(p, _)| *p).collect();
             let mut want = vec![p_stays, p_new];
             want.sort();
             let both = ["node-a".to_string(), "node-b".to_string()];
             if ports != want || !list.iter().all(|(_, i)| nodes(i) == both) || b.len() != 2 {
-                return None;
+                return not_yet;
             }
-            let stayed = list.iter().find(|(p, _)| *p == p_stays)?.1.clone();
-            let added = list.iter().find(|(p, _)| *p == p_new)?.1.clone();
-            running_broker(&b, &added)?;
-            Some((stayed.clone(), running_broker(&b, &stayed)?.clone()))
+            let stayed = &list.iter().find(|(p, _)| *p == p_stays).unwrap().1;
+            let added = &list.iter().find(|(p, _)| *p == p_new).unwrap().1;
+            match (running_broker(&b, added), running_broker(&b, stayed)) {
+                (Some(_), Some(broker)) => Ok((stayed.clone(), broker.clone())),
+                _ => not_yet,
+            }
         },
     )
     .await;
