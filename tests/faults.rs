@@ -264,7 +264,7 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
 
     // They catch up: the Instances are the devices present, each with its broker.
     let (after, broker_after) = settle(
-        120,
+        150,
         &format!("the Instances and brokers of the devices present (ports {p_stays}, {p_new}; {p_goes} gone)"),
         logs,
         || async {
