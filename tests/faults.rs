@@ -87,7 +87,8 @@ fn config(name: &str, ports: &[u16], node: Option<&str>) -> serde_json::Value {
             "discovery": {"modbus": {
                 "targets": targets,
                 "intervalSeconds": 1,
-                "requestTimeoutMs": 300,
+                // Generous: on a busy machine a device on loopback may answer late.
+                "requestTimeoutMs": 1000,
             }},
             "capacity": 1,
             "offlineGracePeriodSeconds": 4,
@@ -610,19 +611,29 @@ async fn uninstall_leaves_nothing_behind() {
         },
     )
     .await;
-    eventually(30, "every node has dowser's device plugins", || async {
-        [&node_a, &node_b]
-            .iter()
-            .all(|k| {
-                std::fs::read_dir(k.plugin_dir()).unwrap().any(|e| {
-                    e.unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with("dowser-")
+    settle(
+        60,
+        "every node has dowser's device plugins",
+        || workloads.logs(),
+        || async {
+            let with_plugins: Vec<bool> = [&node_a, &node_b]
+                .iter()
+                .map(|k| {
+                    std::fs::read_dir(k.plugin_dir()).unwrap().any(|e| {
+                        e.unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with("dowser-")
+                    })
                 })
-            })
-            .then_some(())
-    })
+                .collect();
+            if with_plugins.iter().all(|b| *b) {
+                Ok(())
+            } else {
+                Err(format!("plugins on node-a, node-b: {with_plugins:?}"))
+            }
+        },
+    )
     .await;
 
     // The Job's pod is the Job's: the controller leaves it running.
