@@ -236,11 +236,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    info!("shutting down; Instances and device plugins are left for the next agent to adopt");
+    info!("shutting down; Instances are left for the next agent to adopt");
     for (_, w) in std::mem::take(&mut workers) {
         let _ = w.stop.send(worker::Stop::Shutdown);
         let _ = w.task.await;
     }
+    // The plugins go with the process (the kubelet marks their devices unhealthy); their
+    // sockets go too. The next agent registers them again.
+    let _ = tokio::time::timeout(Duration::from_secs(5), plugins.stop_all()).await;
     http.abort();
     for w in watches {
         w.abort();

@@ -37,7 +37,9 @@ pub static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 
 struct Running {
     devices: watch::Sender<Vec<v1beta1::Device>>,
+    /// Dropped to stop the plugin.
     _stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Which resource a plugin serves.
@@ -191,7 +193,7 @@ impl Plugins {
                 kind,
                 resource: resource.clone(),
             });
-            tokio::spawn(run(config, rx, allocator, async {
+            let task = tokio::spawn(run(config, rx, allocator, async {
                 let _ = stop_rx.await;
             }));
             info!(%resource, "device plugin started");
@@ -200,9 +202,21 @@ impl Plugins {
                 Running {
                     devices: tx,
                     _stop: stop,
+                    task,
                 },
             );
         }
+    }
+
+    /// Stops every plugin and waits until each has removed its socket: the kubelet sees the
+    /// plugins go, and no stale socket is left in its directory.
+    pub async fn stop_all(&self) {
+        let running = std::mem::take(&mut *self.running.lock().await);
+        let tasks: Vec<_> = running.into_values().map(|r| r.task).collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        info!("device plugins stopped");
     }
 
     /// Reads PodResources, releases claims no pod has held for the grace period, and

@@ -113,6 +113,11 @@ impl Presence {
         self.entries.values().map(|e| &e.device)
     }
 
+    /// Whether the node reports this device (seen, or within its grace period).
+    pub fn contains(&self, id: &str) -> bool {
+        self.entries.contains_key(id)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

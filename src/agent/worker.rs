@@ -3,7 +3,7 @@
 //! discovery health in the Configuration's status (on change only).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -101,6 +101,9 @@ pub async fn run(
     let (refs_changed_tx, mut refs_changed) = mpsc::unbounded_channel();
     let _watchers = WatcherGuard(watch_references(&shared.client, &config, refs_changed_tx));
     let mut last_health: Option<Health> = None;
+    // Instances this node failed to leave (the API server was away): retried on every scan
+    // until the write goes through, so a device that left during an outage is removed.
+    let mut unleft: BTreeSet<String> = BTreeSet::new();
     'restart: loop {
         let properties = match resolve_properties(&shared.client, &config).await {
             Ok(p) => p,
@@ -155,6 +158,7 @@ pub async fn run(
                                     write(&shared, &config, shared_devices, device).await;
                                 }
                             }
+                            retry_leaves(&shared, &ns, &presence, &mut unleft, |id| instance_name(&shared, &name, id, shared_devices)).await;
                             Health { devices: presence.len(), error: None }
                         }
                         Err(e) => {
@@ -172,7 +176,8 @@ pub async fn run(
                         let instance_name = instance_name(&shared, &name, &id, shared_devices);
                         info!(instance = %instance_name, device = %id, "device not seen for the grace period: leaving");
                         if let Err(e) = shared.part.leave(&ns, &instance_name).await {
-                            warn!(instance = %instance_name, error = %e, "cannot leave instance");
+                            warn!(instance = %instance_name, error = %e, "cannot leave instance; retried after the next scan");
+                            unleft.insert(id);
                         }
                         let _ = shared.changed.send(());
                     }
@@ -191,6 +196,30 @@ pub async fn run(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Leaves again the Instances of devices that left while their leave failed; a device that
+/// came back is no longer to leave.
+async fn retry_leaves(
+    shared: &Shared,
+    ns: &str,
+    presence: &Presence,
+    unleft: &mut BTreeSet<String>,
+    instance_name: impl Fn(&str) -> String,
+) {
+    unleft.retain(|id| !presence.contains(id));
+    let ids: Vec<String> = unleft.iter().cloned().collect();
+    for id in ids {
+        let name = instance_name(&id);
+        match shared.part.leave(ns, &name).await {
+            Ok(()) => {
+                info!(instance = %name, device = %id, "left the instance of a device gone while the API server was unreachable");
+                unleft.remove(&id);
+                let _ = shared.changed.send(());
+            }
+            Err(e) => warn!(instance = %name, error = %e, "cannot leave instance yet"),
         }
     }
 }
@@ -405,10 +434,12 @@ fn watch_references(
             let mut first = true;
             let mut versions = match kind {
                 "Secret" => watcher(Api::<Secret>::namespaced(client, &ns), cfg)
+                    .default_backoff()
                     .touched_objects()
                     .map(|r| r.ok().and_then(|o| o.resource_version()))
                     .boxed(),
                 _ => watcher(Api::<ConfigMap>::namespaced(client, &ns), cfg)
+                    .default_backoff()
                     .touched_objects()
                     .map(|r| r.ok().and_then(|o| o.resource_version()))
                     .boxed(),

@@ -43,6 +43,16 @@ fn labels(config: &str, instance: Option<&str>) -> BTreeMap<String, String> {
     l
 }
 
+/// Whether a pod with a Configuration's label is one of the broker pods made here (one per
+/// slot), not a pod of a broker Job, which belongs to its Job.
+pub fn is_slot_broker(pod: &Pod) -> bool {
+    pod.labels().contains_key(SLOT_LABEL)
+        && !pod
+            .owner_references()
+            .iter()
+            .any(|o| o.kind == "Job" && o.api_version == "batch/v1")
+}
+
 /// The name of the broker pod of a slot.
 pub fn pod_name(instance: &str, slot: u32) -> String {
     format!("{instance}-{slot}")
@@ -193,5 +203,44 @@ pub fn configuration_service(config: &Configuration, spec: &ServiceSpec) -> Serv
         },
         spec: Some(spec),
         status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(labels: serde_json::Value, owner_kind: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "p",
+                "labels": labels,
+                "ownerReferences": [{
+                    "apiVersion": if owner_kind == "Job" { "batch/v1" } else { "dowser.dev/v1alpha1" },
+                    "kind": owner_kind, "name": "o", "uid": "u",
+                }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pods_of_broker_jobs_are_not_slot_brokers() {
+        let slot = pod(
+            serde_json::json!({CONFIGURATION_LABEL: "c", INSTANCE_LABEL: "c-1", SLOT_LABEL: "0"}),
+            "Instance",
+        );
+        assert!(is_slot_broker(&slot));
+        let of_job = pod(
+            serde_json::json!({CONFIGURATION_LABEL: "c", INSTANCE_LABEL: "c-1"}),
+            "Job",
+        );
+        assert!(!is_slot_broker(&of_job));
+        // A slot label copied into a Job's template does not make its pods ours.
+        let copied = pod(
+            serde_json::json!({CONFIGURATION_LABEL: "c", SLOT_LABEL: "0"}),
+            "Job",
+        );
+        assert!(!is_slot_broker(&copied));
     }
 }

@@ -25,7 +25,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         reflector::ObjectRef,
@@ -119,6 +119,42 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
+/// Backoff of the controller's watches after an error: 0.5 s, doubling up to 5 s, back to
+/// 0.5 s once events flow. Only the leader watches, so the short cap costs the API server
+/// little; with the watcher's default (up to 30 s, reset after 2 min of quiet) the
+/// controller took a minute or more to see the changes made during an API server outage.
+#[derive(Clone, Debug)]
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MAX);
+        Some(wait)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// Failed brokers: when each may be replaced again.
 #[derive(Default)]
 struct Backoff {
@@ -177,9 +213,20 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     // A standby is healthy and ready: it is waiting for its turn.
     ready.store(true, Ordering::Relaxed);
     info!(%identity, "waiting for leadership");
+    // A standby stops on SIGTERM as the leader does (the kubelet deletes its pod).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     while !*leader.borrow_and_update() {
-        if leader.changed().await.is_err() {
-            anyhow::bail!("leader election stopped");
+        tokio::select! {
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("leader election stopped");
+                }
+            }
+            _ = term.recv() => {
+                info!(%identity, "stopping while standing by");
+                http.abort();
+                return Ok(0);
+            }
         }
     }
     info!(%identity, "leading");
@@ -207,6 +254,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     info!("controller running");
     // A Node that goes away concerns every Configuration that may have devices there.
     let node_deletions = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .backoff(WatchBackoff::default())
         .filter_map(|e| async move { matches!(e, Ok(watcher::Event::Delete(_))).then_some(()) });
     Controller::new(configs, watcher::Config::default())
         .watches(
@@ -230,17 +278,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
             move |s| by_label(s.labels(), s.namespace()),
         )
         .reconcile_all_on(node_deletions)
+        .trigger_backoff(WatchBackoff::default())
         .graceful_shutdown_on(async move {
             tokio::select! {
                 _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
                     warn!("lost leadership: stopping");
                 }
                 _ = tokio::signal::ctrl_c() => {}
-                _ = async {
-                    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                        term.recv().await;
-                    }
-                } => {}
+                _ = term.recv() => {}
             }
         })
         .run(reconcile, error_policy, ctx)
@@ -389,6 +434,7 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
         .await?
         .items
         .into_iter()
+        .filter(brokers::is_slot_broker)
         .map(|p| (p.name_any(), p))
         .collect();
     let mut wanted: BTreeMap<String, (Pod, String)> = BTreeMap::new();
@@ -805,4 +851,19 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn watches_back_off_to_five_seconds_and_start_over_once_events_flow() {
+        let mut b = WatchBackoff::default();
+        let waits: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
 }

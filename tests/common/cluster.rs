@@ -221,7 +221,9 @@ impl Cluster {
         let out = self.kubectl(&args, "");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            out.status.success() || stderr.contains("AlreadyExists"),
+            out.status.success()
+                || stderr.contains("AlreadyExists")
+                || stderr.contains("already exists"),
             "{PROPERTIES_BINDING}: {stderr}"
         );
     }

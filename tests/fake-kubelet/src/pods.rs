@@ -8,7 +8,10 @@ use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, Preconditions},
-    runtime::watcher::{self, Event},
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event},
+    },
 };
 use serde_json::json;
 use tracing::{info, warn};
@@ -53,7 +56,9 @@ fn device_requests(pod: &Pod) -> Vec<(String, Vec<(String, usize)>)> {
 pub async fn run(client: Client, node: String, devices: Arc<DeviceManager>) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut events = watcher::watcher(pods.clone(), config).boxed();
+    let mut events = watcher::watcher(pods.clone(), config)
+        .default_backoff()
+        .boxed();
     let mut done: HashSet<String> = HashSet::new();
     while let Some(event) = events.next().await {
         let pod = match event {

@@ -1,0 +1,715 @@
+//! Faults of the cluster around dowser, end to end on a real control plane with fake
+//! kubelets, agents and the controller as processes: the API server stopped for 30 s while
+//! devices come and go, one agent partitioned from the API server, and the uninstall.
+
+mod common;
+#[path = "common/outage.rs"]
+mod outage;
+#[path = "common/workloads.rs"]
+mod workloads;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    agent::Agent,
+    cluster::{Cluster, FakeKubelet},
+    controller::ControllerProcess,
+    eventually, free_addr,
+    plant::{device, phase},
+};
+use dowser::crd::{Configuration, INSTANCE_LABEL, Instance};
+use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use outage::{Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_devices};
+use serde_json::json;
+
+/// Polls `check` for up to `seconds`; on timeout panics with `what`, the last state seen
+/// and `logs()`.
+async fn settle<T, F, Fut>(seconds: u64, what: &str, logs: impl Fn() -> String, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(state) => state,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}\nlast seen: {last}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a Configuration's Instances and brokers are, for failure messages.
+async fn describe(client: &Client, config: &str) -> String {
+    let list = instances(client, config).await.unwrap_or_default();
+    let b = brokers(client, config).await.unwrap_or_default();
+    let i: Vec<String> = list
+        .iter()
+        .map(|(p, i)| format!("{p}:{}:{:?}", i.name_any(), nodes(i)))
+        .collect();
+    let b: Vec<String> = b
+        .iter()
+        .map(|(i, p)| format!("{}({i}, {}, {:?})", p.name_any(), phase(p), p.uid()))
+        .collect();
+    format!("Instances {i:?}; brokers {b:?}")
+}
+
+/// A Modbus device on a chosen address (one that was free, named in the targets before).
+async fn device_at(addr: std::net::SocketAddr) -> RunningListener {
+    serve(&ListenerConfig::device(
+        addr,
+        vec![UnitConfig::identified(1, "Acme", "PLC-100", "1.2")],
+    ))
+    .await
+    .expect("a device on its address")
+    .remove(0)
+}
+
+/// A Configuration scanning these ports every second, grace period 4 s, with a broker pod
+/// per device.
+fn config(name: &str, ports: &[u16], node: Option<&str>) -> serde_json::Value {
+    let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut c = json!({
+        "apiVersion": "dowser.dev/v1alpha1",
+        "kind": "Configuration",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "discovery": {"modbus": {
+                "targets": targets,
+                "intervalSeconds": 1,
+                // Generous: on a busy machine a device on loopback may answer late.
+                "requestTimeoutMs": 1000,
+            }},
+            "capacity": 1,
+            "offlineGracePeriodSeconds": 4,
+            "brokerSpec": {"brokerPodSpec": {"containers": [{"name": "broker", "image": "example/broker:1"}]}},
+        },
+    });
+    if let Some(node) = node {
+        c["spec"]["nodeSelector"] = json!({"matchLabels": {"kubernetes.io/hostname": node}});
+    }
+    c
+}
+
+async fn apply(client: &Client, config: serde_json::Value) {
+    let api: Api<Configuration> = Api::namespaced(client.clone(), "default");
+    let name = config["metadata"]["name"].as_str().unwrap().to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(config),
+    )
+    .await
+    .unwrap();
+}
+
+/// The Instances of a Configuration by the port of their device, with their nodes.
+async fn instances(client: &Client, config: &str) -> Option<Vec<(u16, Instance)>> {
+    let api: Api<Instance> = Api::namespaced(client.clone(), "default");
+    let list = api
+        .list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+        .await
+        .ok()?;
+    let mut out: Vec<(u16, Instance)> = list
+        .items
+        .into_iter()
+        .map(|i| (port_of(&i.spec.device_id), i))
+        .collect();
+    out.sort_by_key(|(p, _)| *p);
+    Some(out)
+}
+
+/// `modbus+tcp://127.0.0.1:PORT/1` → PORT.
+fn port_of(device_id: &str) -> u16 {
+    device_id
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("device id {device_id}"))
+}
+
+fn nodes(i: &Instance) -> Vec<String> {
+    let mut n = i
+        .status
+        .as_ref()
+        .map(|s| s.nodes.clone())
+        .unwrap_or_default();
+    n.sort();
+    n
+}
+
+/// Broker pods of a Configuration (not being deleted), by their Instance's name.
+async fn brokers(client: &Client, config: &str) -> Option<Vec<(String, Pod)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let list = pods
+        .list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+        .await
+        .ok()?;
+    Some(
+        list.items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| (p.labels()[INSTANCE_LABEL].clone(), p))
+            .collect(),
+    )
+}
+
+/// The broker of an Instance, once it is Running.
+fn running_broker<'a>(brokers: &'a [(String, Pod)], instance: &Instance) -> Option<&'a Pod> {
+    brokers
+        .iter()
+        .find(|(i, p)| *i == instance.name_any() && phase(p) == "Running")
+        .map(|(_, p)| p)
+}
+
+/// Whether a kubelet holds devices of a resource (its plugin registered, ListAndWatch open).
+async fn serves(kubelet: &FakeKubelet, resource: &str) -> bool {
+    kubelet_devices(kubelet)
+        .await
+        .iter()
+        .any(|(r, ids)| r == resource && !ids.is_empty())
+}
+
+fn resource(i: &Instance) -> String {
+    format!("dowser.dev/{}", i.name_any())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_of_30_seconds_loses_nothing() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let kubelets = [
+        cluster.fake_kubelet("node-a", &[]),
+        cluster.fake_kubelet("node-b", &[]),
+    ];
+    let agents: Vec<Agent> = kubelets.iter().map(|k| Agent::start(&cluster, k)).collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&cluster, scratch.path());
+    let stays = device("127.0.0.1:0").await;
+    let goes = device("127.0.0.1:0").await;
+    let new_addr = free_addr();
+    let (p_stays, p_goes, p_new) = (stays.addr.port(), goes.addr.port(), new_addr.port());
+    apply(&client, config("outage", &[p_stays, p_goes, p_new], None)).await;
+    let logs = || {
+        let mut out = String::new();
+        for a in &agents {
+            out.push_str(&format!("--- agent {} ---\n{}\n", a.node, a.log()));
+        }
+        out.push_str(&format!("--- controller ---\n{}\n", controller.log()));
+        for k in &kubelets {
+            out.push_str(&format!(
+                "--- kubelet {} ---\n{}\n",
+                k.node,
+                cluster.kubelet_log(&k.node)
+            ));
+        }
+        out
+    };
+
+    // Two devices, each seen by both nodes, each with a Running broker.
+    let (before, broker_before) = eventually(90, "two Instances with Running brokers", || async {
+        let list = instances(&client, "outage").await?;
+        let b = brokers(&client, "outage").await?;
+        let both = ["node-a".to_string(), "node-b".to_string()];
+        let ready = list.len() == 2 && list.iter().all(|(_, i)| nodes(i) == both);
+        let stayed = list.iter().find(|(p, _)| *p == p_stays)?.1.clone();
+        let broker = running_broker(&b, &stayed)?.clone();
+        let all_running = list.iter().all(|(_, i)| running_broker(&b, i).is_some());
+        (ready && all_running).then_some((stayed, broker))
+    })
+    .await;
+    let stays_resource = resource(&before);
+    for k in &kubelets {
+        assert!(serves(k, &stays_resource).await, "{}", logs());
+    }
+
+    // The API server goes away for 30 s; meanwhile one device leaves, one appears.
+    let outage = Instant::now();
+    let stopped = StoppedApiServer::stop(&cluster);
+    drop(goes);
+    let new = device_at(new_addr).await;
+    let mut checks = 0;
+    while outage.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The processes are up, and every kubelet still holds the device of the broker.
+        for a in &agents {
+            assert!(a.get("/healthz").0.contains("200"), "{}", logs());
+        }
+        assert!(controller.get("/healthz").0.contains("200"), "{}", logs());
+        for k in &kubelets {
+            assert!(
+                serves(k, &stays_resource).await,
+                "{} lost {stays_resource} during the outage\n{}",
+                k.node,
+                logs()
+            );
+        }
+        checks += 1;
+    }
+    assert!(checks >= 5);
+    stopped.start(&cluster);
+    let outage_seconds = outage.elapsed().as_secs_f64();
+    let back = Instant::now();
+
+    // They catch up: the Instances are the devices present, each with its broker.
+    let (after, broker_after) = settle(
+        150,
+        &format!("the Instances and brokers of the devices present (ports {p_stays}, {p_new}; {p_goes} gone)"),
+        logs,
+        || async {
+            let not_yet = Err(describe(&client, "outage").await);
+            let (Some(list), Some(b)) =
+                (instances(&client, "outage").await, brokers(&client, "outage").await)
+            else {
+                return not_yet;
+            };
+            let ports: Vec<u16> = list.iter().map(|(p, _)| *p).collect();
+            let mut want = vec![p_stays, p_new];
+            want.sort();
+            let both = ["node-a".to_string(), "node-b".to_string()];
+            if ports != want || !list.iter().all(|(_, i)| nodes(i) == both) || b.len() != 2 {
+                return not_yet;
+            }
+            let stayed = &list.iter().find(|(p, _)| *p == p_stays).unwrap().1;
+            let added = &list.iter().find(|(p, _)| *p == p_new).unwrap().1;
+            match (running_broker(&b, added), running_broker(&b, stayed)) {
+                (Some(_), Some(broker)) => Ok((stayed.clone(), broker.clone())),
+                _ => not_yet,
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "outage: the API server was away for {outage_seconds:.1} s; state caught up {:.1} s after it was ready",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(after.uid(), before.uid(), "the Instance was recreated");
+    assert_eq!(
+        broker_after.uid(),
+        broker_before.uid(),
+        "the broker of the device that stayed was replaced\n{}",
+        logs()
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let gone_brokers = pods
+        .list(&ListParams::default().labels("dowser.dev/configuration=outage"))
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(gone_brokers, 2, "the broker of the gone device is removed");
+    // Nothing crashed or stopped serving.
+    for a in &agents {
+        assert!(a.get("/healthz").0.contains("200"));
+        assert!(!a.log().contains("panicked"), "{}", logs());
+    }
+    assert!(controller.get("/healthz").0.contains("200"));
+    for k in &kubelets {
+        assert!(serves(k, &stays_resource).await);
+        assert!(serves(k, &resource(&after)).await);
+    }
+    drop(new);
+    drop(stays);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let node_a = cluster.fake_kubelet("node-a", &[]);
+    let node_b = cluster.fake_kubelet("node-b", &[]);
+    let agent_a = Agent::start(&cluster, &node_a);
+    // node-b's agent reaches the API server through a proxy the test can cut.
+    let direct = cluster.service_account_kubeconfig("dowser-agent");
+    let proxy = Proxy::start(outage::server_addr(&direct)).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let via = outage::kubeconfig_via(
+        &direct,
+        proxy.addr,
+        &scratch.path().join("agent-b.kubeconfig"),
+    );
+    let mut agent_b = ProxiedAgent::start(&node_b, &via);
+    let controller = ControllerProcess::start(&cluster, scratch.path());
+    let logs = |b: &ProxiedAgent| {
+        format!(
+            "--- agent node-a ---\n{}\n--- agent node-b ---\n{}\n--- controller ---\n{}",
+            agent_a.log(),
+            b.log(),
+            controller.log()
+        )
+    };
+
+    // A device both nodes see, and devices only node-b sees: one stays, one leaves during
+    // the partition, one appears during it.
+    let shared = device("127.0.0.1:0").await;
+    let stays = device("127.0.0.1:0").await;
+    let leaves = device("127.0.0.1:0").await;
+    let new_addr = free_addr();
+    let (p_stays, p_leaves, p_new) = (stays.addr.port(), leaves.addr.port(), new_addr.port());
+    apply(&client, config("plant", &[shared.addr.port()], None)).await;
+    apply(
+        &client,
+        config("line", &[p_stays, p_leaves, p_new], Some("node-b")),
+    )
+    .await;
+    let both = ["node-a".to_string(), "node-b".to_string()];
+    let (shared_before, shared_broker, stays_before, stays_broker) =
+        eventually(90, "Instances and Running brokers", || async {
+            let plant = instances(&client, "plant").await?;
+            let line = instances(&client, "line").await?;
+            let (bp, bl) = (
+                brokers(&client, "plant").await?,
+                brokers(&client, "line").await?,
+            );
+            if plant.len() != 1 || nodes(&plant[0].1) != both || line.len() != 2 {
+                return None;
+            }
+            if !line.iter().all(|(_, i)| nodes(i) == ["node-b"]) {
+                return None;
+            }
+            line.iter()
+                .all(|(_, i)| running_broker(&bl, i).is_some())
+                .then_some(())?;
+            let s = line.iter().find(|(p, _)| *p == p_stays)?.1.clone();
+            Some((
+                plant[0].1.clone(),
+                running_broker(&bp, &plant[0].1)?.clone(),
+                s.clone(),
+                running_broker(&bl, &s)?.clone(),
+            ))
+        })
+        .await;
+
+    // The partition: first refused (connections reset), then blackholed (connections hang),
+    // 14 s in all, three times the grace period and more. One device leaves, one appears.
+    let partition = Instant::now();
+    proxy.set(Link::Refused);
+    drop(leaves);
+    let new = device_at(new_addr).await;
+    // Refused long enough for the device's grace period to run out: node-b's leave fails.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    proxy.set(Link::Blackholed);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Nobody took node-b's Instances away while it could not speak.
+    let line = instances(&client, "line").await.unwrap();
+    let ports: Vec<u16> = line.iter().map(|(p, _)| *p).collect();
+    let mut kept = vec![p_stays, p_leaves];
+    kept.sort();
+    assert_eq!(
+        ports, kept,
+        "node-b's Instances changed during the partition"
+    );
+    assert!(line.iter().all(|(_, i)| nodes(i) == ["node-b"]));
+    let plant = instances(&client, "plant").await.unwrap();
+    assert_eq!(plant.len(), 1);
+    assert_eq!(
+        nodes(&plant[0].1),
+        both,
+        "node-b was dropped from the shared Instance"
+    );
+    assert!(agent_b.running(), "{}", logs(&agent_b));
+    assert!(serves(&node_b, &resource(&stays_before)).await);
+    proxy.set(Link::Open);
+    let partition_seconds = partition.elapsed().as_secs_f64();
+    let healed = Instant::now();
+
+    // Back: node-b reconciles what happened meanwhile.
+    eventually(90, "node-b's Instances are the devices it sees", || async {
+        let line = instances(&client, "line").await?;
+        let bl = brokers(&client, "line").await?;
+        let ports: Vec<u16> = line.iter().map(|(p, _)| *p).collect();
+        let mut want = vec![p_stays, p_new];
+        want.sort();
+        (ports == want
+            && bl.len() == 2
+            && line.iter().all(|(_, i)| running_broker(&bl, i).is_some()))
+        .then_some(())
+    })
+    .await;
+    eprintln!(
+        "partition: node-b was cut off for {partition_seconds:.1} s; reconciled {:.1} s after",
+        healed.elapsed().as_secs_f64()
+    );
+    let line = instances(&client, "line").await.unwrap();
+    let bl = brokers(&client, "line").await.unwrap();
+    let stays_after = &line.iter().find(|(p, _)| *p == p_stays).unwrap().1;
+    assert_eq!(stays_after.uid(), stays_before.uid());
+    assert_eq!(
+        running_broker(&bl, stays_after).unwrap().uid(),
+        stays_broker.uid(),
+        "the broker of node-b's device was replaced\n{}",
+        logs(&agent_b)
+    );
+    let plant = instances(&client, "plant").await.unwrap();
+    let bp = brokers(&client, "plant").await.unwrap();
+    assert_eq!(plant.len(), 1);
+    assert_eq!(plant[0].1.uid(), shared_before.uid());
+    assert_eq!(nodes(&plant[0].1), both);
+    assert_eq!(
+        running_broker(&bp, &plant[0].1).map(|p| p.uid()),
+        Some(shared_broker.uid()),
+        "the shared device's broker was replaced"
+    );
+    assert!(agent_b.running());
+    drop((new, stays, shared));
+}
+
+/// The `sh` block of the README's Install section that starts with `starting_with`.
+fn readme_block(starting_with: &str) -> String {
+    let readme = std::fs::read_to_string(common::cluster::repo().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install\n"))
+        .expect("the README has an Install section");
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .find(|b| b.starts_with(starting_with))
+        .unwrap_or_else(|| panic!("no README install block starts with {starting_with:?}"))
+}
+
+/// Runs a README block with bash, as a user would; fails if it has not finished in
+/// `seconds`.
+fn run_readme_block(cluster: &Cluster, block: &str, seconds: u64) {
+    let path = format!(
+        "{}:{}",
+        cluster.kubectl.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .current_dir(common::cluster::repo())
+        .env("PATH", path)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "README block did not finish in {seconds} s:\n{block}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "README block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Names (`kind/name`, with the namespace when there is one) of objects of these kinds,
+/// in every namespace, that match `keep`.
+fn objects(
+    cluster: &Cluster,
+    kinds: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<String> {
+    let out = cluster.kubectl_ok(&["get", kinds, "-A", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| keep(o))
+        .map(|o| {
+            format!(
+                "{}/{} {}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default(),
+                o["metadata"]["namespace"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn dowsers(o: &serde_json::Value) -> bool {
+    let text = o.to_string();
+    text.contains("dowser")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_leaves_nothing_behind() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    let node_a = cluster.fake_kubelet("node-a", &[]);
+    let node_b = cluster.fake_kubelet("node-b", &[]);
+    run_readme_block(&cluster, &readme_block("kubectl apply -k deploy/"), 150);
+    // The kubelets run what the DaemonSet and the Deployment asked for.
+    let workloads = workloads::Workloads::run(&cluster, &[&node_a, &node_b]).await;
+    eventually(60, "two agents and two controllers running", || async {
+        (workloads.running().len() == 4).then_some(())
+    })
+    .await;
+    let client = cluster.client().await;
+
+    // A broker pod with its Services, and a broker Job, each for a device both nodes see.
+    let served = device("127.0.0.1:0").await;
+    let commissioned = device("127.0.0.1:0").await;
+    let mut with_services = config("line", &[served.addr.port()], None);
+    with_services["spec"]["instanceServiceSpec"] =
+        json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+    with_services["spec"]["configurationServiceSpec"] =
+        json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+    apply(&client, with_services).await;
+    let mut with_job = config("commission", &[commissioned.addr.port()], None);
+    with_job["spec"]["brokerSpec"] = json!({"brokerJobSpec": {"template": {"spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "commission", "image": "example/commission:1"}],
+    }}}});
+    apply(&client, with_job).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let job_pods = || async {
+        pods.list(&ListParams::default().labels("batch.kubernetes.io/job-name"))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    };
+    let job_pod = eventually(
+        90,
+        "a broker Running, a Job's pod Running, Services",
+        || async {
+            let broker = pods
+                .list(&ListParams::default().labels("dowser.dev/slot"))
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|p| phase(p) == "Running");
+            let job_pod = job_pods()
+                .await
+                .into_iter()
+                .find(|p| phase(p) == "Running")?;
+            let services = objects(&cluster, "services", |o| {
+                o["metadata"]["labels"]["dowser.dev/configuration"].is_string()
+            });
+            (broker && services.len() == 2).then_some(job_pod)
+        },
+    )
+    .await;
+    settle(
+        60,
+        "every node has dowser's device plugins",
+        || workloads.logs(),
+        || async {
+            let with_plugins: Vec<bool> = [&node_a, &node_b]
+                .iter()
+                .map(|k| {
+                    std::fs::read_dir(k.plugin_dir()).unwrap().any(|e| {
+                        e.unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with("dowser-")
+                    })
+                })
+                .collect();
+            if with_plugins.iter().all(|b| *b) {
+                Ok(())
+            } else {
+                Err(format!("plugins on node-a, node-b: {with_plugins:?}"))
+            }
+        },
+    )
+    .await;
+
+    // The Job's pod is the Job's: the controller leaves it running.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now: Vec<_> = job_pods().await.iter().map(|p| p.uid()).collect();
+    assert_eq!(
+        now,
+        [job_pod.uid()],
+        "the broker Job's pod was replaced\n{}",
+        workloads.logs()
+    );
+
+    // The README's uninstall, as written.
+    let uninstall = Instant::now();
+    run_readme_block(
+        &cluster,
+        &readme_block("kubectl delete configurations.dowser.dev"),
+        150,
+    );
+    let uninstall_seconds = uninstall.elapsed().as_secs_f64();
+
+    // The processes were stopped with their pods, and exited cleanly.
+    eventually(30, "every dowser process stopped", || async {
+        workloads.running().is_empty().then_some(())
+    })
+    .await;
+    let stopped = workloads.stopped();
+    assert_eq!(stopped.len(), 4, "{stopped:?}");
+    assert!(
+        stopped.iter().all(|(_, s)| s.success()),
+        "{stopped:?}\n{}",
+        workloads.logs()
+    );
+    // Device plugins are gone from the nodes: no socket left, no dowser.dev device offered.
+    for k in [&node_a, &node_b] {
+        let left: Vec<String> = std::fs::read_dir(k.plugin_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "kubelet.sock" && n != "kubelet_internal_checkpoint")
+            .collect();
+        assert!(left.is_empty(), "{}: sockets left {left:?}", k.node);
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    eventually(30, "no dowser.dev resource offered by any node", || async {
+        for n in ["node-a", "node-b"] {
+            let status = nodes.get(n).await.ok()?.status?;
+            for list in [status.capacity?, status.allocatable?] {
+                if list
+                    .iter()
+                    .any(|(r, q)| r.starts_with("dowser.dev/") && q.0 != "0")
+                {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await;
+    // Nothing of dowser's is left in the cluster.
+    let crds = cluster.kubectl_ok(&["get", "crd", "-o", "name"]);
+    assert!(!crds.contains("dowser.dev"), "{crds}");
+    let ns = cluster.kubectl(&["get", "namespace", "dowser-system"], "");
+    assert!(!ns.status.success(), "namespace dowser-system is left");
+    let rbac = objects(
+        &cluster,
+        "clusterroles,clusterrolebindings,roles,rolebindings",
+        dowsers,
+    );
+    assert!(rbac.is_empty(), "RBAC left: {rbac:?}");
+    let leases = objects(&cluster, "leases", dowsers);
+    assert!(leases.is_empty(), "Leases left: {leases:?}");
+    let left = objects(
+        &cluster,
+        "pods,jobs,services,daemonsets,deployments",
+        dowsers,
+    );
+    assert!(left.is_empty(), "left after the uninstall: {left:?}");
+    eprintln!("uninstall: the README's commands took {uninstall_seconds:.1} s");
+}
