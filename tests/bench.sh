@@ -12,6 +12,8 @@ started=$(date +%s)
 
 need_toolchain
 apt_install nmap socat libdbus-1-dev pkg-config
+# OS-level doubles for the event-driven handlers, as tests/test.sh installs them.
+apt_install umockdev gir1.2-umockdev-1.0 python3-gi dbus-daemon python3-dbusmock
 peers_venv
 k8s_binaries
 
@@ -20,7 +22,10 @@ cargo build --release --quiet -p dowser --no-default-features --features modbus
 mkdir -p target/bench
 cp target/release/dowser target/bench/dowser-slim
 cargo build --release --quiet -p dowser -p dowser-sim -p fake-kubelet
-cargo build --release --quiet -p dowser --example bench_e2e
+cargo build --release --quiet -p dowser --example bench_e2e --example bench_scale
+# The serial and BLE latency target (test = false: not part of `cargo test`); it runs the
+# release dowser given by DOWSER_BIN against umockdev and python-dbusmock.
+cargo test --quiet --test latency --no-run
 cargo build --release --quiet -p dowser-mdns --example appear_latency
 bin=target/release
 
@@ -146,7 +151,7 @@ PROPTEST_CASES=$fuzz_cases cargo test --quiet --test properties \
   -p dowser -p dowser-discovery-api -p dowser-modbus -p dowser-mdns -p dowser-opcua >&2
 row "property tests (5 targets, $fuzz_cases cases per property), all passed (s)" "$(secs "$t0" "$(now)")" "-" "-"
 
-step "agent footprint and end to end on the local control plane"
+step "local control plane with an apiserver audit log"
 state="$work/cluster"
 # The API server's audit log counts the agent's requests (its user agent is dowser-agent/...).
 printf 'apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n' >"$work/audit-policy.yaml"
@@ -155,9 +160,23 @@ DOWSER_APISERVER_ARGS="--audit-policy-file=$work/audit-policy.yaml --audit-log-p
   tests/cluster/up.sh "$state" >/dev/null
 export KUBECONFIG="$state/kubeconfig"
 "$DOWSER_K8S_BIN/kubectl" apply -f crds/ >/dev/null
-DOWSER_BIN="$bin/dowser" DOWSER_SIM_BIN="$bin/dowser-sim" DOWSER_FAKE_KUBELET="$bin/fake-kubelet" \
-  "$bin/examples/bench_e2e" --work "$work/e2e" --rows "$work/e2e.rows"
-while IFS= read -r line; do rows+=("$line"); printf '  %s\n' "$line" >&2; done <"$work/e2e.rows"
+export DOWSER_BIN="$bin/dowser" DOWSER_SIM_BIN="$bin/dowser-sim" DOWSER_FAKE_KUBELET="$bin/fake-kubelet"
+take_rows() { while IFS= read -r line; do rows+=("$line"); printf '  %s\n' "$line" >&2; done <"$1"; }
+
+step "USB serial (umockdev) and BLE (python-dbusmock) → snapshot; BLE device → Instance end to end"
+cargo test --quiet --test latency -- --cluster --rows "$work/latency.rows" >/dev/null
+take_rows "$work/latency.rows"
+"$DOWSER_K8S_BIN/kubectl" delete configurations --all >/dev/null
+
+step "agent footprint and end to end (Modbus) on the local control plane"
+"$bin/examples/bench_e2e" --work "$work/e2e" --rows "$work/e2e.rows"
+take_rows "$work/e2e.rows"
+"$DOWSER_K8S_BIN/kubectl" delete configurations,instances --all >/dev/null
+
+step "scale: 1,000 devices on one node, then 10,000 Instances on 10 nodes (${DOWSER_SCALE_DEVICES:-1000} devices per node)"
+"$bin/examples/bench_scale" --work "$work/scale" --rows "$work/scale.rows" \
+  --nodes "${DOWSER_SCALE_NODES:-10}" --devices-per-node "${DOWSER_SCALE_DEVICES:-1000}"
+take_rows "$work/scale.rows"
 
 mkdir -p "$(dirname "$out")"
 {

@@ -173,39 +173,3 @@ fn missing_bluez_or_adapter_is_reported_and_retried() {
     // BlueZ went away: said, and retried.
     watch.until_said(20, "is BlueZ, bluetoothd, running?");
 }
-
-/// How long from a device appearing in BlueZ to `dowser discover --watch` printing a
-/// snapshot with it (`cargo test --test ble -- --ignored --nocapture`).
-#[test]
-#[ignore = "a measurement, not a test"]
-fn measure_appear_to_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut bluez = Bluez::with_adapter();
-    let watch = Watch::start(&config(dir.path(), "{}"), &bluez.env());
-    watch.until_ids(20, &[]);
-    let mut took = Vec::new();
-    let mut gone = Vec::new();
-    for i in 0..20 {
-        let address = format!("C0:FF:EE:00:01:{i:02X}");
-        let appeared = std::time::Instant::now();
-        bluez.appear(&address, json!({"name": "ENV", "rssi": -60}));
-        took.push(watch.until_ids(20, &[&address]).at - appeared);
-        let forgotten = std::time::Instant::now();
-        bluez.forget(&address);
-        gone.push(watch.until_ids(20, &[]).at - forgotten);
-    }
-    took.sort();
-    gone.sort();
-    println!(
-        "ble: appear -> snapshot over {} devices: p50 {:?}, max {:?}",
-        took.len(),
-        took[took.len() / 2],
-        took[took.len() - 1]
-    );
-    println!(
-        "ble: forgotten -> snapshot over {} devices: p50 {:?}, max {:?}",
-        gone.len(),
-        gone[gone.len() / 2],
-        gone[gone.len() - 1]
-    );
-}

@@ -41,7 +41,12 @@ pub struct Watch {
 impl Watch {
     /// Starts `dowser discover --watch -o json -f <config> --node node-a` with `env`.
     pub fn start(config: &Path, env: &[(&str, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dowser"))
+        Self::start_bin(Path::new(env!("CARGO_BIN_EXE_dowser")), config, env)
+    }
+
+    /// The same with another `dowser` binary (the benchmark's release build).
+    pub fn start_bin(bin: &Path, config: &Path, env: &[(&str, String)]) -> Self {
+        let mut child = Command::new(bin)
             .args([
                 "discover", "--watch", "-o", "json", "--node", "node-a", "-f",
             ])
