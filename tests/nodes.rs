@@ -1,5 +1,6 @@
-//! Nodes that fail under dowser, end to end on a real control plane with fake kubelets, the
-//! agent and the controller as processes: a node rebooted with a local device's broker on it.
+//! What a node goes through, end to end on a real control plane with fake kubelets, the
+//! agent and the controller as processes: a reboot with a local device's broker on it, and
+//! hostile devices of every network protocol at once beside good ones.
 
 mod common;
 
@@ -253,4 +254,188 @@ fn started(p: &Pod) -> Timestamp {
         .and_then(|s| s.start_time.as_ref())
         .map(|t| t.0)
         .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The resident memory of a process, in KiB (`VmRSS` of /proc/<pid>/status).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+/// A counter of the agent's /metrics.
+fn counter(agent: &Agent, name: &str) -> u64 {
+    let (_, body) = agent.get("/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn device_ids(client: &Client, config: &str) -> Vec<String> {
+    let mut ids: Vec<String> = instances(client, config)
+        .await
+        .into_iter()
+        .map(|i| i.spec.device_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_devices_of_every_protocol_at_once_leave_the_agent_healthy_and_bounded() {
+    use dowser_sim::{
+        Fleet, FleetConfig,
+        modbus::{ListenerConfig, Mode as ModbusMode},
+        opcua::{Mode as OpcuaMode, ServerConfig},
+    };
+    let _serial = common::serial().await;
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let unit = |vendor: &str| vec![UnitConfig::identified(1, vendor, "PLC-100", "1.2")];
+    let modbus =
+        |mode: ModbusMode, vendor: &str| ListenerConfig::device(any, unit(vendor)).with_mode(mode);
+    let fleet = Fleet::start(&FleetConfig {
+        modbus: vec![
+            modbus(ModbusMode::Normal, "Good 1"),
+            modbus(ModbusMode::Normal, "Good 2"),
+            modbus(ModbusMode::Silent, "Silent"),
+            // Answers after 3 s, past the 500 ms request timeout.
+            modbus(ModbusMode::Slow, "Slow"),
+            modbus(ModbusMode::Garbage, "Garbage"),
+            modbus(ModbusMode::Reset, "Reset"),
+            modbus(ModbusMode::Exception, "Exception"),
+        ],
+        opcua: vec![
+            ServerConfig::server(any, "Press 1", "urn:plant:press-1"),
+            ServerConfig::server(any, "Press 2", "urn:plant:press-2"),
+            ServerConfig::server(any, "Dead", "urn:plant:dead").with_mode(OpcuaMode::Silent),
+            ServerConfig::server(any, "Noise", "urn:plant:noise").with_mode(OpcuaMode::Garbage),
+            // 50,000 endpoints with long URLs.
+            ServerConfig::server(any, "Absurd", "urn:plant:absurd").with_mode(OpcuaMode::Absurd),
+        ],
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let port = |vendor: &str| {
+        fleet
+            .modbus
+            .iter()
+            .find(|l| l.config.units[0].vendor_name.as_deref() == Some(vendor))
+            .unwrap()
+            .addr
+            .port()
+    };
+    let targets: Vec<String> = fleet.modbus.iter().map(|l| l.addr.to_string()).collect();
+    let urls: Vec<String> = fleet.opcua.iter().map(|s| s.url.clone()).collect();
+
+    let cluster = Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let kubelet = cluster.fake_kubelet("node-a", &[]);
+    let agent = Agent::start(&cluster, &kubelet);
+    let logs = || {
+        format!(
+            "--- configurations\n{}\n--- agent metrics\n{}\n--- agent\n{}",
+            cluster.kubectl_ok(&["get", "configurations", "-o", "yaml"]),
+            agent.get("/metrics").1,
+            agent.log()
+        )
+    };
+    apply(
+        &client,
+        json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Configuration",
+            "metadata": {"name": "plcs", "namespace": "default"},
+            "spec": {"discovery": {"modbus": {
+                "targets": targets,
+                "connectTimeoutMs": 500,
+                "requestTimeoutMs": 500,
+                "intervalSeconds": 1,
+            }}},
+        }),
+    )
+    .await;
+    apply(
+        &client,
+        json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Configuration",
+            "metadata": {"name": "servers", "namespace": "default"},
+            "spec": {"discovery": {"opcua": {
+                "discoveryUrls": urls,
+                "timeoutMs": 1000,
+                "intervalSeconds": 1,
+            }}},
+        }),
+    )
+    .await;
+
+    // The good devices become Instances; of the hostile ones only the Modbus device that
+    // answers identification with an exception does, as a device without identification
+    // (its registers work: it is a real device, not a broken one).
+    let tcp = |vendor: &str| format!("modbus+tcp://127.0.0.1:{}/1", port(vendor));
+    let mut want_modbus = vec![tcp("Good 1"), tcp("Good 2"), tcp("Exception")];
+    want_modbus.sort();
+    let want_opcua = ["urn:plant:press-1", "urn:plant:press-2"];
+    settle(45, "the good devices as Instances", logs, || async {
+        let m = device_ids(&client, "plcs").await;
+        let o = device_ids(&client, "servers").await;
+        if m == want_modbus && o == want_opcua {
+            Ok(())
+        } else {
+            Err(format!("modbus {m:?}, opcua {o:?}"))
+        }
+    })
+    .await;
+
+    // Several more rounds of both Configurations: healthy throughout, memory bounded and
+    // flat once warm.
+    let rounds = |a: &Agent| counter(a, "dowser_agent_discovery_rounds_total");
+    let start = rounds(&agent);
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while rounds(&agent) < start + 16 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} rounds in 40 s\n{}",
+            rounds(&agent) - start,
+            logs()
+        );
+        let (status, body) = agent.get("/healthz");
+        assert!(
+            status.contains("200"),
+            "/healthz: {status} {body}\n{}",
+            logs()
+        );
+        samples.push((rounds(&agent) - start, rss_kib(agent.pid())));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let peak = samples.iter().map(|(_, r)| *r).max().unwrap();
+    let half = |early: bool| {
+        samples
+            .iter()
+            .filter(|(n, _)| (*n < 8) == early)
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(0)
+    };
+    let (early, late) = (half(true), half(false));
+    eprintln!(
+        "agent VmRSS over {} rounds: peak {} KiB, rounds 0-7 max {early} KiB, rounds 8-15 max {late} KiB",
+        rounds(&agent) - start,
+        peak
+    );
+    assert!(peak < 200 * 1024, "agent VmRSS {peak} KiB\n{samples:?}");
+    assert!(
+        late <= early + 16 * 1024,
+        "agent VmRSS grows: {early} KiB then {late} KiB\n{samples:?}"
+    );
+    assert_eq!(device_ids(&client, "plcs").await, want_modbus);
+    assert_eq!(device_ids(&client, "servers").await, want_opcua);
+    assert_eq!(counter(&agent, "dowser_agent_discovery_errors_total"), 0);
 }
