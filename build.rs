@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::deviceplugin::SmallCodec")
         .compile_fds(fds)?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -55,10 +55,12 @@ fn start_plugin(
         socket_name: "dowser-x.sock".into(),
         resource_name: RESOURCE.into(),
     };
+    let restarts = dowser::deviceplugin::kubelet_restarts(&config.dir);
     let task = tokio::spawn(run(
         config,
         rx,
         Arc::new(EnvAllocator),
+        restarts,
         std::future::pending(),
     ));
     (tx, task)

@@ -136,6 +136,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
                 watcher::Config::default(),
             )
             .default_backoff()
+            .modify(forget_managed_fields)
             .reflect(config_writer)
             .touched_objects()
             .map(|r| r.map(|_| ())),
@@ -148,6 +149,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
                 watcher::Config::default(),
             )
             .default_backoff()
+            .modify(forget_managed_fields)
             .reflect(instance_writer)
             .touched_objects()
             .map(|r| r.map(|_| ())),
@@ -249,6 +251,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         w.abort();
     }
     Ok(0)
+}
+
+/// The caches keep no managedFields: nothing here reads them, and they are a large part of
+/// each cached object (the agent caches every Instance of the cluster).
+fn forget_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// Drives a watch stream, forwarding each item (errors are logged; the watcher retries).

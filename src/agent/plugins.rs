@@ -61,6 +61,8 @@ pub struct Plugins {
     /// device id → resource through which a pod on this node holds it (PodResources).
     held: Mutex<BTreeMap<String, String>>,
     releaser: Mutex<Releaser>,
+    /// Changes when the kubelet restarts (one watch of its socket for all plugins).
+    kubelet: watch::Receiver<Option<crate::deviceplugin::KubeletSocket>>,
 }
 
 impl Plugins {
@@ -75,7 +77,6 @@ impl Plugins {
     ) -> Arc<Self> {
         Arc::new(Self {
             node: node.to_string(),
-            dir,
             pod_resources,
             release_grace,
             instances,
@@ -84,6 +85,8 @@ impl Plugins {
             running: Mutex::new(BTreeMap::new()),
             held: Mutex::new(BTreeMap::new()),
             releaser: Mutex::new(Releaser::default()),
+            kubelet: crate::deviceplugin::kubelet_restarts(&dir),
+            dir,
         })
     }
 
@@ -193,7 +196,7 @@ impl Plugins {
                 kind,
                 resource: resource.clone(),
             });
-            let task = tokio::spawn(run(config, rx, allocator, async {
+            let task = tokio::spawn(run(config, rx, allocator, self.kubelet.clone(), async {
                 let _ = stop_rx.await;
             }));
             info!(%resource, "device plugin started");

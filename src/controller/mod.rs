@@ -541,8 +541,10 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Ctx>) -> Result<Action, 
             .as_ref()
             .and_then(|s| s.node_name.as_ref())
             .is_some_and(|n| !alive.contains(n));
-        if on_gone_node && !wanted.contains_key(pod_name) {
-            // No kubelet will ever confirm this deletion.
+        if on_gone_node {
+            // No kubelet will ever confirm this deletion, whether the pod is unwanted or its
+            // slot moves to another node (same pod name): without it, the slot's broker
+            // waits for the pod garbage collector of kube-controller-manager.
             let _ = pods
                 .delete(
                     pod_name,

@@ -21,8 +21,8 @@ use super::{
     },
 };
 
-/// How often the plugin checks that its socket is still there.
-const SOCKET_CHECK: Duration = Duration::from_secs(1);
+/// How often an unregistered plugin tries to register, or to bind its socket.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// What a plugin hands out when the kubelet admits a pod.
 pub trait Allocator: Send + Sync + 'static {
@@ -100,14 +100,18 @@ impl<A: Allocator> DevicePlugin for Service<A> {
     }
 }
 
-/// Serves and registers a plugin until `stop` resolves, then removes its socket.
+/// Serves and registers a plugin until `stop` resolves, then removes its socket. `kubelet`
+/// (from [`super::kubelet_restarts`]) changes when the kubelet restarts: the plugin then
+/// binds its socket again if it was deleted, and registers again.
 pub async fn run<A: Allocator>(
     config: PluginConfig,
     devices: watch::Receiver<Vec<Device>>,
     allocator: Arc<A>,
+    mut kubelet: watch::Receiver<Option<super::KubeletSocket>>,
     stop: impl Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
+    kubelet.borrow_and_update();
     let socket = config.dir.join(&config.socket_name);
     loop {
         let incoming = match bind_unix(&socket) {
@@ -115,7 +119,7 @@ pub async fn run<A: Allocator>(
             Err(e) => {
                 warn!(socket = %socket.display(), error = %e, "cannot bind the device plugin socket; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(SOCKET_CHECK) => continue,
+                    _ = tokio::time::sleep(RETRY) => continue,
                     _ = &mut stop => return,
                 }
             }
@@ -145,8 +149,17 @@ pub async fn run<A: Allocator>(
                     }
                 }
             }
+            // Registered, the plugin sleeps until the kubelet restarts.
             tokio::select! {
-                _ = tokio::time::sleep(SOCKET_CHECK) => {}
+                _ = tokio::time::sleep(RETRY), if !registered => {}
+                r = kubelet.changed() => {
+                    if r.is_err() {
+                        // Nobody watches the kubelet any more: the agent is stopping.
+                        (&mut stop).await;
+                        break true;
+                    }
+                    registered = false;
+                }
                 _ = &mut stop => break true,
             }
             if !socket.exists() {

@@ -25,9 +25,11 @@ use tracing::debug;
 
 pub use presence::{Advert, BleFilter, Presence};
 
-/// How often presence is re-evaluated (the window ends, BlueZ forgets a device) and the
-/// current snapshot repeated, so the agent knows the devices are still there.
-pub const TICK: Duration = Duration::from_secs(1);
+/// How often the adapter is asked whether it is still there. BlueZ leaving the bus and the
+/// adapter going away are signals that end the scan at once; this is the fallback for
+/// anything those miss (a bus that stops answering). Between events nothing else wakes the
+/// handler but the end of the next device's presence window.
+pub const HEALTH_CHECK: Duration = Duration::from_secs(30);
 /// The wait before trying again when BlueZ or the adapter is missing.
 pub const RETRY: Duration = Duration::from_secs(3);
 
@@ -51,8 +53,8 @@ impl DiscoveryHandler for BleHandler {
         Vec::new()
     }
 
-    /// Yields a snapshot when scanning starts, whenever a device comes or goes or changes,
-    /// and every [`TICK`]; an error when BlueZ or the adapter cannot be used (retried every
+    /// Yields a snapshot when scanning starts and whenever a device comes or goes or
+    /// changes (the agent takes it as the state until the next one); an error when BlueZ or the adapter cannot be used (retried every
     /// [`RETRY`]).
     fn discover(&self, details: BleDetails, _properties: Properties) -> SnapshotStream {
         let path = "spec.discovery.ble";
@@ -112,9 +114,11 @@ async fn scan(details: &BleDetails, filter: &BleFilter, tx: &Sender) -> Discover
     if tx.send(Ok(presence.snapshot())).await.is_err() {
         return DiscoveryError::Failed("nobody listens".into());
     }
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let expiry = presence.next_expiry();
         let changed = tokio::select! {
             event = events.next() => match event {
                 None => return DiscoveryError::Unavailable("lost the connection to BlueZ".into()),
@@ -129,22 +133,39 @@ async fn scan(details: &BleDetails, filter: &BleFilter, tx: &Sender) -> Discover
                     None => false,
                 },
             },
-            path = removals.next() => match path {
+            removed = removals.next() => match removed {
                 None => return DiscoveryError::Unavailable("lost the connection to the D-Bus system bus".into()),
-                Some(path) => removals::address_of(&path, &name).is_some_and(|a| presence.forget(&a)),
+                Some(removals::Removed::Bluez) => {
+                    return DiscoveryError::Unavailable("BlueZ left the system bus".into());
+                }
+                Some(removals::Removed::Adapter(path)) if path == format!("/org/bluez/{name}") => {
+                    return DiscoveryError::Unavailable(format!("the Bluetooth adapter {name} went away"));
+                }
+                Some(removals::Removed::Adapter(_)) => false,
+                Some(removals::Removed::Device(path)) => {
+                    removals::address_of(&path, &name).is_some_and(|a| presence.forget(&a))
+                }
             },
-            _ = tick.tick() => {
+            // A device whose window ends leaves without any event.
+            _ = until(expiry) => presence.expire(std::time::Instant::now()),
+            _ = health.tick() => {
                 if let Err(e) = adapter.adapter_info().await {
                     return unavailable("lost the Bluetooth adapter", e);
                 }
-                presence.expire(std::time::Instant::now());
-                // Sent every tick, changed or not: the agent counts it as seeing the devices.
-                true
+                false
             },
         };
         if changed && tx.send(Ok(presence.snapshot())).await.is_err() {
             return DiscoveryError::Failed("nobody listens".into());
         }
+    }
+}
+
+/// Sleeps until `at`; forever when there is nothing to wait for.
+async fn until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

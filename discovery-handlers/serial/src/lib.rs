@@ -5,9 +5,12 @@
 //! interface. An adapter is known by `VID:PID:SERIAL`, or by the USB port it is plugged
 //! into when it has no serial number, so that a re-enumeration (`ttyUSB0` → `ttyUSB1`) is
 //! the same device with a new device node. Ports are listed again as soon as a uevent says
-//! something was plugged or unplugged, and at least every second where uevents do not reach
-//! the handler (a container outside the host's network namespace). Devices are local to
-//! their node; the device node goes to the broker container.
+//! something was plugged or unplugged, and every second as well, since uevents do not reach
+//! the handler everywhere (a container outside the host's network namespace) and the
+//! kernel drops them when the socket overflows. A snapshot is yielded only when the ports
+//! differ from the last one: the agent takes an event-driven snapshot as the state until
+//! the next, so an unchanged node costs one sysfs listing a second and no wake-up of the
+//! agent. Devices are local to their node; the device node goes to the broker container.
 
 mod hotplug;
 pub mod ports;
@@ -25,7 +28,8 @@ use tracing::{debug, warn};
 pub use hotplug::Uevents;
 pub use select::{PortFilter, UsbSerialPort};
 
-/// The longest a plug or unplug goes unnoticed when no uevent arrives.
+/// The longest a plug or unplug goes unnoticed when no uevent arrives (the ports are listed
+/// again; nothing is yielded unless they changed).
 pub const RESCAN: Duration = Duration::from_secs(1);
 
 /// A uevent can arrive before sysfs and /dev show its change (the kernel announces a
@@ -53,8 +57,8 @@ impl DiscoveryHandler for SerialHandler {
         Vec::new()
     }
 
-    /// Yields a snapshot at once, then after every change and at least every [`RESCAN`]
-    /// (so that the agent knows the devices are still there).
+    /// Yields a snapshot at once, then whenever the matching ports change (noticed by a
+    /// uevent, or by the listing every [`RESCAN`]).
     fn discover(&self, details: SerialDetails, _properties: Properties) -> SnapshotStream {
         let path = "spec.discovery.serial";
         let errors = details.validate(path);
@@ -75,6 +79,7 @@ impl DiscoveryHandler for SerialHandler {
             started: false,
             settling: false,
             last_error: None,
+            last: None,
         };
         futures::stream::unfold(state, |mut state| async move {
             let item = state.next().await;
@@ -91,6 +96,8 @@ struct Watch {
     /// A uevent came; one more look after [`SETTLE`].
     settling: bool,
     last_error: Option<String>,
+    /// The last snapshot yielded.
+    last: Option<Snapshot>,
 }
 
 impl Watch {
@@ -111,13 +118,19 @@ impl Watch {
             match tokio::task::spawn_blocking(ports::usb_serial_ports).await {
                 Ok(Ok(ports)) => {
                     self.last_error = None;
-                    return Ok(select::snapshot(&ports, &self.filter));
+                    let snapshot = select::snapshot(&ports, &self.filter);
+                    if self.last.as_ref() != Some(&snapshot) {
+                        self.last = Some(snapshot.clone());
+                        return Ok(snapshot);
+                    }
                 }
                 Ok(Err(e)) => {
                     // An error is reported when it starts or changes, not every second.
                     let text = e.to_string();
                     if self.last_error.as_ref() != Some(&text) {
                         self.last_error = Some(text);
+                        // After an error the ports are reported again, changed or not.
+                        self.last = None;
                         return Err(e);
                     }
                 }
