@@ -551,8 +551,11 @@ async fn hostile_devices_of_every_protocol_at_once_leave_the_agent_healthy_and_b
         peak
     );
     assert!(peak < 200 * 1024, "agent VmRSS {peak} KiB\n{samples:?}");
+    // One absurd GetEndpoints answer (tens of MiB decoded) moves the peak by up to ~25 MiB
+    // whichever round it lands in; a leak of it, or of anything per round, grows past that
+    // within 8 rounds.
     assert!(
-        late <= early + 16 * 1024,
+        late <= early + 32 * 1024,
         "agent VmRSS grows: {early} KiB then {late} KiB\n{samples:?}"
     );
     assert_eq!(device_ids(&client, "plcs").await, want_modbus);
