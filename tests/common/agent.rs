@@ -64,6 +64,11 @@ impl Agent {
         let _ = self.child.wait();
     }
 
+    /// The process id, to read its /proc entries.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// GET a path of the health endpoint: (status line, body).
     pub fn get(&self, path: &str) -> (String, String) {
         super::http_get(self.health, path)

@@ -65,6 +65,12 @@ impl FakeKubelet {
             .unwrap();
         assert!(status.success());
     }
+
+    /// Kills the process without letting it clean up (kill -9), as a power loss does.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for FakeKubelet {
@@ -256,11 +262,16 @@ impl Cluster {
         kube::Client::try_from(config).unwrap()
     }
 
-    /// Starts a fake kubelet for a new Node with these labels; returns once it serves.
+    /// Starts a fake kubelet for a Node with these labels; returns once it serves. Started
+    /// again for the same node, it resumes from the same root directory (its checkpoint).
     pub fn fake_kubelet(&self, node: &str, labels: &[(&str, &str)]) -> FakeKubelet {
         let root = self.scratch.path().join(node);
         std::fs::create_dir_all(&root).unwrap();
-        let log = std::fs::File::create(self.scratch.path().join(format!("{node}.log"))).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.path().join(format!("{node}.log")))
+            .unwrap();
         let mut cmd = Command::new(fake_kubelet_binary());
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)

@@ -79,17 +79,21 @@ pub struct DeviceManager {
 impl DeviceManager {
     pub fn new(dir: PathBuf) -> Arc<Self> {
         let checkpoint = dir.join("kubelet_internal_checkpoint");
-        let pods = std::fs::read(&checkpoint)
+        let pods: BTreeMap<String, PodAssignment> = std::fs::read(&checkpoint)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // Like the kubelet's device manager reading its checkpoint: the resources it names
+        // are known, with no devices (capacity 0) until their plugin registers again.
+        let plugins = pods
+            .values()
+            .flat_map(|p| p.containers.values().flatten())
+            .map(|a| (a.resource.clone(), Plugin::default()))
+            .collect();
         Arc::new(Self {
             dir,
             checkpoint,
-            state: Mutex::new(State {
-                plugins: HashMap::new(),
-                pods,
-            }),
+            state: Mutex::new(State { plugins, pods }),
             changed: Notify::new(),
             registration: Mutex::new(None),
         })
@@ -111,6 +115,19 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Deletes everything in the plugin directory but the checkpoint, as the kubelet does when
+    /// its device manager starts.
+    pub fn remove_sockets(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path != self.checkpoint {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(())
+    }
+
     /// What a kubelet restart does to device plugins: its sockets are deleted (plugins must
     /// notice and register again), connections dropped, resources no longer offered.
     pub async fn restart(self: &Arc<Self>) -> anyhow::Result<()> {
@@ -126,12 +143,7 @@ impl DeviceManager {
                 plugin.devices.clear();
             }
         }
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path != self.checkpoint {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
+        self.remove_sockets()?;
         self.changed.notify_one();
         tokio::time::sleep(Duration::from_millis(200)).await;
         info!("restarted: plugin sockets deleted, waiting for registrations");
@@ -265,6 +277,49 @@ impl DeviceManager {
         state.pods.insert(uid.to_string(), pod.clone());
         self.save(&state);
         Ok(pod)
+    }
+
+    /// Admits again, after a node reboot, a pod admitted before (its devices are in the
+    /// checkpoint but its containers are gone): like the kubelet's device manager, the pod
+    /// keeps its devices only if their plugin has registered again and reports them healthy;
+    /// otherwise admission fails, and the pod's devices are freed. The error is the pod's
+    /// UnexpectedAdmissionError message.
+    pub async fn readmit(&self, uid: &str) -> Result<(), String> {
+        let mut state = self.state.lock().await;
+        let Some(pod) = state.pods.get(uid).cloned() else {
+            return Ok(());
+        };
+        for a in pod.containers.values().flatten() {
+            let Some(plugin) = state.plugins.get(&a.resource) else {
+                return Err(self.refuse(
+                    &mut state,
+                    uid,
+                    "cannot allocate unregistered device",
+                    &a.resource,
+                ));
+            };
+            let healthy: BTreeSet<&String> = plugin
+                .devices
+                .iter()
+                .filter(|(_, h)| **h)
+                .map(|(id, _)| id)
+                .collect();
+            let why = if healthy.is_empty() {
+                "no healthy devices present; cannot allocate unhealthy devices"
+            } else if !a.device_ids.iter().all(|d| healthy.contains(d)) {
+                "previously allocated devices are no longer healthy; cannot allocate unhealthy devices"
+            } else {
+                continue;
+            };
+            return Err(self.refuse(&mut state, uid, why, &a.resource));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, state: &mut State, uid: &str, why: &str, resource: &str) -> String {
+        state.pods.remove(uid);
+        self.save(state);
+        format!("Allocate failed due to {why} {resource}, which is unexpected")
     }
 
     async fn register(self: &Arc<Self>, req: RegisterRequest) -> Result<(), Status> {

@@ -11,7 +11,11 @@
 //! - serves PodResources (List, Get, GetAllocatableResources) in
 //!   `<root>/pod-resources/kubelet.sock`;
 //! - on SIGUSR1, restarts like a kubelet: every plugin socket is deleted and registrations
-//!   are dropped, so plugins must register again.
+//!   are dropped, so plugins must register again;
+//! - started again on the same root directory, resumes from its checkpoint: pods whose
+//!   containers still run (`<root>/run`, the runtime's state) are adopted; after a node
+//!   reboot (that state gone) pods bound to the node are admitted again, and fail with
+//!   UnexpectedAdmissionError while the plugins of their devices have not registered again.
 
 mod devices;
 mod node;
@@ -75,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let resources_dir = args.root_dir.join("pod-resources");
     std::fs::create_dir_all(&resources_dir)?;
     let devices = devices::DeviceManager::new(plugin_dir);
+    devices.remove_sockets()?;
     devices.start().await?;
 
     let lister = tonic::transport::Server::builder()
@@ -92,7 +97,13 @@ async fn main() -> anyhow::Result<()> {
     let mut restart = signal(SignalKind::user_defined1())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut node_task = tokio::spawn(node::run(client.clone(), node_spec, devices.clone()));
-    let mut pod_task = tokio::spawn(pods::run(client, args.node_name.clone(), devices.clone()));
+    let runtime = pods::Runtime::new(args.root_dir.join("run"))?;
+    let mut pod_task = tokio::spawn(pods::run(
+        client,
+        args.node_name.clone(),
+        devices.clone(),
+        runtime,
+    ));
     let mut lister_task = tokio::spawn(lister);
     info!(node = %args.node_name, "fake kubelet running");
     println!("ready");

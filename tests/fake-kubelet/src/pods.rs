@@ -1,7 +1,7 @@
 //! Pods bound to this node: admitted through the device manager (or failed with
 //! UnexpectedAdmissionError), marked Running, and removed when deleted.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
@@ -53,7 +53,38 @@ fn device_requests(pod: &Pod) -> Vec<(String, Vec<(String, usize)>)> {
         .collect()
 }
 
-pub async fn run(client: Client, node: String, devices: Arc<DeviceManager>) -> anyhow::Result<()> {
+/// The container runtime's state: which pods have running containers, one file per pod in
+/// `<root>/run`. It survives a kubelet restart; a node reboot loses it (a real runtime
+/// keeps it on a tmpfs), which a test emulates by removing the directory.
+pub struct Runtime(PathBuf);
+
+impl Runtime {
+    pub fn new(dir: PathBuf) -> anyhow::Result<Runtime> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Runtime(dir))
+    }
+
+    fn running(&self, uid: &str) -> bool {
+        self.0.join(uid).exists()
+    }
+
+    fn started(&self, uid: &str) {
+        if let Err(e) = std::fs::write(self.0.join(uid), b"") {
+            warn!(error = %e, "cannot record running containers");
+        }
+    }
+
+    fn stopped(&self, uid: &str) {
+        let _ = std::fs::remove_file(self.0.join(uid));
+    }
+}
+
+pub async fn run(
+    client: Client,
+    node: String,
+    devices: Arc<DeviceManager>,
+    runtime: Runtime,
+) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut events = watcher::watcher(pods.clone(), config)
@@ -66,6 +97,7 @@ pub async fn run(client: Client, node: String, devices: Arc<DeviceManager>) -> a
             Ok(Event::Delete(p)) => {
                 if let Some(uid) = p.uid() {
                     devices.release(&uid).await;
+                    runtime.stopped(&uid);
                     done.remove(&uid);
                 }
                 continue;
@@ -80,6 +112,7 @@ pub async fn run(client: Client, node: String, devices: Arc<DeviceManager>) -> a
         if pod.metadata.deletion_timestamp.is_some() {
             // The containers are "stopped" at once; the kubelet then confirms the deletion.
             devices.release(&uid).await;
+            runtime.stopped(&uid);
             let ns = pod.namespace().unwrap_or_default();
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             let dp = DeleteParams {
@@ -101,39 +134,58 @@ pub async fn run(client: Client, node: String, devices: Arc<DeviceManager>) -> a
         if done.contains(&uid) || phase == "Succeeded" || phase == "Failed" {
             continue;
         }
-        if phase == "Running" && devices.assignment(&uid).await.is_some() {
-            // Adopted after a restart from the checkpoint: nothing to do.
-            done.insert(uid);
-            continue;
-        }
         done.insert(uid.clone());
         let ns = pod.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        admit(&api, &pod, &uid, &devices).await;
+        if devices.assignment(&uid).await.is_some() {
+            if runtime.running(&uid) {
+                // A kubelet restart: the containers still run with their devices.
+                continue;
+            }
+            // A node reboot: the containers are gone, the pod is admitted again with the
+            // devices of the checkpoint, if their plugins are back.
+            if let Err(message) = devices.readmit(&uid).await {
+                runtime.stopped(&uid);
+                fail(&api, &pod, &message, &Timestamp::now().to_string()).await;
+                continue;
+            }
+        }
+        if admit(&api, &pod, &uid, &devices).await {
+            runtime.started(&uid);
+        }
     }
     Ok(())
 }
 
-async fn admit(api: &Api<Pod>, pod: &Pod, uid: &str, devices: &DeviceManager) {
+/// Fails a pod's admission as the kubelet does.
+async fn fail(api: &Api<Pod>, pod: &Pod, message: &str, now: &str) {
+    let name = pod.name_any();
+    let ns = pod.namespace().unwrap_or_default();
+    info!(pod = %format!("{ns}/{name}"), %message, "admission failed");
+    let status = json!({"status": {
+        "phase": "Failed",
+        "reason": "UnexpectedAdmissionError",
+        "message": message,
+        "startTime": now,
+    }});
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+    {
+        warn!(error = %e, "cannot fail pod");
+    }
+}
+
+/// Admits a pod and marks it Running; false if admission failed.
+async fn admit(api: &Api<Pod>, pod: &Pod, uid: &str, devices: &DeviceManager) -> bool {
     let name = pod.name_any();
     let ns = pod.namespace().unwrap_or_default();
     let requests = device_requests(pod);
     let now = Timestamp::now().to_string();
     match devices.admit(uid, &ns, &name, &requests).await {
         Err(message) => {
-            info!(pod = %format!("{ns}/{name}"), %message, "admission failed");
-            let status = json!({"status": {
-                "phase": "Failed",
-                "reason": "UnexpectedAdmissionError",
-                "message": message,
-                "startTime": now,
-            }});
-            if let Err(e) = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-                .await
-            {
-                warn!(error = %e, "cannot fail pod");
-            }
+            fail(api, pod, &message, &now).await;
+            false
         }
         Ok(assignment) => {
             let annotation = serde_json::to_string(&assignment.containers).unwrap_or_default();
@@ -182,6 +234,7 @@ async fn admit(api: &Api<Pod>, pod: &Pod, uid: &str, devices: &DeviceManager) {
             } else {
                 info!(pod = %format!("{ns}/{name}"), "running");
             }
+            true
         }
     }
 }
