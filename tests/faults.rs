@@ -15,39 +15,15 @@ use common::{
     cluster::{Cluster, FakeKubelet},
     controller::ControllerProcess,
     eventually, free_addr,
-    plant::{device, phase},
+    plant::{apply, device, phase},
+    settle,
 };
-use dowser::crd::{Configuration, INSTANCE_LABEL, Instance};
+use dowser::crd::{INSTANCE_LABEL, Instance};
 use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-};
+use kube::{Api, Client, ResourceExt, api::ListParams};
 use outage::{Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_devices};
 use serde_json::json;
-
-/// Polls `check` for up to `seconds`; on timeout panics with `what`, the last state seen
-/// and `logs()`.
-async fn settle<T, F, Fut>(seconds: u64, what: &str, logs: impl Fn() -> String, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let last = match check().await {
-            Ok(v) => return v,
-            Err(state) => state,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for: {what}\nlast seen: {last}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// What a Configuration's Instances and brokers are, for failure messages.
 async fn describe(client: &Client, config: &str) -> String {
@@ -99,18 +75,6 @@ fn config(name: &str, ports: &[u16], node: Option<&str>) -> serde_json::Value {
         c["spec"]["nodeSelector"] = json!({"matchLabels": {"kubernetes.io/hostname": node}});
     }
     c
-}
-
-async fn apply(client: &Client, config: serde_json::Value) {
-    let api: Api<Configuration> = Api::namespaced(client.clone(), "default");
-    let name = config["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(config),
-    )
-    .await
-    .unwrap();
 }
 
 /// The Instances of a Configuration by the port of their device, with their nodes.

@@ -15,9 +15,9 @@ use common::{
     cluster::{Cluster, FakeKubelet},
     controller::ControllerProcess,
     eventually,
-    plant::{Plant, device, modbus_config, nodes_of, phase},
+    plant::{Plant, apply, device, instances, modbus_config, nodes_of, phase},
+    settle,
 };
-use dowser::crd::{Configuration, Instance};
 use dowser_sim::modbus::UnitConfig;
 use futures::StreamExt;
 use k8s_openapi::{
@@ -26,7 +26,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
@@ -145,48 +145,6 @@ async fn a_lost_node_frees_its_slots_rehomes_its_brokers_and_leaves_no_instance_
         .filter_map(|e| e.message)
         .collect::<Vec<_>>();
     assert!(said.iter().any(|m| m.contains(&lost)), "{said:?}");
-}
-
-/// Polls `check` for up to `seconds`; on timeout panics with `what`, the last state seen
-/// and `logs()`.
-async fn settle<T, F, Fut>(seconds: u64, what: &str, logs: impl Fn() -> String, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let last = match check().await {
-            Ok(v) => return v,
-            Err(state) => state,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for: {what}\nlast seen: {last}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn apply(client: &Client, config: serde_json::Value) {
-    let api: Api<Configuration> = Api::namespaced(client.clone(), "default");
-    let name = config["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(config),
-    )
-    .await
-    .unwrap();
-}
-
-async fn instances(client: &Client, config: &str) -> Vec<Instance> {
-    let api: Api<Instance> = Api::namespaced(client.clone(), "default");
-    api.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
 }
 
 /// Broker pods of a Configuration (not being deleted).

@@ -11,16 +11,16 @@ use common::{
     cluster::Cluster,
     controller::ControllerProcess,
     eventually,
-    plant::{device, modbus_config, phase},
+    plant::{apply, device, instances, modbus_config, phase},
 };
-use dowser::crd::{Configuration, Instance};
+use dowser::crd::Configuration;
 use k8s_openapi::{
     ByteString,
     api::core::v1::{Pod, Secret},
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde_json::json;
 
@@ -44,26 +44,6 @@ fn with_broker(mut config: serde_json::Value) -> serde_json::Value {
     config["spec"]["brokerSpec"] =
         json!({"brokerPodSpec": {"containers": [{"name": "broker", "image": "example/broker:1"}]}});
     config
-}
-
-async fn apply(client: &Client, config: serde_json::Value) {
-    let api: Api<Configuration> = Api::namespaced(client.clone(), "default");
-    let name = config["metadata"]["name"].as_str().unwrap().to_string();
-    api.patch(
-        &name,
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(config),
-    )
-    .await
-    .unwrap();
-}
-
-async fn instances(client: &Client, config: &str) -> Vec<Instance> {
-    let api: Api<Instance> = Api::namespaced(client.clone(), "default");
-    api.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
 }
 
 async fn running_brokers(client: &Client, config: &str) -> Vec<Pod> {

@@ -35,6 +35,33 @@ where
     }
 }
 
+/// Polls `check` for up to `seconds`; on timeout panics with `what`, the last state seen
+/// and `logs()`.
+pub async fn settle<T, F, Fut>(
+    seconds: u64,
+    what: &str,
+    logs: impl Fn() -> String,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(state) => state,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}\nlast seen: {last}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A free port on loopback for a process to listen on.
 pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

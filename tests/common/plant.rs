@@ -14,6 +14,29 @@ use super::{
     cluster::{Cluster, FakeKubelet},
 };
 
+/// Server-side applies a Configuration (namespace `default`) as the tests' field manager.
+pub async fn apply(client: &Client, config: serde_json::Value) {
+    let api: Api<Configuration> = Api::namespaced(client.clone(), "default");
+    let name = config["metadata"]["name"].as_str().unwrap().to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(config),
+    )
+    .await
+    .unwrap();
+}
+
+/// The Instances of a Configuration in namespace `default` (none while the API server does
+/// not answer).
+pub async fn instances(client: &Client, config: &str) -> Vec<Instance> {
+    let api: Api<Instance> = Api::namespaced(client.clone(), "default");
+    api.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
 pub struct Plant {
     pub cluster: Cluster,
     pub client: Client,
@@ -56,23 +79,11 @@ impl Plant {
     }
 
     pub async fn apply(&self, config: serde_json::Value) {
-        let api: Api<Configuration> = Api::namespaced(self.client.clone(), "default");
-        let name = config["metadata"]["name"].as_str().unwrap().to_string();
-        api.patch(
-            &name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(config),
-        )
-        .await
-        .unwrap();
+        apply(&self.client, config).await
     }
 
     pub async fn instances(&self, config: &str) -> Vec<Instance> {
-        let api: Api<Instance> = Api::namespaced(self.client.clone(), "default");
-        api.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-            .await
-            .unwrap()
-            .items
+        instances(&self.client, config).await
     }
 
     pub async fn allocatable(&self, node: &str, resource: &str) -> Option<String> {
