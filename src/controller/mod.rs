@@ -123,36 +123,13 @@ pub enum Error {
 /// 0.5 s once events flow. Only the leader watches, so the short cap costs the API server
 /// little; with the watcher's default (up to 30 s, reset after 2 min of quiet) the
 /// controller took a minute or more to see the changes made during an API server outage.
-#[derive(Clone, Debug)]
-struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(5);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let wait = self.next;
-        self.next = (wait * 2).min(Self::MAX);
-        Some(wait)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .into()
 }
 
 /// Failed brokers: when each may be replaced again.
@@ -254,7 +231,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     info!("controller running");
     // A Node that goes away concerns every Configuration that may have devices there.
     let node_deletions = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .backoff(WatchBackoff::default())
+        .backoff(watch_backoff())
         .filter_map(|e| async move { matches!(e, Ok(watcher::Event::Delete(_))).then_some(()) });
     Controller::new(configs, watcher::Config::default())
         .watches(
@@ -278,7 +255,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
             move |s| by_label(s.labels(), s.namespace()),
         )
         .reconcile_all_on(node_deletions)
-        .trigger_backoff(WatchBackoff::default())
+        .trigger_backoff(watch_backoff())
         .graceful_shutdown_on(async move {
             tokio::select! {
                 _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
@@ -862,7 +839,7 @@ mod tests {
 
     #[test]
     fn watches_back_off_to_five_seconds_and_start_over_once_events_flow() {
-        let mut b = WatchBackoff::default();
+        let mut b = watch_backoff();
         let waits: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
         assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
         b.reset();

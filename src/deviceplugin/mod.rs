@@ -78,20 +78,21 @@ pub type KubeletSocket = (u64, i64, i64);
 pub const KUBELET_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Which kubelet is serving in `dir`: the inode and change time of its `kubelet.sock`
-/// (`None` while there is none; a new socket may reuse the inode number of the old one). A restarting kubelet deletes every socket in the directory and binds a new
-/// `kubelet.sock`, so a change tells every plugin to check its socket and register again.
+/// (`None` while there is none; a new socket may reuse the inode number of the old one). A
+/// restarting kubelet deletes every socket in the directory and binds a new `kubelet.sock`,
+/// so a change tells every plugin to check its socket and register again.
 /// One task looks once every [`KUBELET_CHECK`] for all plugins, so that an idle node with
 /// many plugins is not woken once a second per plugin. The task ends when every receiver is
 /// gone.
 pub fn kubelet_restarts(dir: &Path) -> tokio::sync::watch::Receiver<Option<KubeletSocket>> {
     use std::os::unix::fs::MetadataExt;
     let socket = dir.join(KUBELET_SOCKET);
-    let inode = move || {
+    let binding = move || {
         std::fs::metadata(&socket)
             .ok()
             .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
     };
-    let (tx, rx) = tokio::sync::watch::channel(inode());
+    let (tx, rx) = tokio::sync::watch::channel(binding());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(KUBELET_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,7 +102,7 @@ pub fn kubelet_restarts(dir: &Path) -> tokio::sync::watch::Receiver<Option<Kubel
                 _ = tx.closed() => return,
             }
             tx.send_if_modified(|seen| {
-                let now = inode();
+                let now = binding();
                 let changed = *seen != now;
                 *seen = now;
                 changed
