@@ -3,7 +3,10 @@
 //! manager per node. Every status write carries the node's whole part, so no write can drop
 //! another.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use dowser_discovery_api::Device;
 use kube::{
@@ -32,12 +35,16 @@ struct Part {
     claims: BTreeSet<u32>,
 }
 
-/// This node's part of every Instance it touches.
+type Key = (String, String);
+
+/// This node's part of every Instance it touches. Each part has its own lock, held across
+/// the write that carries it: writes to one Instance stay in order, writes to different
+/// Instances run side by side.
 pub struct NodeInstances {
     client: Client,
     node: String,
     manager: String,
-    parts: Mutex<BTreeMap<(String, String), Part>>,
+    parts: std::sync::Mutex<BTreeMap<Key, Arc<Mutex<Part>>>>,
 }
 
 /// Why a slot could not be claimed.
@@ -55,16 +62,34 @@ impl NodeInstances {
             client,
             node: node.to_string(),
             manager: format!("dowser-agent-{node}"),
-            parts: Mutex::new(BTreeMap::new()),
+            parts: std::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The lock of one Instance's part (made empty on first use).
+    fn part(&self, namespace: &str, name: &str) -> Arc<Mutex<Part>> {
+        self.parts
+            .lock()
+            .expect("parts lock")
+            .entry((namespace.to_string(), name.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets an Instance's part (it is gone).
+    fn forget(&self, namespace: &str, name: &str) {
+        self.parts
+            .lock()
+            .expect("parts lock")
+            .remove(&(namespace.to_string(), name.to_string()));
     }
 
     /// Takes over this node's part of an existing Instance after a restart (nothing written).
     pub async fn adopt(&self, instance: &Instance) {
         let ns = instance.namespace().unwrap_or_default();
         let status = instance.status.clone().unwrap_or_default();
-        let mut parts = self.parts.lock().await;
-        let part = parts.entry((ns, instance.name_any())).or_default();
+        let part = self.part(&ns, &instance.name_any());
+        let mut part = part.lock().await;
         part.joined = status.nodes.contains(&self.node);
         part.claims = status
             .slots
@@ -116,11 +141,11 @@ impl NodeInstances {
         let joined_already = current
             .and_then(|c| c.status.as_ref())
             .is_some_and(|s| s.nodes.contains(&self.node));
-        let mut parts = self.parts.lock().await;
-        let part = parts.entry((ns.clone(), preview.name.clone())).or_default();
+        let part = self.part(&ns, &preview.name);
+        let mut part = part.lock().await;
         if !part.joined || !joined_already {
             part.joined = true;
-            self.apply_status(&api, &preview.name, part).await?;
+            self.apply_status(&api, &preview.name, &part).await?;
         }
         Ok(preview.name)
     }
@@ -130,20 +155,18 @@ impl NodeInstances {
     /// device any more.
     pub async fn leave(&self, namespace: &str, name: &str) -> Result<(), kube::Error> {
         let api: Api<Instance> = Api::namespaced(self.client.clone(), namespace);
-        let mut parts = self.parts.lock().await;
-        let part = parts
-            .entry((namespace.to_string(), name.to_string()))
-            .or_default();
+        let part = self.part(namespace, name);
+        let mut part = part.lock().await;
         part.joined = false;
-        match self.apply_status(&api, name, part).await {
+        match self.apply_status(&api, name, &part).await {
             Ok(()) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {
-                parts.remove(&(namespace.to_string(), name.to_string()));
+                self.forget(namespace, name);
                 return Ok(());
             }
             Err(e) => return Err(e),
         }
-        drop(parts);
+        drop(part);
         let now = match api.get_opt(name).await? {
             Some(i) => i,
             None => return Ok(()),
@@ -168,10 +191,7 @@ impl NodeInstances {
                 }
                 Err(e) => return Err(e),
             }
-            self.parts
-                .lock()
-                .await
-                .remove(&(namespace.to_string(), name.to_string()));
+            self.forget(namespace, name);
         }
         Ok(())
     }
@@ -184,16 +204,14 @@ impl NodeInstances {
         slots: &[u32],
     ) -> Result<(), ClaimError> {
         let api: Api<Instance> = Api::namespaced(self.client.clone(), namespace);
-        let mut parts = self.parts.lock().await;
-        let part = parts
-            .entry((namespace.to_string(), name.to_string()))
-            .or_default();
+        let part = self.part(namespace, name);
+        let mut part = part.lock().await;
         let before = part.claims.clone();
         part.claims.extend(slots);
         if part.claims == before {
             return Ok(());
         }
-        match self.apply_status(&api, name, part).await {
+        match self.apply_status(&api, name, &part).await {
             Ok(()) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 part.claims = before;
@@ -217,17 +235,17 @@ impl NodeInstances {
         slots: &[u32],
     ) -> Result<(), kube::Error> {
         let api: Api<Instance> = Api::namespaced(self.client.clone(), namespace);
-        let mut parts = self.parts.lock().await;
         let key = (namespace.to_string(), name.to_string());
-        let Some(part) = parts.get_mut(&key) else {
+        let Some(part) = self.parts.lock().expect("parts lock").get(&key).cloned() else {
             return Ok(());
         };
+        let mut part = part.lock().await;
         for s in slots {
             part.claims.remove(s);
         }
-        match self.apply_status(&api, name, part).await {
+        match self.apply_status(&api, name, &part).await {
             Err(kube::Error::Api(e)) if e.code == 404 => {
-                parts.remove(&key);
+                self.forget(namespace, name);
                 Ok(())
             }
             other => other,
@@ -236,14 +254,19 @@ impl NodeInstances {
 
     /// Every claim of this node, as (namespace, instance, slot).
     pub async fn claims(&self) -> Vec<(String, String, u32)> {
-        self.parts
+        let parts: Vec<(Key, Arc<Mutex<Part>>)> = self
+            .parts
             .lock()
-            .await
+            .expect("parts lock")
             .iter()
-            .flat_map(|((ns, name), p)| {
-                p.claims.iter().map(move |s| (ns.clone(), name.clone(), *s))
-            })
-            .collect()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        let mut claims = Vec::new();
+        for ((ns, name), part) in parts {
+            let part = part.lock().await;
+            claims.extend(part.claims.iter().map(|s| (ns.clone(), name.clone(), *s)));
+        }
+        claims
     }
 
     async fn apply_status(
