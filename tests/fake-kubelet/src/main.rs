@@ -22,7 +22,7 @@ mod node;
 mod podresources;
 mod pods;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use dowser::deviceplugin::{
@@ -51,6 +51,11 @@ struct Args {
     memory: String,
     #[arg(long, default_value = "110")]
     pods: String,
+    /// Post node status (device-plugin capacity) every this many seconds only, as a real
+    /// kubelet does (its nodeStatusUpdateFrequency, 10 s by default). Without it the status
+    /// is posted as soon as a device plugin's devices change, which keeps tests fast.
+    #[arg(long, value_name = "SECONDS")]
+    node_status_update_frequency: Option<f64>,
 }
 
 async fn client(kubeconfig: &PathBuf) -> anyhow::Result<kube::Client> {
@@ -93,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
         cpu: args.cpu,
         memory: args.memory,
         pods: args.pods,
+        status_every: args
+            .node_status_update_frequency
+            .map(Duration::from_secs_f64),
     };
     let mut restart = signal(SignalKind::user_defined1())?;
     let mut term = signal(SignalKind::terminate())?;

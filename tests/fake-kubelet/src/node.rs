@@ -26,6 +26,9 @@ pub struct NodeSpec {
     pub cpu: String,
     pub memory: String,
     pub pods: String,
+    /// Post status on this period only (a real kubelet's nodeStatusUpdateFrequency); `None`:
+    /// on every device change and every heartbeat.
+    pub status_every: Option<Duration>,
 }
 
 /// Registers the node, then keeps its status and lease fresh until the task is dropped.
@@ -53,14 +56,21 @@ pub async fn run(
     untaint(&nodes, &spec.name).await?;
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let periodic = spec.status_every.is_some();
+    let mut status_tick = tokio::time::interval(spec.status_every.unwrap_or(HEARTBEAT));
+    status_tick.tick().await;
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
                 if let Err(e) = renew_lease(&leases, &spec.name).await {
                     warn!(error = %e, "lease renewal failed");
                 }
+                if periodic {
+                    continue;
+                }
             }
-            _ = devices.changed.notified() => {}
+            _ = status_tick.tick(), if periodic => {}
+            _ = devices.changed.notified(), if !periodic => {}
         }
         if let Err(e) = sync_status(&nodes, &spec, &devices).await {
             warn!(error = %e, "node status update failed");
