@@ -1,4 +1,4 @@
-//! The cluster part of `tests/bench.sh`: agent footprint and end-to-end latency on a local
+//! The cluster part of `scripts/bench`: agent footprint and end-to-end latency on a local
 //! control plane that the script has booted (KUBECONFIG, CRDs applied, apiserver audit log
 //! at DOWSER_AUDIT_LOG). Runs the release binaries given by DOWSER_BIN and
 //! DOWSER_FAKE_KUBELET; simulated devices are served in this process.
@@ -30,7 +30,7 @@ impl Drop for Proc {
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run tests/bench.sh)"))
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run scripts/bench)"))
 }
 
 fn kubectl(args: &[&str]) -> String {

@@ -1,4 +1,4 @@
-//! The scale part of `tests/bench.sh`, on the local control plane the script has booted
+//! The scale part of `scripts/bench`, on the local control plane the script has booted
 //! (KUBECONFIG, CRDs applied, apiserver audit log at DOWSER_AUDIT_LOG): 1,000 simulated
 //! Modbus devices on one fake node, then nine more fake nodes with 1,000 devices each
 //! (10,000 Instances), each node's devices picked by its own Configuration's nodeSelector.
@@ -33,7 +33,7 @@ impl Drop for Proc {
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run tests/bench.sh)"))
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run scripts/bench)"))
 }
 
 fn apply(yaml: &str) {
@@ -105,6 +105,9 @@ async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
             .args(["--kubeconfig", &env("KUBECONFIG"), "--node-name", &name])
             .args(["--label", &format!("bench/node={name}"), "--root-dir"])
             .arg(&dir)
+            // Node status (device-plugin capacity) at a real kubelet's pace: every 10 s, its
+            // default nodeStatusUpdateFrequency, not on every plugin change.
+            .args(["--node-status-update-frequency", "10"])
             .stderr(std::fs::File::create(work.join(format!("{name}-kubelet.log"))).unwrap())
             .spawn()
             .unwrap(),
@@ -207,6 +210,21 @@ async fn converge(
     }
 }
 
+/// The Instances that exist now, and how to call the moment: "at steady state" once
+/// converged, "still converging" when the limit ran out first.
+async fn instances_reached(
+    client: &Client,
+    nodes: &[FakeNode],
+    converged: &Result<f64, String>,
+) -> (usize, &'static str) {
+    let (instances, _) = progress(client, nodes).await;
+    let state = match converged {
+        Ok(_) => "at steady state",
+        Err(_) => "still converging",
+    };
+    (instances, state)
+}
+
 /// Requests per minute by the agents and the controller while nothing changes.
 async fn idle(audit: &Path, seconds: u64) -> (f64, f64) {
     let from = audit_lines(audit);
@@ -272,11 +290,12 @@ async fn main() {
             Err(e) => e.clone(),
         }
     ));
+    let (reached, state) = instances_reached(&client, &nodes, &converged).await;
     out.push(format!(
-        "| scale, one node, {want} Instances: agent / controller RSS at steady state (MiB) | {agent_rss:.1} / {controller_rss:.1} | - | - |"
+        "| scale, one node, {reached} Instances: agent / controller RSS {state} (MiB) | {agent_rss:.1} / {controller_rss:.1} | - | - |"
     ));
     out.push(format!(
-        "| scale, one node: apiserver requests by agent / controller while converging; per minute idle after (audit log) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
+        "| scale, one node: apiserver requests by agent / controller while converging; per minute after (audit log, 60 s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
     ));
     if converged.is_err() || node_count < 2 {
         std::fs::write(&rows, out.join("\n") + "\n").unwrap();
@@ -308,13 +327,14 @@ async fn main() {
             Err(e) => e.clone(),
         }
     ));
+    let (reached, state) = instances_reached(&client, &nodes, &converged).await;
     out.push(format!(
-        "| scale, {node_count} nodes, {want} Instances: controller RSS; agent RSS mean / max (MiB) | {controller_rss:.1}; {:.1} / {:.1} | - | - |",
+        "| scale, {node_count} nodes, {reached} Instances: controller RSS; agent RSS mean / max {state} (MiB) | {controller_rss:.1}; {:.1} / {:.1} | - | - |",
         agents.iter().sum::<f64>() / agents.len() as f64,
         agents.iter().cloned().fold(0.0, f64::max)
     ));
     out.push(format!(
-        "| scale, {node_count} nodes: apiserver requests by all agents / controller while converging; per minute idle after (audit log, 30 s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
+        "| scale, {node_count} nodes: apiserver requests by all agents / controller while converging; per minute after (audit log, 30 s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
     ));
     std::fs::write(&rows, out.join("\n") + "\n").unwrap();
 }

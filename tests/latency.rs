@@ -1,4 +1,4 @@
-//! Part of `tests/bench.sh`, not of the test suite (`test = false` in Cargo.toml): how long
+//! Part of `scripts/bench`, not of the test suite (`test = false` in Cargo.toml): how long
 //! from a USB serial adapter being plugged or unplugged (umockdev) and a BLE device appearing
 //! in or being forgotten by BlueZ (python-dbusmock on a private bus) to
 //! `dowser discover --watch` printing the snapshot that shows it.
@@ -121,7 +121,7 @@ impl Drop for Proc {
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run tests/bench.sh)"))
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run scripts/bench)"))
 }
 
 /// BLE device appears in BlueZ → Instance exists; forgotten → Instance gone (grace 1 s).

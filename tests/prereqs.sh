@@ -1,4 +1,4 @@
-# Prerequisites shared by tests/test.sh and tests/bench.sh: sourced, not run. Installs what is
+# Prerequisites shared by tests/test.sh and scripts/bench: sourced, not run. Installs what is
 # missing (as root on a fresh machine, without asking) and caches it outside the repository in
 # ${DOWSER_CACHE:-~/.cache/dowser}.
 

@@ -1,7 +1,7 @@
 """What a user would run instead of dowser to notice mDNS services: a python-zeroconf
 browser. Measures, like dowser's appear_latency example, the time from a python-zeroconf
 responder's register call returning to the browser's "added" callback. Run inside a private
-network namespace with loopback up (tests/bench.sh does). Prints the median in ms.
+network namespace with loopback up (scripts/bench does). Prints the median in ms.
 
 Usage: bench_mdns_browse.py [ROUNDS]
 """
