@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "error: cargo (Rust 1.89 or newer) is needed: https://rustup.rs" >&2; exit 1; }
 . tests/prereqs.sh
-apt_install libdbus-1-dev pkg-config   # the BLE handler talks to BlueZ over D-Bus
 
 echo "==> building dowser and dowser-sim" >&2
 cargo build --quiet -p dowser --bin dowser

@@ -19,9 +19,6 @@ command -v ip >/dev/null || apt_install iproute2
 unshare --net -- sh -c 'ip link set lo up' ||
   fail "cannot make a private network namespace (unshare --net): the mDNS tests need root or unprivileged user namespaces"
 
-step "build dependencies: libdbus (BLE discovery talks to BlueZ over D-Bus)"
-apt_install pkg-config libdbus-1-dev
-
 step "OS-level test doubles: umockdev (USB serial), python-dbusmock's BlueZ on a private D-Bus (BLE)"
 apt_install umockdev gir1.2-umockdev-1.0 python3-gi dbus-daemon python3-dbusmock
 /usr/bin/python3 -c 'import gi; gi.require_version("UMockdev", "1.0")' \
