@@ -5,10 +5,11 @@
 //!
 //! Writes Markdown table rows (benchmark | dowser | peer | ratio) to `--rows`.
 
+mod support;
+
 use std::{
-    collections::BTreeSet,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -20,105 +21,19 @@ use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
+use support::{Proc, apply, env, kubectl, status_kib};
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run scripts/bench)"))
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = Command::new(format!("{}/kubectl", env("DOWSER_K8S_BIN")))
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn apply(yaml: &str) {
-    let mut child = Command::new(format!("{}/kubectl", env("DOWSER_K8S_BIN")))
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+/// (VmRSS, VmHWM) in KiB and user+system CPU ticks of a process.
+fn usage(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"), ticks)
 }
 
 /// (RssAnon, RssFile) in KiB: heap and stacks versus mapped pages of the binary.
 fn rss_split(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0u64)
-    };
-    (kib("RssAnon:"), kib("RssFile:"))
-}
-
-/// (VmRSS, VmHWM) in KiB and user+system CPU ticks of a process.
-fn usage(pid: u32) -> (u64, u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    (kib("VmRSS:"), kib("VmHWM:"), ticks)
-}
-
-/// Requests (and of them writes) in the audit log made with a user agent prefix, in the
-/// lines after `from`.
-fn audit_count(log: &Path, from: usize, agent: &str) -> (usize, usize, usize) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut ids = BTreeSet::new();
-    let mut writes = 0;
-    for line in &lines[from.min(lines.len())..] {
-        let v: serde_json::Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(_) => continue,
-        };
-        if !v["userAgent"].as_str().unwrap_or("").starts_with(agent) {
-            continue;
-        }
-        if ids.insert(v["auditID"].as_str().unwrap_or("").to_string())
-            && matches!(
-                v["verb"].as_str(),
-                Some("create" | "update" | "patch" | "delete" | "deletecollection")
-            )
-        {
-            writes += 1;
-        }
-    }
-    (ids.len(), writes, lines.len())
+    (status_kib(pid, "RssAnon"), status_kib(pid, "RssFile"))
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -235,7 +150,7 @@ async fn main() {
     }
     let converge = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (_, _, lines_before) = audit_count(&audit, usize::MAX, "dowser-agent/");
+    let lines_before = support::audit(&audit, usize::MAX, "dowser-agent/").lines;
     let (_, _, ticks_before) = usage(pid);
     let mut rss = Vec::new();
     for _ in 0..60 {
@@ -244,7 +159,9 @@ async fn main() {
     }
     let (steady, peak, ticks_after) = usage(pid);
     let (anon, file) = rss_split(pid);
-    let (requests, writes, _) = audit_count(&audit, lines_before, "dowser-agent/");
+    let support::Audit {
+        requests, writes, ..
+    } = support::audit(&audit, lines_before, "dowser-agent/");
     let ticks_per_sec = 100.0; // USER_HZ on Linux
     let cpu = (ticks_after - ticks_before) as f64 / ticks_per_sec / 60.0 * 100.0;
     let mib = |k: u64| k as f64 / 1024.0;

@@ -8,10 +8,11 @@
 //! Writes Markdown table rows (benchmark | dowser | peer | ratio) to `--rows`.
 //! Usage: bench_scale [--work DIR] [--rows FILE] [--nodes N] [--devices-per-node N]
 
+mod support;
+
 use std::{
-    collections::BTreeSet,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -19,72 +20,24 @@ use dowser::crd::{CONFIGURATION_LABEL, Instance};
 use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client, api::ListParams};
+use support::{Proc, apply, env, status_kib};
 
 /// Units per simulated device address; addresses per node = devices / UNITS.
 const UNITS: u32 = 4;
 const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run scripts/bench)"))
-}
-
-fn apply(yaml: &str) {
-    let mut child = Command::new(format!("{}/kubectl", env("DOWSER_K8S_BIN")))
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
 /// VmRSS in MiB.
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    status_kib(pid, "VmRSS") as f64 / 1024.0
 }
 
 fn audit_lines(log: &Path) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .count()
+    support::audit(log, usize::MAX, "").lines
 }
 
 /// Requests made with a user agent prefix in the audit log lines from `from` on.
 fn audit_count(log: &Path, from: usize, agent: &str) -> usize {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut ids = BTreeSet::new();
-    for line in text.lines().skip(from) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if v["userAgent"].as_str().unwrap_or("").starts_with(agent) {
-            ids.insert(v["auditID"].as_str().unwrap_or("").to_string());
-        }
-    }
-    ids.len()
+    support::audit(log, from, agent).requests
 }
 
 struct FakeNode {
