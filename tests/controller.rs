@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use common::{
     controller::ControllerProcess,
     eventually,
-    plant::{Plant, device, modbus_config, phase},
+    plant::{Plant, device, modbus_config, phase, running_brokers},
 };
 use dowser::crd::Configuration;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
@@ -27,16 +27,6 @@ fn with_broker(mut config: serde_json::Value, capacity: u32) -> serde_json::Valu
     config["spec"]["configurationServiceSpec"] =
         json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
     config
-}
-
-async fn running_brokers(pods: &Api<Pod>, config: &str) -> Vec<Pod> {
-    pods.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
-        .collect()
 }
 
 /// The nodes the given pods run on.

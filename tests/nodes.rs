@@ -15,7 +15,7 @@ use common::{
     cluster::{Cluster, FakeKubelet},
     controller::ControllerProcess,
     eventually,
-    plant::{Plant, apply, device, instances, modbus_config, nodes_of, phase},
+    plant::{Plant, apply, device, instances, modbus_config, nodes_of, phase, running_brokers},
     settle,
 };
 use dowser_sim::modbus::UnitConfig;
@@ -30,17 +30,6 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-
-/// Running broker pods of a Configuration that are not being deleted.
-async fn running_brokers(pods: &Api<Pod>, config: &str) -> Vec<Pod> {
-    pods.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
-        .collect()
-}
 
 fn node_of(p: &Pod) -> String {
     p.spec

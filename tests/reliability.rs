@@ -11,17 +11,11 @@ use common::{
     cluster::Cluster,
     controller::ControllerProcess,
     eventually,
-    plant::{apply, device, instances, modbus_config, phase},
+    plant::{apply, device, instances, modbus_config, running_brokers},
 };
 use dowser::crd::Configuration;
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::{Pod, Secret},
-};
-use kube::{
-    Api, Client, ResourceExt,
-    api::{ListParams, PostParams},
-};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{Api, ResourceExt, api::PostParams};
 use serde_json::json;
 
 /// Distinctive values that must never show up outside the Secret.
@@ -44,17 +38,6 @@ fn with_broker(mut config: serde_json::Value) -> serde_json::Value {
     config["spec"]["brokerSpec"] =
         json!({"brokerPodSpec": {"containers": [{"name": "broker", "image": "example/broker:1"}]}});
     config
-}
-
-async fn running_brokers(client: &Client, config: &str) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
-        .collect()
 }
 
 /// `dowser discover` as a process: (exit success, stdout + stderr).
@@ -130,7 +113,7 @@ async fn secret_values_never_leave_the_secret() {
         .await
         .unwrap();
     let first = eventually(90, "a broker Running for the device", || async {
-        let b = running_brokers(&client, "guarded").await;
+        let b = running_brokers(&Api::namespaced(client.clone(), "default"), "guarded").await;
         (b.len() == 1 && instances(&client, "guarded").await.len() == 1).then_some(b)
     })
     .await;
@@ -155,7 +138,7 @@ async fn secret_values_never_leave_the_secret() {
             .then_some(())
     })
     .await;
-    let broker = running_brokers(&client, "guarded").await;
+    let broker = running_brokers(&Api::namespaced(client.clone(), "default"), "guarded").await;
     assert_eq!(broker.len(), 1);
     assert_eq!(
         broker[0].uid(),
@@ -261,7 +244,7 @@ async fn a_flapping_device_restarts_no_broker() {
     config["spec"]["offlineGracePeriodSeconds"] = json!(5);
     apply(&client, config).await;
     let broker = eventually(90, "a broker Running for the device", || async {
-        let b = running_brokers(&client, "flappy").await;
+        let b = running_brokers(&Api::namespaced(client.clone(), "default"), "flappy").await;
         (b.len() == 1).then(|| b[0].clone())
     })
     .await;
@@ -308,7 +291,7 @@ async fn a_flapping_device_restarts_no_broker() {
     let writes = metric(&agent, "dowser_agent_api_writes_total") - writes_before;
     let instance_after = instances(&client, "flappy").await;
     let config_after = configs.get("flappy").await.unwrap();
-    let brokers = running_brokers(&client, "flappy").await;
+    let brokers = running_brokers(&Api::namespaced(client.clone(), "default"), "flappy").await;
     let log = format!(
         "--- agent ---\n{}\n--- controller ---\n{}",
         agent.log(),

@@ -153,6 +153,17 @@ pub fn pod(name: &str, resource: &str) -> Pod {
     .unwrap()
 }
 
+/// Running broker pods of a Configuration that are not being deleted.
+pub async fn running_brokers(pods: &Api<Pod>, config: &str) -> Vec<Pod> {
+    pods.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
 pub fn phase(p: &Pod) -> String {
     p.status
         .as_ref()
