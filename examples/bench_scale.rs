@@ -25,6 +25,8 @@ use support::{Proc, apply, env, status_kib};
 /// Units per simulated device address; addresses per node = devices / UNITS.
 const UNITS: u32 = 4;
 const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
+/// How long the requests of a converged, unchanging cluster are counted (per minute in the row).
+const IDLE_SECONDS: u64 = 30;
 
 /// VmRSS in MiB.
 fn rss_mib(pid: u32) -> f64 {
@@ -233,7 +235,7 @@ async fn main() {
         audit_count(&audit, from, "dowser-controller/"),
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (agent_idle, controller_idle) = idle(&audit, 60).await;
+    let (agent_idle, controller_idle) = idle(&audit, IDLE_SECONDS).await;
     let agent_rss = rss_mib(nodes[0].agent.0.id());
     let controller_rss = rss_mib(controller.0.id());
     out.push(format!(
@@ -248,7 +250,7 @@ async fn main() {
         "| scale, one node, {reached} Instances: agent / controller RSS {state} (MiB) | {agent_rss:.1} / {controller_rss:.1} | - | - |"
     ));
     out.push(format!(
-        "| scale, one node: apiserver requests by agent / controller while converging; per minute after (audit log, 60 s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
+        "| scale, one node: apiserver requests by agent / controller while converging; per minute after (audit log, {IDLE_SECONDS} s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
     ));
     if converged.is_err() || node_count < 2 {
         std::fs::write(&rows, out.join("\n") + "\n").unwrap();
@@ -268,7 +270,7 @@ async fn main() {
         audit_count(&audit, from, "dowser-controller/"),
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (agent_idle, controller_idle) = idle(&audit, 30).await;
+    let (agent_idle, controller_idle) = idle(&audit, IDLE_SECONDS).await;
     let agents: Vec<f64> = nodes.iter().map(|n| rss_mib(n.agent.0.id())).collect();
     let controller_rss = rss_mib(controller.0.id());
     let added = per_node_devices * (node_count - 1);
@@ -287,7 +289,7 @@ async fn main() {
         agents.iter().cloned().fold(0.0, f64::max)
     ));
     out.push(format!(
-        "| scale, {node_count} nodes: apiserver requests by all agents / controller while converging; per minute after (audit log, 30 s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
+        "| scale, {node_count} nodes: apiserver requests by all agents / controller while converging; per minute after (audit log, {IDLE_SECONDS} s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
     ));
     std::fs::write(&rows, out.join("\n") + "\n").unwrap();
 }
