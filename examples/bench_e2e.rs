@@ -19,7 +19,7 @@ use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use support::{Proc, apply, env, kubectl, status_kib};
 
@@ -322,4 +322,21 @@ async fn main() {
     ));
     out.push(format!("| 1,000 Instances created + status written by the bench client (s) | {created:.1} | - | - |"));
     std::fs::write(&rows, out.join("\n") + "\n").unwrap();
+
+    // Leave the cluster empty for the scale rows, in one request (`kubectl delete --all`
+    // deletes and waits for 1,000 objects one at a time: minutes).
+    instances
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    kubectl(&["delete", "configurations", "--all"]);
+    while !instances
+        .list(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

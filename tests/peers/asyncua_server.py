@@ -48,18 +48,19 @@ async def main() -> None:
     policies = [POLICIES[p] for p in args.policies.split(",")]
     server.set_security_policy(policies)
     if any(p != ua.SecurityPolicyType.NoSecurity for p in policies):
-        pki = Path(tempfile.mkdtemp(prefix="asyncua-peer-"))
-        key, cert = pki / "key.pem", pki / "cert.der"
-        await setup_self_signed_certificate(
-            key,
-            cert,
-            args.uri,
-            socket.gethostname(),
-            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-            {"commonName": args.name, "organizationName": "dowser tests"},
-        )
-        await server.load_certificate(str(cert))
-        await server.load_private_key(str(key))
+        # Loaded into memory, so the files go at once: the server is killed, not stopped.
+        with tempfile.TemporaryDirectory(prefix="asyncua-peer-") as pki:
+            key, cert = Path(pki) / "key.pem", Path(pki) / "cert.der"
+            await setup_self_signed_certificate(
+                key,
+                cert,
+                args.uri,
+                socket.gethostname(),
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                {"commonName": args.name, "organizationName": "dowser tests"},
+            )
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
 
     async with server:
         if args.register_to:

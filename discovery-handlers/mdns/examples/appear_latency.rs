@@ -3,7 +3,8 @@
 //! independent python-zeroconf responder) to the handler's next snapshot containing it,
 //! and from its goodbye to the first snapshot without it. Prints a Markdown table.
 //!
-//! `cargo run --release -p dowser-mdns --example appear_latency [ROUNDS]`
+//! `cargo run --release -p dowser-mdns --example appear_latency [ROUNDS] [--zeroconf-only]`
+//! (`--zeroconf-only`: only the python-zeroconf responder's rounds, as scripts/bench needs)
 //! (needs root for `unshare --net`, and python-zeroconf: `DOWSER_PYTHON`, see tests/test.sh)
 
 use std::time::{Duration, SystemTime};
@@ -55,8 +56,11 @@ fn summary(mut v: Vec<f64>) -> String {
 #[tokio::main]
 async fn main() {
     netns::reexec();
-    let rounds: usize = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let zeroconf_only = args.iter().any(|a| a == "--zeroconf-only");
+    let rounds: usize = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
         .map(|s| s.parse().expect("ROUNDS is a number"))
         .unwrap_or(20);
     let details = serde_json::from_value(serde_json::json!({"serviceTypes": [SERVICE_TYPE]}))
@@ -68,7 +72,7 @@ async fn main() {
     // Each round: a new service appears, then says goodbye. The snapshot stream is polled
     // while the responder works, so a snapshot is timed when it is yielded.
     let (mut sim_appear, mut sim_leave) = (Vec::new(), Vec::new());
-    for i in 0..rounds {
+    for i in 0..if zeroconf_only { 0 } else { rounds } {
         let name = format!("sim {i}");
         let config = ServiceConfig::new(&name, SERVICE_TYPE, 8000);
         let full_name = config.full_name();
@@ -127,18 +131,22 @@ async fn main() {
         "| mDNS, loopback in a private network namespace ({rounds} rounds) | p50 | min | max |"
     );
     println!("|---|---|---|---|");
-    println!(
-        "| dowser-sim announces → snapshot with the service | {} |",
-        summary(sim_appear)
-    );
+    if !zeroconf_only {
+        println!(
+            "| dowser-sim announces → snapshot with the service | {} |",
+            summary(sim_appear)
+        );
+    }
     println!(
         "| python-zeroconf announces → snapshot with the service | {} |",
         summary(py_appear)
     );
-    println!(
-        "| dowser-sim goodbye → snapshot without it | {} |",
-        summary(sim_leave)
-    );
+    if !zeroconf_only {
+        println!(
+            "| dowser-sim goodbye → snapshot without it | {} |",
+            summary(sim_leave)
+        );
+    }
     println!(
         "| python-zeroconf goodbye → snapshot without it | {} |",
         summary(py_leave)
