@@ -102,15 +102,13 @@ async fn read_identity(ctx: &mut Context, request_timeout: Duration) -> Answer<I
     Answer::Ok(identity)
 }
 
-/// Printable text of an identification value: invalid UTF-8 replaced, control characters
-/// dropped, surrounding spaces and NULs trimmed, bounded length.
+/// Printable text of an identification value: invalid UTF-8 replaced, then made fit for an
+/// environment variable by the one rule all handlers share (control characters dropped,
+/// surrounding spaces trimmed, at most [`MAX_VALUE_LEN`] bytes — also when each invalid byte
+/// became a three-byte replacement character).
 fn clean(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_VALUE_LEN)]);
-    s.chars()
-        .filter(|c| !c.is_control())
-        .collect::<String>()
-        .trim()
-        .to_string()
+    dowser_discovery_api::env::printable_value(&s, MAX_VALUE_LEN)
 }
 
 async fn read_probe(
@@ -198,5 +196,9 @@ mod tests {
         assert_eq!(clean(b"A\x01c\x7fme"), "Acme");
         assert_eq!(clean(&[0xff, b'x']), "\u{fffd}x");
         assert_eq!(clean(&[b'a'; 500]).len(), MAX_VALUE_LEN);
+        // Found by the long property run: invalid bytes grow threefold when replaced.
+        let garbage = clean(&[0x80; 100]);
+        assert!(garbage.len() <= MAX_VALUE_LEN, "{} bytes", garbage.len());
+        assert!(garbage.starts_with('\u{fffd}'));
     }
 }
