@@ -298,6 +298,41 @@ async fn the_standby_takes_over_when_the_leader_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_by_sigterm_frees_its_lease_for_the_next() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(plant.client.clone(), common::cluster::INSTALL_NAMESPACE);
+    let holder = || async {
+        leases
+            .get_opt("dowser-controller")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    let mut first = ControllerProcess::replica(&plant.cluster, scratch.path(), "controller-a");
+    eventually(60, "the first replica leads", || async {
+        (holder().await.as_deref() == Some("controller-a")).then_some(())
+    })
+    .await;
+
+    // Stopped as a rolling update stops it: it exits cleanly and the Lease is free at once,
+    // not held for its duration by a process that is gone.
+    let status = first.terminate();
+    assert!(status.success(), "{status}: {}", first.log());
+    assert_eq!(holder().await, None, "{}", first.log());
+
+    // The next replica takes it.
+    let _second = ControllerProcess::replica(&plant.cluster, scratch.path(), "controller-b");
+    eventually(60, "the next replica leads", || async {
+        (holder().await.as_deref() == Some("controller-b")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_brokers_run_once_per_device_and_per_spec() {
     let _serial = common::serial().await;
     let plant = Plant::start().await;

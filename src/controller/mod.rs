@@ -186,7 +186,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
         .with_field_manager(MANAGER)
         .build()
         .await?;
-    let (mut leader, _lease_task) = lease.watch().await;
+    let (mut leader, lease_task) = lease.watch().await;
     // A standby is healthy and ready: it is waiting for its turn.
     ready.store(true, Ordering::Relaxed);
     info!(%identity, "waiting for leadership");
@@ -273,6 +273,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
         })
         .await;
     http.abort();
+    // The leadership receiver went with the controller: the Lease task now releases the
+    // Lease, so a replica that starts after this one need not wait for it to expire.
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!(%identity, "Lease released"),
+        Ok(Ok(Err(e))) => {
+            warn!(%identity, error = %e, "cannot release the Lease; it expires on its own")
+        }
+        Ok(Err(e)) => warn!(%identity, error = %e, "Lease task failed"),
+        Err(_) => warn!(%identity, "Lease not released within 5 s; it expires on its own"),
+    }
     Ok(0)
 }
 

@@ -56,6 +56,14 @@ impl ControllerProcess {
         let _ = self.child.wait();
     }
 
+    /// Stops the process as the kubelet does (SIGTERM) and returns how it exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+
     pub fn get(&self, path: &str) -> (String, String) {
         super::http_get(self.health, path)
     }
