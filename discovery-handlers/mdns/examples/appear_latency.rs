@@ -72,7 +72,8 @@ async fn main() {
     // Each round: a new service appears, then says goodbye. The snapshot stream is polled
     // while the responder works, so a snapshot is timed when it is yielded.
     let (mut sim_appear, mut sim_leave) = (Vec::new(), Vec::new());
-    for i in 0..if zeroconf_only { 0 } else { rounds } {
+    let sim_rounds = if zeroconf_only { 0 } else { rounds };
+    for i in 0..sim_rounds {
         let name = format!("sim {i}");
         let config = ServiceConfig::new(&name, SERVICE_TYPE, 8000);
         let full_name = config.full_name();
