@@ -2,6 +2,7 @@
 //! advertises each one to Kubernetes.
 
 pub mod agent;
+pub mod apiserver;
 pub mod cli;
 pub mod client;
 pub mod controller;
