@@ -244,6 +244,12 @@ fn watch_nodes(
         watcher::Config::default(),
     )
     .backoff(watch_backoff())
+    // Only the name matters: the rest of a Node's metadata would cost memory per node.
+    .modify(|node| {
+        node.managed_fields_mut().clear();
+        node.labels_mut().clear();
+        node.annotations_mut().clear();
+    })
     .reflect(writer)
     .filter_map(|e| async move { matches!(e, Ok(watcher::Event::Delete(_))).then_some(()) });
     (store, deletions)
