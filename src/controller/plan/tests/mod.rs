@@ -93,6 +93,13 @@ fn mk_broker(
     pod
 }
 
+/// The broker Job the planner makes for the Instance `instance` of `config`.
+fn mk_job(config: &Configuration, instance: &str) -> Job {
+    let broker = config.spec.broker_spec.as_ref().unwrap();
+    let spec = broker.broker_job_spec.as_ref().unwrap();
+    brokers::broker_job(config, &mk_instance(instance, 1, &[], &[]), spec)
+}
+
 fn mk_service(name: &str) -> Service {
     serde_json::from_value(json!({"metadata": {"name": name, "namespace": NS}})).unwrap()
 }

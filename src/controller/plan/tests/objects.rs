@@ -8,63 +8,56 @@ use crate::controller::plan::Action;
 
 #[test]
 fn job_brokers_one_job_per_instance_and_spec() {
-    let c = |image| mk_config(job_broker(image));
-    let job_of = |config: &Configuration, instance: &Instance| {
-        let spec = config
-            .spec
-            .broker_spec
-            .as_ref()
-            .unwrap()
-            .broker_job_spec
-            .as_ref()
-            .unwrap();
-        brokers::broker_job(config, instance, spec)
-    };
-    let two = |config: Configuration| {
-        World::new(config)
+    let (v1, v2) = (
+        mk_config(job_broker("broker:1")),
+        mk_config(job_broker("broker:2")),
+    );
+    let name = |config, instance| mk_job(config, instance).name_any();
+    let (i1, j1, i2, j2) = (
+        name(&v1, "i"),
+        name(&v1, "j"),
+        name(&v2, "i"),
+        name(&v2, "j"),
+    );
+    assert_ne!(i1, i2, "a Job is named after its spec");
+    let two = |config: &Configuration| {
+        World::new(config.clone())
             .instance(mk_instance("i", 1, &["a"], &[]))
             .instance(mk_instance("j", 1, &["b"], &[]))
     };
-    let v1 = c("broker:1");
-    let (ji, jj) = (
-        job_of(&v1, &two(c("broker:1")).instances[0]),
-        job_of(&v1, &two(c("broker:1")).instances[1]),
-    );
-    let (i1, j1) = (ji.name_any(), jj.name_any());
-    let v2_name = job_of(&c("broker:2"), &mk_instance("i", 1, &[], &[])).name_any();
-    assert_ne!(i1, v2_name, "a Job is named after its spec");
-    let create = |n: &str| format!("create job {n}");
-    check(vec![
+    let rows: Vec<(&str, World, Vec<String>)> = vec![
         (
             "one Job per Instance",
-            two(c("broker:1")),
-            &[&create(&i1), &create(&j1)].map(String::as_str),
+            two(&v1),
+            vec![format!("create job {i1}"), format!("create job {j1}")],
         ),
         (
             "Jobs that exist are not made again",
-            two(c("broker:1")).with_jobs(vec![ji.clone(), jj.clone()]),
-            &[],
+            two(&v1).with_jobs(vec![mk_job(&v1, "i"), mk_job(&v1, "j")]),
+            vec![],
         ),
         (
             "a new spec: new Jobs, the old ones removed",
-            two(c("broker:2")).with_jobs(vec![ji.clone()]),
-            &[
-                &create(&v2_name),
-                &create(&job_of(&c("broker:2"), &mk_instance("j", 1, &[], &[])).name_any()),
-                &format!("delete job {i1}"),
-            ]
-            .map(String::as_str),
+            two(&v2).with_jobs(vec![mk_job(&v1, "i")]),
+            vec![
+                format!("create job {i2}"),
+                format!("create job {j2}"),
+                format!("delete job {i1}"),
+            ],
         ),
         (
             "the Job of a device that is gone is removed",
-            World::new(c("broker:1"))
+            World::new(v1.clone())
                 .instance(mk_instance("i", 1, &["a"], &[]))
-                .with_jobs(vec![ji.clone(), jj.clone()]),
-            &[&format!("delete job {j1}")].map(String::as_str),
+                .with_jobs(vec![mk_job(&v1, "i"), mk_job(&v1, "j")]),
+            vec![format!("delete job {j1}")],
         ),
-    ]);
+    ];
+    for (what, world, expected) in rows {
+        assert_eq!(world.actions(), expected, "{what}");
+    }
     // The pods of a Job are the Job's, not slot brokers to remove.
-    let mut world = two(c("broker:1")).with_jobs(vec![ji, jj]);
+    let mut world = two(&v1).with_jobs(vec![mk_job(&v1, "i"), mk_job(&v1, "j")]);
     let mut job_pod = mk_broker(
         &mk_config(pod_broker("x")),
         &world.instances[0],

@@ -129,39 +129,85 @@ fn fair_share_brokers_placed_before_other_nodes_joined_are_spread_again() {
 
 #[test]
 fn backoff_a_failed_broker_is_replaced_after_a_wait_that_doubles() {
-    let c = || mk_config(pod_broker("broker:1"));
-    let failed = || {
-        World::new(c())
-            .instance(mk_instance("i", 1, &["a"], &[(0, "a")]))
-            .broker("i", 0, "a", "Failed")
-    };
-    let key = || (NS.to_string(), "i-0".to_string());
-    // First failure: replaced after 5 s, and the controller comes back then.
-    let world = failed();
-    let plan = world.plan();
-    assert_eq!(world.actions(), ["delete pod i-0: failed, again in 5s"]);
-    assert_eq!(plan.requeue, Requeue::After(Duration::from_secs(5)));
-    // Third failure: 20 s.
-    let mut world = failed();
-    world.backoff.failed(key(), world.now);
-    world.backoff.failed(key(), world.now);
-    assert_eq!(world.actions(), ["delete pod i-0: failed, again in 20s"]);
-    assert_eq!(
-        world.plan().requeue,
-        Requeue::After(Duration::from_secs(20))
-    );
-    // Deleted after the first failure: not made again before its wait is over.
-    let mut world = World::new(c()).instance(mk_instance("i", 1, &["a"], &[(0, "a")]));
-    let t0 = world.now;
-    world.backoff.failed(key(), t0);
-    world.now = t0 + Duration::from_secs(2);
-    assert_eq!(world.actions(), Vec::<String>::new(), "2 s after");
-    assert_eq!(world.plan().requeue, Requeue::After(Duration::from_secs(3)));
-    world.now = t0 + Duration::from_secs(6);
-    assert_eq!(world.actions(), ["create pod i-0 on a"], "6 s after");
-    assert_eq!(world.plan().requeue, Requeue::After(LOOK_AGAIN));
+    // What, failures recorded before, the pod's phase (None: no pod), seconds since the
+    // last failure, the actions, and when the controller comes back.
+    type Row<'a> = (&'a str, u32, Option<&'a str>, u64, &'a [&'a str], u64);
+    let rows: Vec<Row> = vec![
+        (
+            "first failure: replaced after 5 s",
+            0,
+            Some("Failed"),
+            0,
+            &["delete pod i-0: failed, again in 5s"],
+            5,
+        ),
+        (
+            "third failure: 20 s",
+            2,
+            Some("Failed"),
+            0,
+            &["delete pod i-0: failed, again in 20s"],
+            20,
+        ),
+        (
+            "seventh failure: no more than 160 s",
+            6,
+            Some("Failed"),
+            0,
+            &["delete pod i-0: failed, again in 160s"],
+            160,
+        ),
+        (
+            "deleted 2 s after its first failure: waits",
+            1,
+            None,
+            2,
+            &[],
+            3,
+        ),
+        (
+            "deleted 6 s after its first failure: made again",
+            1,
+            None,
+            6,
+            &["create pod i-0 on a"],
+            LOOK_AGAIN.as_secs(),
+        ),
+        (
+            "running again",
+            1,
+            Some("Running"),
+            0,
+            &[],
+            LOOK_AGAIN.as_secs(),
+        ),
+    ];
+    for (what, failures, phase, since, expected, requeue) in rows {
+        let mut world = World::new(mk_config(pod_broker("broker:1"))).instance(mk_instance(
+            "i",
+            1,
+            &["a"],
+            &[(0, "a")],
+        ));
+        if let Some(phase) = phase {
+            world = world.broker("i", 0, "a", phase);
+        }
+        let t0 = world.now;
+        for _ in 0..failures {
+            world.backoff.failed((NS.into(), "i-0".into()), t0);
+        }
+        world.now = t0 + Duration::from_secs(since);
+        assert_eq!(world.actions(), expected, "{what}");
+        let requeue = Requeue::After(Duration::from_secs(requeue));
+        assert_eq!(world.plan().requeue, requeue, "{what}");
+    }
     // Another pod's failures do not hold this one back.
-    let mut world = World::new(c()).instance(mk_instance("i", 1, &["a"], &[(0, "a")]));
+    let mut world = World::new(mk_config(pod_broker("broker:1"))).instance(mk_instance(
+        "i",
+        1,
+        &["a"],
+        &[(0, "a")],
+    ));
     world.backoff.failed((NS.into(), "j-0".into()), world.now);
     assert_eq!(world.actions(), ["create pod i-0 on a"]);
 }
