@@ -10,5 +10,6 @@ pub mod crd;
 pub mod deviceplugin;
 pub mod handlers;
 pub mod preview;
+pub mod slots;
 pub mod telemetry;
 pub mod validate;

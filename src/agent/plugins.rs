@@ -30,6 +30,7 @@ use crate::{
         },
         v1beta1::{self, ContainerAllocateResponse},
     },
+    slots::slots_of,
 };
 
 /// Counts successful allocations, for the metrics.
@@ -120,7 +121,7 @@ impl Plugins {
             let ns = instance.namespace().unwrap_or_default();
             let name = instance.name_any();
             let status = instance.status.clone().unwrap_or_default();
-            let mine = slots::slots_of(
+            let mine = slots_of(
                 &self.node,
                 instance.spec.capacity,
                 &status.nodes,
@@ -329,7 +330,7 @@ impl Allocator for SlotAllocator {
                 .instance(&namespace, &name)
                 .ok_or_else(|| Status::not_found(format!("instance {namespace}/{name} is gone")))?;
             let status = instance.status.clone().unwrap_or_default();
-            let mine = slots::slots_of(
+            let mine = slots_of(
                 &plugins.node,
                 instance.spec.capacity,
                 &status.nodes,

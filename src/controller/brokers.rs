@@ -23,6 +23,8 @@ use crate::crd::{CONFIGURATION_LABEL, Configuration, INSTANCE_LABEL, Instance};
 pub const SLOT_LABEL: &str = "dowser.dev/slot";
 /// Annotation with the hash of the broker spec a pod or Job was made from.
 pub const SPEC_HASH: &str = "dowser.dev/spec-hash";
+/// Annotation with the node a broker pod was placed on.
+pub const NODE_ANNOTATION: &str = "dowser.dev/node";
 
 /// Short hash of any serialisable spec (a change rolls the brokers).
 pub fn spec_hash<T: serde::Serialize>(spec: &T) -> String {
@@ -79,8 +81,8 @@ fn request_device(spec: &mut PodSpec, instance: &str) {
     }
 }
 
-/// The broker pod of one slot of an Instance, pinned to `node`, asking for one of the
-/// Instance's devices in its first container.
+/// The broker pod of one slot of an Instance, pinned to `node` (and annotated with it),
+/// asking for one of the Instance's devices in its first container.
 pub fn broker_pod(
     config: &Configuration,
     instance: &Instance,
@@ -114,7 +116,11 @@ pub fn broker_pod(
             namespace: instance.namespace(),
             labels: Some(l),
             annotations: Some(
-                [(SPEC_HASH.to_string(), spec_hash(&config.spec.broker_spec))].into(),
+                [
+                    (SPEC_HASH.to_string(), spec_hash(&config.spec.broker_spec)),
+                    (NODE_ANNOTATION.to_string(), node.to_string()),
+                ]
+                .into(),
             ),
             owner_references: owner(instance).map(|o| vec![o]),
             ..ObjectMeta::default()
