@@ -228,6 +228,18 @@ node_halt() {
   local pid start c
   if holder_running; then
     for c in kubelet kube-proxy containerd; do comp_stop "${c}" 5 || true; done
+    # Everything else but the holder first, while the network is still there,
+    # so that peers (the API server) see the connections close.
+    local hp round left
+    hp=$(holder_pid)
+    for round in $(seq 1 50); do
+      left=$(cg_procs "${N_CGROUP}" | grep -vx "${hp}" || true)
+      [[ -n "${left}" ]] || break
+      # shellcheck disable=SC2086
+      kill -KILL ${left} 2>/dev/null || true
+      sleep 0.1
+    done
+    sleep 0.3
   fi
   cg_destroy "${N_CGROUP}"
   if [[ -f "${HOLDER}" ]] && read -r pid start <"${HOLDER}"; then
