@@ -29,6 +29,7 @@ NODE_MOUNTS=(
   log-containers:/var/log/containers
   containerd:/var/lib/containerd
   containerd-run:/run/containerd:volatile
+  containerd-etc:/etc/containerd
   cni-conf:/etc/cni/net.d
   cni-lib:/var/lib/cni
   cdi-etc:/etc/cdi

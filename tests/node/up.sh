@@ -213,9 +213,10 @@ EOF
 
   cat >"${dir}/containerd.toml" <<EOF
 # containerd of ${name}; /var/lib/containerd and /run/containerd are the node's own (bind mounts).
-version = 3
+version = 4
 root = "/var/lib/containerd"
 state = "/run/containerd"
+# Its default imports /etc/containerd/conf.d/*.toml: the node's own, empty /etc/containerd.
 disabled_plugins = ["io.containerd.internal.v1.opt"]
 
 [grpc]
