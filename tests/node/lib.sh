@@ -85,7 +85,8 @@ cg_create() { # <cgroup path, e.g. /dowser-node-0-1/daemons>
       dir="${m}${acc}"
       [[ -d "${dir}" ]] || mkdir "${dir}" || die "cannot create cgroup ${dir}"
       # cgroup v1 cpuset: a new cgroup has no CPUs or memory nodes until given its parent's.
-      if [[ -f "${dir}/cpuset.cpus" && -z "$(cat "${dir}/cpuset.cpus")" ]]; then
+      # (On cgroup v2 an empty cpuset.cpus means the parent's.)
+      if ! cg_unified && [[ -f "${dir}/cpuset.cpus" && -z "$(cat "${dir}/cpuset.cpus")" ]]; then
         cat "$(dirname "${dir}")/cpuset.cpus" >"${dir}/cpuset.cpus"
         cat "$(dirname "${dir}")/cpuset.mems" >"${dir}/cpuset.mems"
       fi
