@@ -324,9 +324,15 @@ done
 rm -f "${REQ_CNF}" "${PKI}/ca.srl"
 
 # ---- boot the nodes --------------------------------------------------------------------
+# In parallel: they share nothing but the bridge.
+BOOT_PIDS=()
 for name in ${NODES}; do
-  "${HERE}/node.sh" boot "${STATE}" "${name}"
+  "${HERE}/node.sh" boot "${STATE}" "${name}" &
+  BOOT_PIDS+=($!)
 done
+failed=0
+for p in "${BOOT_PIDS[@]}"; do wait "${p}" || failed=1; done
+((!failed)) || die "a node did not boot (logs in ${STATE}/nodes/*/logs)"
 
 # ---- wait for Ready --------------------------------------------------------------------
 node_ready() {
