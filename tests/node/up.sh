@@ -29,7 +29,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "${HERE}/lib.sh"
 T0=$(now_us)
 
-(($# == 1)) && [[ "$1" != -* ]] || { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 2; }
+if (($# != 1)) || [[ "$1" == -* ]]; then
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+  exit 2
+fi
 STATE=$1
 [[ "${STATE}" =~ ^[A-Za-z0-9._/+@:,=~-]+$ ]] || die "state dir '${STATE}' has characters other than [A-Za-z0-9._/+@:,=~-]"
 (($(id -u) == 0)) || die "a real node needs root (namespaces, cgroups, mounts)"
