@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole dowser test suite: lint, unit, protocol (dowser-sim and third-party peers),
-# CLI, and the CRDs on a real local control plane (built from the Kubernetes Go modules).
+# CLI, the CRDs on a real local control plane (built from the Kubernetes Go modules), and real
+# nodes (kubelet, containerd and kube-proxy from Go modules, in namespaces of this host).
 # Installs what it needs (as root on a fresh machine, without asking; see tests/prereqs.sh)
 # and caches it outside the repository in ${DOWSER_CACHE:-~/.cache/dowser}.
 # Usage: tests/test.sh
@@ -30,6 +31,10 @@ k8s_binaries
 
 step "local control plane smoke test (two clusters at once, scheduling, clean stop)"
 tests/cluster/smoke-test.sh >&2
+
+node_prereqs
+step "real nodes smoke test (kubelet + containerd + kube-proxy in namespaces of this host: pods, logs, the kubernetes Service, clean stop)"
+tests/node/smoke-test.sh >&2
 
 step "formatting and lints"
 cargo fmt --all -- --check
