@@ -199,6 +199,30 @@ fn kustomize_and_helm_grant_the_same_rules() {
     assert_eq!(binding["metadata"]["namespace"], "default");
 }
 
+/// The chart keeps its own list of handlers (`dowser.handlers` in `_helpers.tpl`, with a
+/// `handlers.<name>` value each): it must be the binary's, in the binary's order.
+#[test]
+fn the_chart_knows_every_handler_of_the_binary() {
+    let all = dowser::handlers::BUILT_IN;
+    let agent = find(&chart(&[]), "DaemonSet", "dowser-agent").clone();
+    assert_eq!(env(&agent, "DOWSER_HANDLERS"), Some(all.join(",")));
+    for name in all {
+        let off = format!("handlers.{name}.enabled=false");
+        let agent = find(
+            &chart(&[&off, "agent.hostNetwork=true"]),
+            "DaemonSet",
+            "dowser-agent",
+        )
+        .clone();
+        let rest: Vec<&str> = all.iter().copied().filter(|h| h != name).collect();
+        assert_eq!(
+            env(&agent, "DOWSER_HANDLERS"),
+            Some(rest.join(",")),
+            "{off}"
+        );
+    }
+}
+
 #[test]
 fn chart_values_change_what_they_claim_to() {
     // Defaults: every handler, host network, the mounts each handler needs, nothing else.
