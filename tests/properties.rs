@@ -263,6 +263,20 @@ fn check(doc: &Value) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A registered handler gets its details as JSON: for every example they come back as they
+/// were.
+#[test]
+fn handlers_get_the_details_of_the_examples_unchanged() {
+    for doc in examples() {
+        let config = validate::configuration(&doc).unwrap();
+        let selected = config.spec.discovery.selected().unwrap();
+        let again: dowser_discovery_api::details::Discovery =
+            serde_json::from_value(serde_json::json!({ selected.name(): selected.details() }))
+                .unwrap();
+        assert_eq!(again, config.spec.discovery, "{doc}");
+    }
+}
+
 #[test]
 fn the_examples_are_accepted_as_they_are() {
     for doc in examples() {

@@ -301,9 +301,17 @@ impl Worker {
                     &device_id,
                 )
             });
-            info!(instance = %id.name, device = %device_id, "device not seen for the grace period: leaving");
+            info!(
+                instance = %id.name,
+                device = %device_id,
+                "device not seen for the grace period: leaving"
+            );
             if let Err(e) = self.shared.part.leave(&self.namespace, &id.name).await {
-                warn!(instance = %id.name, error = %e, "cannot leave instance; retried after the next scan");
+                warn!(
+                    instance = %id.name,
+                    error = %e,
+                    "cannot leave instance; retried after the next scan"
+                );
                 self.unleft.insert(device_id, id.name);
             }
             self.shared.wake_plugins();
@@ -391,7 +399,11 @@ impl Worker {
         for (device_id, name) in unleft {
             match self.shared.part.leave(&self.namespace, &name).await {
                 Ok(()) => {
-                    info!(instance = %name, device = %device_id, "left the instance of a device gone while the API server was unreachable");
+                    info!(
+                        instance = %name,
+                        device = %device_id,
+                        "left the instance of a device gone while the API server was unreachable"
+                    );
                     self.unleft.remove(&device_id);
                     self.shared.wake_plugins();
                 }
