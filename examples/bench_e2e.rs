@@ -14,7 +14,7 @@ use std::{
 };
 
 use dowser::crd::{CONFIGURATION_LABEL, Instance, InstanceSpec};
-use dowser_discovery_api::naming::{instance_name, instance_resource};
+use dowser::naming::{instance_name, instance_resource};
 use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{

@@ -1,109 +1,178 @@
-//! The handlers built into this binary (one cargo feature each) and the one place that
-//! starts discovery for a Configuration.
+//! The handlers this binary runs: the built-in ones of its cargo features, registered from
+//! the one table of handlers ([`dowser_discovery_api::with_handlers`]), and any handler that
+//! registers while it runs. The one place that starts discovery for a Configuration.
+
+use std::sync::{Arc, LazyLock, RwLock};
 
 use dowser_discovery_api::{
-    DiscoveryError, FieldError, Properties, SnapshotStream, details::Selected,
+    AnyHandler, DiscoveryError, FieldError, Properties, SnapshotStream, details::Selected,
 };
 
-/// Names of the handlers compiled into this binary.
-pub fn enabled() -> Vec<&'static str> {
-    [
-        #[cfg(feature = "modbus")]
-        "modbus",
-        #[cfg(feature = "opcua")]
-        "opcua",
-        #[cfg(feature = "mdns")]
-        "mdns",
-        #[cfg(feature = "serial")]
-        "serial",
-        #[cfg(feature = "ble")]
-        "ble",
-    ]
-    .into_iter()
-    .collect()
+/// Every built-in handler's name, compiled into this binary or not.
+pub use dowser_discovery_api::details::HANDLERS as BUILT_IN;
+
+/// Handlers by name, in the order they registered.
+pub struct Registry {
+    handlers: RwLock<Vec<(String, Arc<dyn AnyHandler>)>>,
 }
 
-fn not_built(name: &str) -> String {
-    let enabled = enabled();
-    format!(
-        "the {name} discovery handler is not available in this dowser binary (it has: {})",
-        if enabled.is_empty() {
-            "none".to_string()
-        } else {
-            enabled.join(", ")
+macro_rules! register_built_in {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident $key:literal $variant:ident($details:ty) $handler:path;
+    )*) => {
+        impl Registry {
+            /// The handlers built into this binary (one cargo feature each).
+            pub fn built_in() -> Self {
+                let registry = Self::empty();
+                $(
+                    #[cfg(feature = $key)]
+                    registry.register($key, Arc::new($handler));
+                )*
+                registry
+            }
         }
-    )
+    };
 }
 
-/// Checks that this binary can run the selected handler, and the handler's own rules.
-pub fn validate(selected: Selected<'_>, path: &str) -> Vec<FieldError> {
-    match selected {
-        #[cfg(feature = "modbus")]
-        Selected::Modbus(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            dowser_modbus::ModbusHandler.validate(d, &format!("{path}.modbus"))
+dowser_discovery_api::with_handlers!(register_built_in);
+
+/// This process's handlers: the built-in ones, and those that register while it runs.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::built_in);
+
+impl Registry {
+    /// A registry without handlers.
+    pub fn empty() -> Self {
+        Self {
+            handlers: RwLock::new(Vec::new()),
         }
-        #[cfg(feature = "opcua")]
-        Selected::Opcua(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            dowser_opcua::OpcuaHandler.validate(d, &format!("{path}.opcua"))
+    }
+
+    /// Adds a handler, or replaces the one of that name. Any time: a handler out of process
+    /// registers when it starts.
+    pub fn register(&self, name: &str, handler: Arc<dyn AnyHandler>) {
+        let mut handlers = self.handlers.write().expect("registry lock");
+        match handlers.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = handler,
+            None => handlers.push((name.to_string(), handler)),
         }
-        #[cfg(feature = "mdns")]
-        Selected::Mdns(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            dowser_mdns::MdnsHandler.validate(d, &format!("{path}.mdns"))
+    }
+
+    /// Names of the handlers registered, in the order they registered.
+    pub fn names(&self) -> Vec<String> {
+        let handlers = self.handlers.read().expect("registry lock");
+        handlers.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<dyn AnyHandler>> {
+        let handlers = self.handlers.read().expect("registry lock");
+        handlers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| h.clone())
+    }
+
+    fn not_registered(&self, name: &str) -> String {
+        let names = self.names();
+        format!(
+            "the {name} discovery handler is not available in this dowser binary (it has: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )
+    }
+
+    /// Checks that this binary can run the selected handler; `path` is `spec.discovery`.
+    pub fn validate(&self, selected: Selected<'_>, path: &str) -> Vec<FieldError> {
+        let name = selected.name();
+        match self.get(name) {
+            Some(_) => Vec::new(),
+            None => vec![FieldError::new(
+                format!("{path}.{name}"),
+                self.not_registered(name),
+            )],
         }
-        #[cfg(feature = "serial")]
-        Selected::Serial(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            dowser_serial::SerialHandler.validate(d, &format!("{path}.serial"))
+    }
+
+    /// Starts discovery with the selected handler. The details must have been validated.
+    pub fn discover(
+        &self,
+        selected: Selected<'_>,
+        properties: Properties,
+    ) -> Result<SnapshotStream, DiscoveryError> {
+        let name = selected.name();
+        match self.get(name) {
+            Some(handler) => handler.start(selected.details(), properties),
+            None => Err(DiscoveryError::Unavailable(self.not_registered(name))),
         }
-        #[cfg(feature = "ble")]
-        Selected::Ble(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            dowser_ble::BleHandler.validate(d, &format!("{path}.ble"))
-        }
-        // Reachable in builds without every handler feature.
-        #[allow(unreachable_patterns)]
-        other => vec![FieldError::new(
-            format!("{path}.{}", other.name()),
-            not_built(other.name()),
-        )],
     }
 }
 
-/// Starts discovery for the selected handler.
+/// Checks that this binary can run the selected handler (see [`Registry::validate`]).
+pub fn validate(selected: Selected<'_>, path: &str) -> Vec<FieldError> {
+    REGISTRY.validate(selected, path)
+}
+
+/// Starts discovery with a handler of this process (see [`Registry::discover`]).
 pub fn discover(
     selected: Selected<'_>,
     properties: Properties,
 ) -> Result<SnapshotStream, DiscoveryError> {
-    match selected {
-        #[cfg(feature = "modbus")]
-        Selected::Modbus(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            Ok(dowser_modbus::ModbusHandler.discover(d.clone(), properties))
+    REGISTRY.discover(selected, properties)
+}
+
+#[cfg(test)]
+mod tests {
+    use dowser_discovery_api::{Device, Snapshot, details::Discovery};
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// A handler that is not built in: it finds one device named after its details.
+    struct Echo;
+
+    impl AnyHandler for Echo {
+        fn start(
+            &self,
+            details: serde_json::Value,
+            _properties: Properties,
+        ) -> Result<SnapshotStream, DiscoveryError> {
+            let id = details["targets"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let device = Device {
+                id,
+                ..Device::default()
+            };
+            Ok(futures::stream::iter([Ok(Snapshot::new(vec![device]))]).boxed())
         }
-        #[cfg(feature = "opcua")]
-        Selected::Opcua(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            Ok(dowser_opcua::OpcuaHandler.discover(d.clone(), properties))
-        }
-        #[cfg(feature = "mdns")]
-        Selected::Mdns(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            Ok(dowser_mdns::MdnsHandler.discover(d.clone(), properties))
-        }
-        #[cfg(feature = "serial")]
-        Selected::Serial(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            Ok(dowser_serial::SerialHandler.discover(d.clone(), properties))
-        }
-        #[cfg(feature = "ble")]
-        Selected::Ble(d) => {
-            use dowser_discovery_api::DiscoveryHandler;
-            Ok(dowser_ble::BleHandler.discover(d.clone(), properties))
-        }
-        #[allow(unreachable_patterns)]
-        other => Err(DiscoveryError::Unavailable(not_built(other.name()))),
+    }
+
+    fn modbus() -> Discovery {
+        serde_json::from_value(serde_json::json!({"modbus": {"targets": ["10.0.7.1"]}})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handler_registered_at_run_time_runs_its_configurations() {
+        let registry = Registry::empty();
+        let discovery = modbus();
+        let selected = discovery.selected().unwrap();
+        let refused = registry.validate(selected, "spec.discovery");
+        assert_eq!(
+            refused[0].to_string(),
+            "spec.discovery.modbus: the modbus discovery handler is not available in this \
+             dowser binary (it has: none)"
+        );
+        assert!(registry.discover(selected, Properties::new()).is_err());
+
+        registry.register("modbus", Arc::new(Echo));
+        assert_eq!(registry.names(), ["modbus"]);
+        assert!(registry.validate(selected, "spec.discovery").is_empty());
+        let mut stream = registry.discover(selected, Properties::new()).unwrap();
+        let snapshot = stream.next().await.unwrap().unwrap();
+        assert_eq!(snapshot.devices()[0].id, "10.0.7.1");
     }
 }

@@ -1,15 +1,29 @@
 //! The small HTTP endpoint of the agent and the controller: `/healthz`, `/readyz` and
-//! `/metrics` (Prometheus text format).
+//! `/metrics` (Prometheus text format), served with hyper.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+/// `/metrics` in the OpenMetrics text format (what `prometheus-client` writes, ending in
+/// `# EOF`), else in Prometheus' own text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves until the task is dropped. `ready` answers `/readyz`; `render` makes `/metrics`.
 pub async fn serve(
@@ -18,45 +32,69 @@ pub async fn serve(
     render: Arc<dyn Fn() -> String + Send + Sync>,
 ) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                debug!(error = %e, "health endpoint: accept failed");
+                continue;
+            }
         };
         let ready = ready.clone();
         let render = render.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // Read the request head (bounded); only the request line matters.
-            while len < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf[len..]),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => {
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
+            let service = service_fn(move |request| {
+                let response = respond(&request, &ready, render.as_ref());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            // One request per connection: probes and scrapers open a new one each time.
+            let served = http1::Builder::new()
+                .keep_alive(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(error = %e, "health endpoint: connection failed");
             }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
-                "/readyz" => ("503 Service Unavailable", "not ready yet\n".to_string()),
-                "/metrics" => ("200 OK", render()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
         });
     }
+}
+
+fn respond<B>(
+    request: &Request<B>,
+    ready: &AtomicBool,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> Response<Full<Bytes>> {
+    let text = "text/plain; charset=utf-8";
+    let (status, content_type, body) = match request.uri().path() {
+        "/healthz" => (StatusCode::OK, text, "ok\n".to_string()),
+        "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, text, "ok\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            text,
+            "not ready yet\n".to_string(),
+        ),
+        "/metrics" => {
+            let metrics = render();
+            let format = if metrics.ends_with("# EOF\n") {
+                OPENMETRICS
+            } else {
+                PROMETHEUS_TEXT
+            };
+            (StatusCode::OK, format, metrics)
+        }
+        _ => (StatusCode::NOT_FOUND, text, "not found\n".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }

@@ -362,7 +362,7 @@ async fn a_local_device_becomes_an_instance_of_its_node_only() {
     assert!(!instance.spec.shared);
     assert_eq!(
         instance.name_any(),
-        dowser_discovery_api::naming::instance_name("meters", &device_id, Some("node-a"))
+        dowser::naming::instance_name("meters", &device_id, Some("node-a"))
     );
     assert_eq!(instance.spec.devices[0].host_path, path);
     // A pod for it runs on node-a and gets the serial line's device node.

@@ -3,10 +3,6 @@
 //! devices come and go, one agent partitioned from the API server, and the uninstall.
 
 mod common;
-#[path = "common/outage.rs"]
-mod outage;
-#[path = "common/workloads.rs"]
-mod workloads;
 
 use std::time::{Duration, Instant};
 
@@ -15,14 +11,13 @@ use common::{
     cluster::{Cluster, FakeKubelet},
     controller::ControllerProcess,
     eventually, free_addr,
-    plant::{apply, device, phase},
-    settle,
+    outage::{self, Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_devices},
+    plant::{apply, broker_pods, device, modbus_configuration, nodes_of, phase, try_instances},
+    readme, settle, workloads,
 };
 use dowser::crd::{INSTANCE_LABEL, Instance};
-use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt, api::ListParams};
-use outage::{Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_devices};
 use serde_json::json;
 
 /// What a Configuration's Instances and brokers are, for failure messages.
@@ -31,7 +26,7 @@ async fn describe(client: &Client, config: &str) -> String {
     let b = brokers(client, config).await.unwrap_or_default();
     let i: Vec<String> = list
         .iter()
-        .map(|(p, i)| format!("{p}:{}:{:?}", i.name_any(), nodes(i)))
+        .map(|(p, i)| format!("{p}:{}:{:?}", i.name_any(), nodes_of(i)))
         .collect();
     let b: Vec<String> = b
         .iter()
@@ -40,37 +35,13 @@ async fn describe(client: &Client, config: &str) -> String {
     format!("Instances {i:?}; brokers {b:?}")
 }
 
-/// A Modbus device on a chosen address (one that was free, named in the targets before).
-async fn device_at(addr: std::net::SocketAddr) -> RunningListener {
-    serve(&ListenerConfig::device(
-        addr,
-        vec![UnitConfig::identified(1, "Acme", "PLC-100", "1.2")],
-    ))
-    .await
-    .expect("a device on its address")
-    .remove(0)
-}
-
 /// A Configuration scanning these ports every second, grace period 4 s, with a broker pod
 /// per device.
 fn config(name: &str, ports: &[u16], node: Option<&str>) -> serde_json::Value {
-    let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut c = json!({
-        "apiVersion": "dowser.dev/v1alpha1",
-        "kind": "Configuration",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "discovery": {"modbus": {
-                "targets": targets,
-                "intervalSeconds": 1,
-                // Generous: on a busy machine a device on loopback may answer late.
-                "requestTimeoutMs": 1000,
-            }},
-            "capacity": 1,
-            "offlineGracePeriodSeconds": 4,
-            "brokerSpec": {"brokerPodSpec": {"containers": [{"name": "broker", "image": "example/broker:1"}]}},
-        },
-    });
+    // Generous: on a busy machine a device on loopback may answer late.
+    let mut c = modbus_configuration(name, ports, 1000);
+    c["spec"]["brokerSpec"] =
+        json!({"brokerPodSpec": {"containers": [{"name": "broker", "image": "example/broker:1"}]}});
     if let Some(node) = node {
         c["spec"]["nodeSelector"] = json!({"matchLabels": {"kubernetes.io/hostname": node}});
     }
@@ -79,13 +50,8 @@ fn config(name: &str, ports: &[u16], node: Option<&str>) -> serde_json::Value {
 
 /// The Instances of a Configuration by the port of their device, with their nodes.
 async fn instances(client: &Client, config: &str) -> Option<Vec<(u16, Instance)>> {
-    let api: Api<Instance> = Api::namespaced(client.clone(), "default");
-    let list = api
-        .list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-        .await
-        .ok()?;
-    let mut out: Vec<(u16, Instance)> = list
-        .items
+    let mut out: Vec<(u16, Instance)> = try_instances(client, config)
+        .await?
         .into_iter()
         .map(|i| (port_of(&i.spec.device_id), i))
         .collect();
@@ -102,27 +68,12 @@ fn port_of(device_id: &str) -> u16 {
         .unwrap_or_else(|| panic!("device id {device_id}"))
 }
 
-fn nodes(i: &Instance) -> Vec<String> {
-    let mut n = i
-        .status
-        .as_ref()
-        .map(|s| s.nodes.clone())
-        .unwrap_or_default();
-    n.sort();
-    n
-}
-
 /// Broker pods of a Configuration (not being deleted), by their Instance's name.
 async fn brokers(client: &Client, config: &str) -> Option<Vec<(String, Pod)>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let list = pods
-        .list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
-        .await
-        .ok()?;
+    let list = broker_pods(&pods, config).await?;
     Some(
-        list.items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        list.into_iter()
             .map(|p| (p.labels()[INSTANCE_LABEL].clone(), p))
             .collect(),
     )
@@ -187,7 +138,7 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
         let list = instances(&client, "outage").await?;
         let b = brokers(&client, "outage").await?;
         let both = ["node-a".to_string(), "node-b".to_string()];
-        let ready = list.len() == 2 && list.iter().all(|(_, i)| nodes(i) == both);
+        let ready = list.len() == 2 && list.iter().all(|(_, i)| nodes_of(i) == both);
         let stayed = list.iter().find(|(p, _)| *p == p_stays)?.1.clone();
         let broker = running_broker(&b, &stayed)?.clone();
         let all_running = list.iter().all(|(_, i)| running_broker(&b, i).is_some());
@@ -203,7 +154,7 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
     let outage = Instant::now();
     let stopped = StoppedApiServer::stop(&cluster);
     drop(goes);
-    let new = device_at(new_addr).await;
+    let new = device(&new_addr.to_string()).await;
     let mut checks = 0;
     while outage.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -243,7 +194,7 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
             let mut want = vec![p_stays, p_new];
             want.sort();
             let both = ["node-a".to_string(), "node-b".to_string()];
-            if ports != want || !list.iter().all(|(_, i)| nodes(i) == both) || b.len() != 2 {
+            if ports != want || !list.iter().all(|(_, i)| nodes_of(i) == both) || b.len() != 2 {
                 return not_yet;
             }
             let stayed = &list.iter().find(|(p, _)| *p == p_stays).unwrap().1;
@@ -339,10 +290,10 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
                 brokers(&client, "plant").await?,
                 brokers(&client, "line").await?,
             );
-            if plant.len() != 1 || nodes(&plant[0].1) != both || line.len() != 2 {
+            if plant.len() != 1 || nodes_of(&plant[0].1) != both || line.len() != 2 {
                 return None;
             }
-            if !line.iter().all(|(_, i)| nodes(i) == ["node-b"]) {
+            if !line.iter().all(|(_, i)| nodes_of(i) == ["node-b"]) {
                 return None;
             }
             line.iter()
@@ -363,7 +314,7 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
     let partition = Instant::now();
     proxy.set(Link::Refused);
     drop(leaves);
-    let new = device_at(new_addr).await;
+    let new = device(&new_addr.to_string()).await;
     // Refused long enough for the device's grace period to run out: node-b's leave fails.
     tokio::time::sleep(Duration::from_secs(8)).await;
     proxy.set(Link::Blackholed);
@@ -377,11 +328,11 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
         ports, kept,
         "node-b's Instances changed during the partition"
     );
-    assert!(line.iter().all(|(_, i)| nodes(i) == ["node-b"]));
+    assert!(line.iter().all(|(_, i)| nodes_of(i) == ["node-b"]));
     let plant = instances(&client, "plant").await.unwrap();
     assert_eq!(plant.len(), 1);
     assert_eq!(
-        nodes(&plant[0].1),
+        nodes_of(&plant[0].1),
         both,
         "node-b was dropped from the shared Instance"
     );
@@ -422,7 +373,7 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
     let bp = brokers(&client, "plant").await.unwrap();
     assert_eq!(plant.len(), 1);
     assert_eq!(plant[0].1.uid(), shared_before.uid());
-    assert_eq!(nodes(&plant[0].1), both);
+    assert_eq!(nodes_of(&plant[0].1), both);
     assert_eq!(
         running_broker(&bp, &plant[0].1).map(|p| p.uid()),
         Some(shared_broker.uid()),
@@ -430,60 +381,6 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
     );
     assert!(agent_b.running());
     drop((new, stays, shared));
-}
-
-/// The `sh` block of the README's Install section that starts with `starting_with`.
-fn readme_block(starting_with: &str) -> String {
-    let readme = std::fs::read_to_string(common::cluster::repo().join("README.md")).unwrap();
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Install\n"))
-        .expect("the README has an Install section");
-    section
-        .split("```sh\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap().to_string())
-        .find(|b| b.starts_with(starting_with))
-        .unwrap_or_else(|| panic!("no README install block starts with {starting_with:?}"))
-}
-
-/// Runs a README block with bash, as a user would; fails if it has not finished in
-/// `seconds`.
-fn run_readme_block(cluster: &Cluster, block: &str, seconds: u64) {
-    let path = format!(
-        "{}:{}",
-        cluster.kubectl.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut child = std::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", block])
-        .current_dir(common::cluster::repo())
-        .env("PATH", path)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "README block did not finish in {seconds} s:\n{block}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "README block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Names (`kind/name`, with the namespace when there is one) of objects of these kinds,
@@ -522,7 +419,11 @@ async fn uninstall_leaves_nothing_behind() {
     let cluster = Cluster::start();
     let node_a = cluster.fake_kubelet("node-a", &[]);
     let node_b = cluster.fake_kubelet("node-b", &[]);
-    run_readme_block(&cluster, &readme_block("kubectl apply -k deploy/"), 150);
+    readme::run(
+        &cluster,
+        &readme::block("kubectl apply -k deploy/"),
+        Some(150),
+    );
     // The kubelets run what the DaemonSet and the Deployment asked for.
     let workloads = workloads::Workloads::run(&cluster, &[&node_a, &node_b]).await;
     eventually(60, "two agents and two controllers running", || async {
@@ -612,10 +513,10 @@ async fn uninstall_leaves_nothing_behind() {
 
     // The README's uninstall, as written.
     let uninstall = Instant::now();
-    run_readme_block(
+    readme::run(
         &cluster,
-        &readme_block("kubectl delete configurations.dowser.dev"),
-        150,
+        &readme::block("kubectl delete configurations.dowser.dev"),
+        Some(150),
     );
     let uninstall_seconds = uninstall.elapsed().as_secs_f64();
 

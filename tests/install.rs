@@ -11,7 +11,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::cluster::{Cluster, INSTALL_NAMESPACE, PROPERTIES_BINDING, repo};
+use common::{
+    cluster::{Cluster, INSTALL_NAMESPACE, PROPERTIES_BINDING, repo},
+    readme,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -197,6 +200,30 @@ fn kustomize_and_helm_grant_the_same_rules() {
     );
     let binding = find(&helm, "RoleBinding", "dowser-agent-properties");
     assert_eq!(binding["metadata"]["namespace"], "default");
+}
+
+/// The chart keeps its own list of handlers (`dowser.handlers` in `_helpers.tpl`, with a
+/// `handlers.<name>` value each): it must be the binary's, in the binary's order.
+#[test]
+fn the_chart_knows_every_handler_of_the_binary() {
+    let all = dowser::handlers::BUILT_IN;
+    let agent = find(&chart(&[]), "DaemonSet", "dowser-agent").clone();
+    assert_eq!(env(&agent, "DOWSER_HANDLERS"), Some(all.join(",")));
+    for name in all {
+        let off = format!("handlers.{name}.enabled=false");
+        let agent = find(
+            &chart(&[&off, "agent.hostNetwork=true"]),
+            "DaemonSet",
+            "dowser-agent",
+        )
+        .clone();
+        let rest: Vec<&str> = all.iter().copied().filter(|h| h != name).collect();
+        assert_eq!(
+            env(&agent, "DOWSER_HANDLERS"),
+            Some(rest.join(",")),
+            "{off}"
+        );
+    }
 }
 
 #[test]
@@ -505,50 +532,6 @@ fn rust_version() -> String {
         .to_string()
 }
 
-/// The `sh` blocks of the README's Install section.
-fn readme_install_blocks() -> Vec<String> {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Install\n"))
-        .expect("the README has an Install section");
-    section
-        .split("```sh\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap().to_string())
-        .collect()
-}
-
-fn readme_block(starting_with: &str) -> String {
-    readme_install_blocks()
-        .into_iter()
-        .find(|b| b.starts_with(starting_with))
-        .unwrap_or_else(|| panic!("no README install block starts with {starting_with:?}"))
-}
-
-/// Runs a README block with bash, as a user would, against the test cluster.
-fn run_readme_block(cluster: &Cluster, block: &str) {
-    let path = format!(
-        "{}:{}:{}",
-        cluster.kubectl.parent().unwrap().display(),
-        cluster.helm.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", block])
-        .current_dir(repo())
-        .env("PATH", path)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "README block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `kubectl auth can-i` as a ServiceAccount of dowser-system: (verb, resource, namespace or
 /// "" for all, expected).
 fn assert_can_i(cluster: &Cluster, sa: &str, checks: &[(&str, &str, &str, bool)]) {
@@ -775,9 +758,9 @@ async fn the_readme_kustomize_install_works_on_a_real_apiserver() {
     let _serial = common::serial().await;
     let cluster = Cluster::start();
     let _node = cluster.fake_kubelet("node-a", &[]);
-    run_readme_block(&cluster, &readme_block("kubectl apply -k deploy/"));
+    readme::run(&cluster, &readme::block("kubectl apply -k deploy/"), None);
     // The harness grants the e2e tests' agents exactly what the README grants.
-    let block = readme_block("kubectl apply -k deploy/").replace("\\\n", " ");
+    let block = readme::block("kubectl apply -k deploy/").replace("\\\n", " ");
     assert!(block.contains(PROPERTIES_BINDING), "{block}");
 
     // Applying again changes nothing the server refuses.
@@ -795,8 +778,8 @@ async fn the_readme_helm_install_works_on_a_real_apiserver() {
     let _serial = common::serial().await;
     let cluster = Cluster::start();
     let _node = cluster.fake_kubelet("node-a", &[]);
-    let block = readme_block("helm install");
-    run_readme_block(&cluster, &block);
+    let block = readme::block("helm install");
+    readme::run(&cluster, &block, None);
     cluster.kubectl_ok(&[
         "wait",
         "--for=condition=Established",
@@ -837,7 +820,7 @@ async fn the_readme_helm_install_works_on_a_real_apiserver() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let uninstall = "helm uninstall dowser -n dowser-system";
     assert!(readme.contains(&format!("`{uninstall}`")));
-    run_readme_block(&cluster, uninstall);
+    readme::run(&cluster, uninstall, None);
     let left = cluster.kubectl_ok(&[
         "get",
         "clusterroles,clusterrolebindings",

@@ -9,7 +9,8 @@
 
 use std::sync::LazyLock;
 
-use dowser::{handlers, validate};
+use dowser::{device_instance::broker_env, handlers, naming, validate};
+use dowser_discovery_api::env;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -262,6 +263,20 @@ fn check(doc: &Value) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A registered handler gets its details as JSON: for every example they come back as they
+/// were.
+#[test]
+fn handlers_get_the_details_of_the_examples_unchanged() {
+    for doc in examples() {
+        let config = validate::configuration(&doc).unwrap();
+        let selected = config.spec.discovery.selected().unwrap();
+        let again: dowser_discovery_api::details::Discovery =
+            serde_json::from_value(serde_json::json!({ selected.name(): selected.details() }))
+                .unwrap();
+        assert_eq!(again, config.spec.discovery, "{doc}");
+    }
+}
+
 #[test]
 fn the_examples_are_accepted_as_they_are() {
     for doc in examples() {
@@ -316,5 +331,38 @@ proptest! {
         let pointer = at.get(&ptrs).clone();
         mutate(&mut doc, &pointer, m);
         check(&doc)?;
+    }
+}
+
+// What the agent names and hands to brokers, for any input.
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn broker_environment_names_are_valid(
+        device in prop::collection::btree_map(".{0,20}", ".{0,20}", 0..6),
+        broker in prop::collection::btree_map(".{0,20}", ".{0,20}", 0..6),
+        hash in "[0-9a-f]{12}",
+    ) {
+        let e = broker_env(&device, &broker, &hash);
+        prop_assert!(e.keys().all(|k| env::is_valid(k)));
+        prop_assert!(e.len() <= 2 * (device.len() + broker.len()));
+    }
+
+    #[test]
+    fn instance_names_are_dns_labels(
+        config in "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?",
+        device in "(?s).{0,200}",
+        node in proptest::option::of("[a-z0-9.-]{1,63}"),
+    ) {
+        let name = naming::instance_name(&config, &device, node.as_deref());
+        prop_assert!(naming::is_dns_label(&name), "{name:?}");
+        prop_assert!(name.ends_with(&naming::device_hash(&device, node.as_deref())));
+        prop_assert_eq!(name.clone(), naming::instance_name(&config, &device, node.as_deref()));
+        let resource = naming::configuration_resource(&config);
+        prop_assert!(resource.len() <= "dowser.dev/".len() + naming::MAX_LABEL);
     }
 }

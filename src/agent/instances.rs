@@ -8,25 +8,32 @@ use std::{
     sync::Arc,
 };
 
-use dowser_discovery_api::Device;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, Preconditions},
 };
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
+use super::metrics::Metrics;
 use crate::{
-    crd::{CONFIGURATION_LABEL, Configuration, Instance},
-    preview::instance_for,
+    apiserver::{apply_body, apply_status, is_conflict, is_not_found},
+    crd::{Configuration, Instance, InstanceSpec},
 };
 
-/// Counts API writes, for the metrics.
-pub static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What this node applies to an Instance's status: always both fields, so that an empty
+/// list drops what the node had.
+#[derive(Serialize)]
+struct StatusPart<'a> {
+    nodes: Vec<&'a str>,
+    slots: BTreeMap<String, &'a str>,
+}
 
-fn wrote() {
-    WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// What this node applies to an Instance besides its metadata.
+#[derive(Serialize)]
+struct SpecPart<'a> {
+    spec: &'a InstanceSpec,
 }
 
 #[derive(Default)]
@@ -45,6 +52,7 @@ pub struct NodeInstances {
     node: String,
     manager: String,
     parts: std::sync::Mutex<BTreeMap<Key, Arc<Mutex<Part>>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a slot could not be claimed.
@@ -57,13 +65,24 @@ pub enum ClaimError {
 }
 
 impl NodeInstances {
-    pub fn new(client: Client, node: &str) -> Self {
+    pub fn new(client: Client, node: &str, metrics: Arc<Metrics>) -> Self {
         Self {
             client,
             node: node.to_string(),
             manager: format!("dowser-agent-{node}"),
             parts: std::sync::Mutex::new(BTreeMap::new()),
+            metrics,
         }
+    }
+
+    /// The agent's metrics, which count these writes.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The field manager of this node's writes.
+    pub fn manager(&self) -> &str {
+        &self.manager
     }
 
     /// The lock of one Instance's part (made empty on first use).
@@ -99,55 +118,46 @@ impl NodeInstances {
             .collect();
     }
 
-    /// Writes the Instance a device becomes (if `current` differs) and joins its node list.
+    /// Applies `wanted` (the Instance a device becomes) if `current` differs, and joins its
+    /// node list.
     pub async fn upsert(
         &self,
         config: &Configuration,
-        shared: bool,
-        device: &Device,
+        wanted: &Instance,
         current: Option<&Instance>,
-    ) -> Result<String, kube::Error> {
-        let preview = instance_for(config, shared, &self.node, device);
-        let ns = config.namespace().unwrap_or_default();
+    ) -> Result<(), kube::Error> {
+        let name = wanted.name_any();
+        let ns = wanted.namespace().unwrap_or_default();
         let api: Api<Instance> = Api::namespaced(self.client.clone(), &ns);
-        let up_to_date = current.is_some_and(|c| c.spec == preview.instance.spec);
-        if !up_to_date {
-            let owner = config.controller_owner_ref(&()).map(|mut o| {
+        if current.is_none_or(|c| c.spec != wanted.spec) {
+            let mut metadata = wanted.metadata.clone();
+            metadata.owner_references = config.controller_owner_ref(&()).map(|mut o| {
                 // The Configuration is the owner for garbage collection, not a controller.
                 o.controller = Some(false);
                 o.block_owner_deletion = None;
-                o
+                vec![o]
             });
-            let body = json!({
-                "apiVersion": "dowser.dev/v1alpha1",
-                "kind": "Instance",
-                "metadata": {
-                    "name": preview.name,
-                    "namespace": ns,
-                    "labels": {CONFIGURATION_LABEL: config.name_any()},
-                    "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
-                },
-                "spec": preview.instance.spec,
-            });
+            let metadata = serde_json::to_value(&metadata).map_err(kube::Error::SerdeError)?;
+            let body = apply_body::<Instance>(metadata, SpecPart { spec: &wanted.spec });
             api.patch(
-                &preview.name,
+                &name,
                 &PatchParams::apply(&self.manager).force(),
                 &Patch::Apply(body),
             )
             .await?;
-            wrote();
-            info!(instance = %preview.name, device = %device.id, "instance written");
+            self.metrics.wrote();
+            info!(instance = %name, device = %wanted.spec.device_id, "instance written");
         }
         let joined_already = current
             .and_then(|c| c.status.as_ref())
             .is_some_and(|s| s.nodes.contains(&self.node));
-        let part = self.part(&ns, &preview.name);
+        let part = self.part(&ns, &name);
         let mut part = part.lock().await;
         if !part.joined || !joined_already {
             part.joined = true;
-            self.apply_status(&api, &preview.name, &part).await?;
+            self.apply_status(&api, &name, &part).await?;
         }
-        Ok(preview.name)
+        Ok(())
     }
 
     /// Leaves an Instance: drops this node from `status.nodes` (claims held by running pods
@@ -160,7 +170,7 @@ impl NodeInstances {
         part.joined = false;
         match self.apply_status(&api, name, &part).await {
             Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {
+            Err(e) if is_not_found(&e) => {
                 self.forget(namespace, name);
                 return Ok(());
             }
@@ -182,12 +192,12 @@ impl NodeInstances {
             };
             match api.delete(name, &dp).await {
                 Ok(_) => {
-                    wrote();
+                    self.metrics.wrote();
                     info!(instance = %name, "last node out: instance deleted");
                 }
                 // Another node joined meanwhile (the precondition failed), or it is gone.
-                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
-                    debug!(instance = %name, "instance not deleted: {}", e.message)
+                Err(e) if is_conflict(&e) || is_not_found(&e) => {
+                    debug!(instance = %name, error = %e, "instance not deleted")
                 }
                 Err(e) => return Err(e),
             }
@@ -213,7 +223,7 @@ impl NodeInstances {
         }
         match self.apply_status(&api, name, &part).await {
             Ok(()) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => {
+            Err(e) if is_conflict(&e) => {
                 part.claims = before;
                 Err(ClaimError::Taken {
                     instance: name.to_string(),
@@ -244,7 +254,7 @@ impl NodeInstances {
             part.claims.remove(s);
         }
         match self.apply_status(&api, name, &part).await {
-            Err(kube::Error::Api(e)) if e.code == 404 => {
+            Err(e) if is_not_found(&e) => {
                 self.forget(namespace, name);
                 Ok(())
             }
@@ -275,30 +285,21 @@ impl NodeInstances {
         name: &str,
         part: &Part,
     ) -> Result<(), kube::Error> {
-        let nodes: Vec<&str> = if part.joined {
-            vec![self.node.as_str()]
-        } else {
-            vec![]
+        let status = StatusPart {
+            nodes: if part.joined {
+                vec![self.node.as_str()]
+            } else {
+                vec![]
+            },
+            slots: part
+                .claims
+                .iter()
+                .map(|s| (s.to_string(), self.node.as_str()))
+                .collect(),
         };
-        let slots: BTreeMap<String, &str> = part
-            .claims
-            .iter()
-            .map(|s| (s.to_string(), self.node.as_str()))
-            .collect();
-        let body = json!({
-            "apiVersion": "dowser.dev/v1alpha1",
-            "kind": "Instance",
-            "metadata": {"name": name},
-            "status": {"nodes": nodes, "slots": slots},
-        });
         // Not forced: a slot another node claims is a conflict, never taken over.
-        api.patch_status(
-            name,
-            &PatchParams::apply(&self.manager),
-            &Patch::Apply(body),
-        )
-        .await?;
-        wrote();
+        apply_status(api, name, &self.manager, false, status).await?;
+        self.metrics.wrote();
         Ok(())
     }
 }

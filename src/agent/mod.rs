@@ -24,7 +24,7 @@ use kube::{
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     crd::{Configuration, Instance},
@@ -59,18 +59,31 @@ pub struct AgentArgs {
         long,
         env = "DOWSER_HANDLERS",
         value_delimiter = ',',
-        value_parser = clap::builder::PossibleValuesParser::new(HANDLER_NAMES),
+        value_parser = clap::builder::PossibleValuesParser::new(handlers::BUILT_IN.iter().copied()),
     )]
     pub handlers: Option<Vec<String>>,
 }
 
-/// Every discovery handler's name, built into this binary or not.
-const HANDLER_NAMES: [&str; 5] = ["modbus", "opcua", "ble", "serial", "mdns"];
+/// How long the device plugins get to remove their sockets at shutdown.
+const PLUGINS_STOP: Duration = Duration::from_secs(5);
 
 struct RunningWorker {
     fingerprint: String,
     stop: oneshot::Sender<worker::Stop>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Tells the worker why it stops and waits until it has.
+    async fn stop(self, key: &(String, String), reason: worker::Stop) {
+        let configuration = format!("{}/{}", key.0, key.1);
+        if self.stop.send(reason).is_err() {
+            debug!(%configuration, "discovery had ended already");
+        }
+        if let Err(e) = self.task.await {
+            warn!(%configuration, error = %e, "discovery ended abnormally");
+        }
+    }
 }
 
 /// What a Configuration must be for this node to discover with it.
@@ -174,7 +187,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     let mut node_labels: BTreeMap<String, String> = BTreeMap::new();
     config_store.wait_until_ready().await?;
     instance_store.wait_until_ready().await?;
-    let part = Arc::new(instances::NodeInstances::new(client.clone(), &node));
+    let part = Arc::new(instances::NodeInstances::new(
+        client.clone(),
+        &node,
+        metrics.clone(),
+    ));
     for instance in instance_store.state() {
         part.adopt(&instance).await;
     }
@@ -239,13 +256,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         }
     }
     info!("shutting down; Instances are left for the next agent to adopt");
-    for (_, w) in std::mem::take(&mut workers) {
-        let _ = w.stop.send(worker::Stop::Shutdown);
-        let _ = w.task.await;
+    for (key, w) in std::mem::take(&mut workers) {
+        w.stop(&key, worker::Stop::Shutdown).await;
     }
     // The plugins go with the process (the kubelet marks their devices unhealthy); their
     // sockets go too. The next agent registers them again.
-    let _ = tokio::time::timeout(Duration::from_secs(5), plugins.stop_all()).await;
+    if tokio::time::timeout(PLUGINS_STOP, plugins.stop_all())
+        .await
+        .is_err()
+    {
+        warn!("device plugins did not stop within {PLUGINS_STOP:?}");
+    }
     http.abort();
     for w in watches {
         w.abort();
@@ -313,8 +334,7 @@ async fn reconcile_workers(
         };
         if let Some(reason) = stale {
             let w = workers.remove(&key).expect("listed");
-            let _ = w.stop.send(reason);
-            let _ = w.task.await;
+            w.stop(&key, reason).await;
             shared.metrics.forget(&key.0, &key.1);
             info!(configuration = %format!("{}/{}", key.0, key.1), ?reason, "discovery stopped");
         }

@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dowser_discovery_api::{env, naming};
 use kube::{ResourceExt, runtime::reflector::Store};
 use tokio::sync::{Mutex, oneshot, watch};
 use tonic::Status;
@@ -32,9 +31,6 @@ use crate::{
     },
     slots::slots_of,
 };
-
-/// Counts successful allocations, for the metrics.
-pub static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct Running {
     devices: watch::Sender<Vec<v1beta1::Device>>,
@@ -127,8 +123,9 @@ impl Plugins {
                 &status.nodes,
                 &status.slots,
             );
-            let instance_resource = naming::instance_resource(&name);
-            let config_resource = naming::configuration_resource(&instance.spec.configuration_name);
+            let instance_resource = crate::naming::instance_resource(&name);
+            let config_resource =
+                crate::naming::configuration_resource(&instance.spec.configuration_name);
             let device = |slot: u32, resource: &str| {
                 let id = slots::device_id(&name, slot);
                 let taken_elsewhere = held.get(&id).is_some_and(|r| r != resource);
@@ -198,7 +195,8 @@ impl Plugins {
                 resource: resource.clone(),
             });
             let task = tokio::spawn(run(config, rx, allocator, self.kubelet.clone(), async {
-                let _ = stop_rx.await;
+                // Dropping the sender stops the plugin.
+                stop_rx.await.unwrap_or(());
             }));
             info!(%resource, "device plugin started");
             running.insert(
@@ -218,7 +216,9 @@ impl Plugins {
         let running = std::mem::take(&mut *self.running.lock().await);
         let tasks: Vec<_> = running.into_values().map(|r| r.task).collect();
         for task in tasks {
-            let _ = task.await;
+            if let Err(e) = task.await {
+                warn!(error = %e, "a device plugin ended abnormally");
+            }
         }
         info!("device plugins stopped");
     }
@@ -357,7 +357,7 @@ impl Allocator for SlotAllocator {
                 .map(|c| c.spec.broker_properties.clone())
                 .unwrap_or_default();
             let hash = name.rsplit('-').next().unwrap_or_default();
-            response.envs.extend(env::broker_env(
+            response.envs.extend(crate::device_instance::broker_env(
                 &instance.spec.properties,
                 &broker_properties,
                 hash,
@@ -378,7 +378,7 @@ impl Allocator for SlotAllocator {
                 }));
             info!(resource = %self.resource, instance = %name, slots = ?wanted, "allocated");
         }
-        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        plugins.part.metrics().allocated();
         let me = plugins.clone();
         tokio::spawn(async move { me.sync().await });
         Ok(response)

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dowser_discovery_api::{Device, Properties, naming};
+use dowser_discovery_api::{Device, DiscoveryError, Properties, Snapshot, details::Selected};
 use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Secret},
@@ -17,16 +17,21 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::{WatchStreamExt, reflector::Store, watcher},
+    runtime::{
+        WatchStreamExt,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{instances::NodeInstances, metrics::Metrics, presence::Presence};
 use crate::{
-    crd::{CONFIGURATION_LABEL, Configuration, Instance},
+    apiserver,
+    crd::{CONFIGURATION_LABEL, Configuration, Instance, NodeDiscoveryStatus},
+    device_instance::{InstanceId, instance},
     handlers,
 };
 
@@ -51,6 +56,15 @@ pub struct Shared {
     pub changed: mpsc::UnboundedSender<()>,
 }
 
+impl Shared {
+    /// Tells the plugin manager that Instances of this node changed.
+    fn wake_plugins(&self) {
+        if self.changed.send(()).is_err() {
+            debug!("the plugin manager has stopped");
+        }
+    }
+}
+
 /// This node's discovery health, written to `status.nodes[]` of the Configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Health {
@@ -58,13 +72,37 @@ struct Health {
     error: Option<String>,
 }
 
+/// Why `spec.properties` could not be resolved.
+#[derive(Debug, thiserror::Error)]
+enum PropertyError {
+    #[error("cannot read {kind} {name:?}: {source}")]
+    Read {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("property {property}: key {key:?} of {kind} {name:?} not found")]
+    Missing {
+        property: String,
+        kind: &'static str,
+        key: String,
+        name: String,
+    },
+}
+
+/// What ends one discovery session of a worker.
+enum Next {
+    /// Resolve the properties and start the handler again.
+    Restart,
+    Stop(Stop),
+}
+
+/// Runs discovery for one Configuration until told to stop.
 pub async fn run(
     shared: Arc<Shared>,
     config: Arc<Configuration>,
     mut stop: oneshot::Receiver<Stop>,
 ) {
-    let ns = config.namespace().unwrap_or_default();
-    let name = config.name_any();
     let selected = match config.spec.discovery.selected() {
         Ok(s) => s,
         Err(e) => {
@@ -72,300 +110,400 @@ pub async fn run(
             return;
         }
     };
-    let shared_devices = selected.shared();
-    let grace = Duration::from_secs(config.spec.offline_grace_period_seconds.into());
-    let mut presence = Presence::default();
-    let adopted: Vec<Device> = shared
-        .instances
-        .state()
-        .iter()
-        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|i| i.labels().get(CONFIGURATION_LABEL) == Some(&name))
-        .filter(|i| {
-            i.status
-                .as_ref()
-                .is_some_and(|s| s.nodes.contains(&shared.node))
-        })
-        .map(|i| Device {
-            id: i.spec.device_id.clone(),
-            properties: i.spec.properties.clone(),
-            device_specs: i.spec.devices.clone(),
-            mounts: i.spec.mounts.clone(),
-        })
-        .collect();
-    if !adopted.is_empty() {
-        info!(configuration = %format!("{ns}/{name}"), devices = adopted.len(), "adopted devices reported before");
-    }
-    presence.adopt(adopted, Instant::now());
-
-    let (refs_changed_tx, mut refs_changed) = mpsc::unbounded_channel();
-    let _watchers = WatcherGuard(watch_references(&shared.client, &config, refs_changed_tx));
-    let mut last_health: Option<Health> = None;
-    // Instances this node failed to leave (the API server was away): retried on every scan
-    // until the write goes through, so a device that left during an outage is removed.
-    let mut unleft: BTreeSet<String> = BTreeSet::new();
-    'restart: loop {
-        let properties = match resolve_properties(&shared.client, &config).await {
-            Ok(p) => p,
-            Err(message) => {
-                let h = Health {
-                    devices: presence.len(),
-                    error: Some(message),
-                };
-                if last_health.as_ref() != Some(&h) {
-                    report(&shared, &config, &h).await;
-                    last_health = Some(h);
-                }
-                tokio::select! {
-                    Some(()) = refs_changed.recv() => continue 'restart,
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => continue 'restart,
-                    reason = &mut stop => { finish(&shared, &config, shared_devices, &presence, reason.unwrap_or(Stop::Shutdown)).await; return; }
-                }
-            }
-        };
-        let mut stream = match handlers::discover(selected, properties) {
-            Ok(s) => s,
-            Err(e) => {
-                report_refusal(&shared, &config, &e.to_string()).await;
-                let reason = (&mut stop).await.unwrap_or(Stop::Shutdown);
-                finish(&shared, &config, shared_devices, &presence, reason).await;
-                return;
-            }
-        };
-        loop {
-            let expiry = presence.next_expiry(grace);
-            let sleep = async {
-                match expiry {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                next = stream.next() => {
-                    let Some(result) = next else { continue 'restart };
-                    let health = match result {
-                        Ok(snapshot) => {
-                            shared.metrics.scanned(&ns, &name, snapshot.len(), snapshot.round());
-                            let changed = presence.observe(&snapshot, Instant::now());
-                            write_all(&shared, &config, shared_devices, &changed).await;
-                            // Repair drift: a device this node sees must list this node. Those
-                            // just written are listed, though the cache may not show it yet.
-                            let written: BTreeSet<&str> = changed.iter().map(|d| d.id.as_str()).collect();
-                            let unlisted: Vec<&Device> = presence.devices().filter(|device| {
-                                let instance_name = instance_name(&shared, &name, &device.id, shared_devices);
-                                !written.contains(device.id.as_str())
-                                    && !find(&shared.instances, &ns, &instance_name)
-                                        .is_some_and(|i| i.status.as_ref().is_some_and(|s| s.nodes.contains(&shared.node)))
-                            }).collect();
-                            write_all(&shared, &config, shared_devices, unlisted).await;
-                            retry_leaves(&shared, &ns, &presence, &mut unleft, |id| instance_name(&shared, &name, id, shared_devices)).await;
-                            Health { devices: presence.len(), error: None }
-                        }
-                        Err(e) => {
-                            shared.metrics.discovery_error(&ns, &name);
-                            Health { devices: presence.len(), error: Some(e.to_string()) }
-                        }
-                    };
-                    if last_health.as_ref() != Some(&health) {
-                        report(&shared, &config, &health).await;
-                        last_health = Some(health);
-                    }
-                }
-                _ = sleep => {
-                    for id in presence.expire(Instant::now(), grace) {
-                        let instance_name = instance_name(&shared, &name, &id, shared_devices);
-                        info!(instance = %instance_name, device = %id, "device not seen for the grace period: leaving");
-                        if let Err(e) = shared.part.leave(&ns, &instance_name).await {
-                            warn!(instance = %instance_name, error = %e, "cannot leave instance; retried after the next scan");
-                            unleft.insert(id);
-                        }
-                        let _ = shared.changed.send(());
-                    }
-                    let health = Health { devices: presence.len(), error: last_health.as_ref().and_then(|h| h.error.clone()) };
-                    if last_health.as_ref() != Some(&health) {
-                        report(&shared, &config, &health).await;
-                        last_health = Some(health);
-                    }
-                }
-                Some(()) = refs_changed.recv() => {
-                    info!(configuration = %format!("{ns}/{name}"), "a referenced Secret or ConfigMap changed: discovering again");
-                    continue 'restart;
-                }
-                reason = &mut stop => {
-                    finish(&shared, &config, shared_devices, &presence, reason.unwrap_or(Stop::Shutdown)).await;
-                    return;
-                }
-            }
+    let (refs_tx, mut refs_changed) = mpsc::unbounded_channel();
+    let _watchers = WatcherGuard(watch_references(&shared.client, &config, refs_tx));
+    let mut worker = Worker::new(shared, config.clone(), selected.shared());
+    worker.adopt();
+    let reason = loop {
+        match worker.session(selected, &mut refs_changed, &mut stop).await {
+            Next::Restart => continue,
+            Next::Stop(reason) => break reason,
         }
-    }
-}
-
-/// Leaves again the Instances of devices that left while their leave failed; a device that
-/// came back is no longer to leave.
-async fn retry_leaves(
-    shared: &Shared,
-    ns: &str,
-    presence: &Presence,
-    unleft: &mut BTreeSet<String>,
-    instance_name: impl Fn(&str) -> String,
-) {
-    unleft.retain(|id| !presence.contains(id));
-    let ids: Vec<String> = unleft.iter().cloned().collect();
-    for id in ids {
-        let name = instance_name(&id);
-        match shared.part.leave(ns, &name).await {
-            Ok(()) => {
-                info!(instance = %name, device = %id, "left the instance of a device gone while the API server was unreachable");
-                unleft.remove(&id);
-                let _ = shared.changed.send(());
-            }
-            Err(e) => warn!(instance = %name, error = %e, "cannot leave instance yet"),
-        }
-    }
-}
-
-/// The Instance name of one of this Configuration's devices as seen from this node.
-fn instance_name(shared: &Shared, config: &str, device_id: &str, shared_devices: bool) -> String {
-    naming::instance_name(
-        config,
-        device_id,
-        (!shared_devices).then_some(shared.node.as_str()),
-    )
-}
-
-fn find(store: &Store<Instance>, ns: &str, name: &str) -> Option<Arc<Instance>> {
-    store
-        .state()
-        .into_iter()
-        .find(|i| i.name_any() == name && i.namespace().as_deref() == Some(ns))
+    };
+    worker.finish(reason).await;
 }
 
 /// Instances written at once. A first scan of a plant finds hundreds of devices; written one
 /// at a time (two round trips each) 1,000 took about 30 s.
 const WRITES_IN_FLIGHT: usize = 8;
 
-async fn write_all<'a>(
-    shared: &Shared,
-    config: &Configuration,
+/// How long a worker waits to resolve the properties again when it could not.
+const PROPERTIES_RETRY: Duration = Duration::from_secs(30);
+
+/// One Configuration's discovery on this node: the devices it reports, their Instances and
+/// its last reported health.
+struct Worker {
+    shared: Arc<Shared>,
+    config: Arc<Configuration>,
+    namespace: String,
+    name: String,
+    /// Whether the devices are reachable from several nodes.
     shared_devices: bool,
-    devices: impl IntoIterator<Item = &'a Device>,
-) {
-    futures::stream::iter(devices)
-        .for_each_concurrent(WRITES_IN_FLIGHT, |device| {
-            write(shared, config, shared_devices, device)
+    grace: Duration,
+    presence: Presence,
+    /// The Instance of each device in `presence`, computed once per device.
+    ids: BTreeMap<String, InstanceId>,
+    last_health: Option<Health>,
+    /// Devices gone whose Instance this node failed to leave (the API server was away), with
+    /// that Instance's name: retried on every scan until the write goes through.
+    unleft: BTreeMap<String, String>,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>, config: Arc<Configuration>, shared_devices: bool) -> Self {
+        Self {
+            namespace: config.namespace().unwrap_or_default(),
+            name: config.name_any(),
+            grace: Duration::from_secs(config.spec.offline_grace_period_seconds.into()),
+            shared,
+            config,
+            shared_devices,
+            presence: Presence::default(),
+            ids: BTreeMap::new(),
+            last_health: None,
+            unleft: BTreeMap::new(),
+        }
+    }
+
+    /// Takes over the devices this node reported before a restart (nothing is written).
+    fn adopt(&mut self) {
+        let node = &self.shared.node;
+        let adopted: Vec<Device> = self
+            .shared
+            .instances
+            .state()
+            .iter()
+            .filter(|i| i.namespace().as_deref() == Some(self.namespace.as_str()))
+            .filter(|i| i.labels().get(CONFIGURATION_LABEL) == Some(&self.name))
+            .filter(|i| i.status.as_ref().is_some_and(|s| s.nodes.contains(node)))
+            .map(|i| Device {
+                id: i.spec.device_id.clone(),
+                properties: i.spec.properties.clone(),
+                device_specs: i.spec.devices.clone(),
+                mounts: i.spec.mounts.clone(),
+            })
+            .collect();
+        if !adopted.is_empty() {
+            info!(
+                configuration = %format!("{}/{}", self.namespace, self.name),
+                devices = adopted.len(),
+                "adopted devices reported before"
+            );
+        }
+        for device in &adopted {
+            self.id_of(&device.id);
+        }
+        self.presence.adopt(adopted, Instant::now());
+    }
+
+    /// Resolves the properties and runs the handler until a referenced Secret or ConfigMap
+    /// changes, the handler's stream ends, or the worker is told to stop.
+    async fn session(
+        &mut self,
+        selected: Selected<'_>,
+        refs_changed: &mut mpsc::UnboundedReceiver<()>,
+        stop: &mut oneshot::Receiver<Stop>,
+    ) -> Next {
+        let properties = match resolve_properties(&self.shared.client, &self.config).await {
+            Ok(p) => p,
+            Err(e) => {
+                let health = Health {
+                    devices: self.presence.len(),
+                    error: Some(e.to_string()),
+                };
+                self.report_if_changed(health).await;
+                return tokio::select! {
+                    Some(()) = refs_changed.recv() => Next::Restart,
+                    _ = tokio::time::sleep(PROPERTIES_RETRY) => Next::Restart,
+                    reason = stop => Next::Stop(reason.unwrap_or(Stop::Shutdown)),
+                };
+            }
+        };
+        let mut stream = match handlers::discover(selected, properties) {
+            Ok(s) => s,
+            Err(e) => {
+                report_refusal(&self.shared, &self.config, &e.to_string()).await;
+                return Next::Stop(stop.await.unwrap_or(Stop::Shutdown));
+            }
+        };
+        loop {
+            let expiry = until(self.presence.next_expiry(self.grace));
+            tokio::select! {
+                next = stream.next() => match next {
+                    Some(result) => self.on_snapshot(result).await,
+                    None => return Next::Restart,
+                },
+                _ = expiry => self.on_expiry().await,
+                Some(()) = refs_changed.recv() => {
+                    info!(
+                        configuration = %format!("{}/{}", self.namespace, self.name),
+                        "a referenced Secret or ConfigMap changed: discovering again"
+                    );
+                    return Next::Restart;
+                }
+                reason = &mut *stop => return Next::Stop(reason.unwrap_or(Stop::Shutdown)),
+            }
+        }
+    }
+
+    /// A round ended: writes what changed, repairs drift, retries failed leaves and
+    /// reports the node's health if it changed.
+    async fn on_snapshot(&mut self, result: Result<Snapshot, DiscoveryError>) {
+        let snapshot = match result {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                self.shared.metrics.discovery_error();
+                let health = Health {
+                    devices: self.presence.len(),
+                    error: Some(e.to_string()),
+                };
+                self.report_if_changed(health).await;
+                return;
+            }
+        };
+        self.shared.metrics.scanned(
+            &self.namespace,
+            &self.name,
+            snapshot.len(),
+            snapshot.round(),
+        );
+        let changed = self.presence.observe(&snapshot, Instant::now());
+        for device in &changed {
+            self.id_of(&device.id);
+        }
+        self.write_all(&changed).await;
+        // Repair drift: a device this node sees must list this node. Those just written are
+        // listed, though the cache may not show it yet.
+        let written: BTreeSet<&str> = changed.iter().map(|d| d.id.as_str()).collect();
+        let unlisted: Vec<Device> = self
+            .presence
+            .devices()
+            .filter(|d| !written.contains(d.id.as_str()) && !self.lists_this_node(&d.id))
+            .cloned()
+            .collect();
+        self.write_all(&unlisted).await;
+        self.retry_leaves().await;
+        let health = Health {
+            devices: self.presence.len(),
+            error: None,
+        };
+        self.report_if_changed(health).await;
+    }
+
+    /// Devices unseen for the grace period leave their Instances.
+    async fn on_expiry(&mut self) {
+        for device_id in self.presence.expire(Instant::now(), self.grace) {
+            let id = self.ids.remove(&device_id).unwrap_or_else(|| {
+                InstanceId::new(
+                    &self.config,
+                    self.shared_devices,
+                    &self.shared.node,
+                    &device_id,
+                )
+            });
+            info!(
+                instance = %id.name,
+                device = %device_id,
+                "device not seen for the grace period: leaving"
+            );
+            if let Err(e) = self.shared.part.leave(&self.namespace, &id.name).await {
+                warn!(
+                    instance = %id.name,
+                    error = %e,
+                    "cannot leave instance; retried after the next scan"
+                );
+                self.unleft.insert(device_id, id.name);
+            }
+            self.shared.wake_plugins();
+        }
+        let health = Health {
+            devices: self.presence.len(),
+            error: self.last_health.as_ref().and_then(|h| h.error.clone()),
+        };
+        self.report_if_changed(health).await;
+    }
+
+    /// Writes this node's health to the Configuration, unless it is what was written last.
+    async fn report_if_changed(&mut self, health: Health) {
+        if self.last_health.as_ref() != Some(&health) {
+            report(&self.shared, &self.config, &health).await;
+            self.last_health = Some(health);
+        }
+    }
+
+    /// The Instance of a device, computed on its first use.
+    fn id_of(&mut self, device_id: &str) -> &InstanceId {
+        if !self.ids.contains_key(device_id) {
+            let id = InstanceId::new(
+                &self.config,
+                self.shared_devices,
+                &self.shared.node,
+                device_id,
+            );
+            self.ids.insert(device_id.to_string(), id);
+        }
+        &self.ids[device_id]
+    }
+
+    /// The cached Instance of a device, if the agent's cache holds it.
+    fn cached(&self, device_id: &str) -> Option<Arc<Instance>> {
+        let id = self.ids.get(device_id)?;
+        let key = ObjectRef::<Instance>::new(&id.name).within(&self.namespace);
+        self.shared.instances.get(&key)
+    }
+
+    /// Whether the cached Instance of a device lists this node.
+    fn lists_this_node(&self, device_id: &str) -> bool {
+        self.cached(device_id).is_some_and(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.nodes.contains(&self.shared.node))
         })
-        .await;
-}
+    }
 
-async fn write(shared: &Shared, config: &Configuration, shared_devices: bool, device: &Device) {
-    let ns = config.namespace().unwrap_or_default();
-    let instance_name = instance_name(shared, &config.name_any(), &device.id, shared_devices);
-    let current = find(&shared.instances, &ns, &instance_name);
-    match shared
-        .part
-        .upsert(config, shared_devices, device, current.as_deref())
-        .await
-    {
-        Ok(_) => {
-            let _ = shared.changed.send(());
+    async fn write_all(&self, devices: &[Device]) {
+        futures::stream::iter(devices)
+            .for_each_concurrent(WRITES_IN_FLIGHT, |device| self.write(device))
+            .await;
+    }
+
+    /// Applies the Instance a device becomes and joins it (each skipped when the cache shows
+    /// it done).
+    async fn write(&self, device: &Device) {
+        let Some(id) = self.ids.get(&device.id) else {
+            return;
+        };
+        let wanted = instance(&self.config, self.shared_devices, id, device);
+        let current = self.cached(&device.id);
+        match self
+            .shared
+            .part
+            .upsert(&self.config, &wanted, current.as_deref())
+            .await
+        {
+            Ok(()) => self.shared.wake_plugins(),
+            Err(e) => warn!(device = %device.id, error = %e, "cannot write instance"),
         }
-        Err(e) => warn!(device = %device.id, error = %e, "cannot write instance"),
+    }
+
+    /// Leaves again the Instances of devices that left while their leave failed; a device
+    /// that came back is no longer to leave.
+    async fn retry_leaves(&mut self) {
+        let presence = &self.presence;
+        self.unleft.retain(|id, _| !presence.contains(id));
+        let unleft: Vec<(String, String)> = self
+            .unleft
+            .iter()
+            .map(|(d, n)| (d.clone(), n.clone()))
+            .collect();
+        for (device_id, name) in unleft {
+            match self.shared.part.leave(&self.namespace, &name).await {
+                Ok(()) => {
+                    info!(
+                        instance = %name,
+                        device = %device_id,
+                        "left the instance of a device gone while the API server was unreachable"
+                    );
+                    self.unleft.remove(&device_id);
+                    self.shared.wake_plugins();
+                }
+                Err(e) => warn!(instance = %name, error = %e, "cannot leave instance yet"),
+            }
+        }
+    }
+
+    /// The worker stops: a Configuration no longer meant for this node leaves its Instances
+    /// and its entry in the Configuration's status.
+    async fn finish(&self, reason: Stop) {
+        if reason != Stop::Deselected {
+            return;
+        }
+        for device in self.presence.devices() {
+            let Some(id) = self.ids.get(&device.id) else {
+                continue;
+            };
+            if let Err(e) = self.shared.part.leave(&self.namespace, &id.name).await {
+                warn!(instance = %id.name, error = %e, "cannot leave instance");
+            }
+        }
+        self.shared.wake_plugins();
+        clear_report(&self.shared, &self.config).await;
     }
 }
 
-async fn finish(
+/// Sleeps until `at`; forever when there is nothing to wait for.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// This node's part of a Configuration's status.
+#[derive(Serialize)]
+struct NodesPart<'a> {
+    nodes: &'a [NodeDiscoveryStatus],
+}
+
+/// Applies this node's entry of `status.nodes` in the Configuration (none: removes it).
+async fn apply_node_status(
     shared: &Shared,
     config: &Configuration,
-    shared_devices: bool,
-    presence: &Presence,
-    reason: Stop,
-) {
-    if reason != Stop::Deselected {
-        return;
-    }
-    let ns = config.namespace().unwrap_or_default();
-    for device in presence.devices() {
-        let instance_name = instance_name(shared, &config.name_any(), &device.id, shared_devices);
-        if let Err(e) = shared.part.leave(&ns, &instance_name).await {
-            warn!(instance = %instance_name, error = %e, "cannot leave instance");
-        }
-    }
-    let _ = shared.changed.send(());
-    clear_report(shared, config).await;
+    entry: Option<NodeDiscoveryStatus>,
+) -> Result<(), kube::Error> {
+    let api: Api<Configuration> = Api::namespaced(
+        shared.client.clone(),
+        &config.namespace().unwrap_or_default(),
+    );
+    let nodes: Vec<NodeDiscoveryStatus> = entry.into_iter().collect();
+    let status = NodesPart { nodes: &nodes };
+    apiserver::apply_status(
+        &api,
+        &config.name_any(),
+        shared.part.manager(),
+        true,
+        status,
+    )
+    .await?;
+    shared.metrics.wrote();
+    Ok(())
 }
 
 /// Writes this node's entry of `status.nodes` in the Configuration.
 async fn report(shared: &Shared, config: &Configuration, health: &Health) {
-    let api: Api<Configuration> = Api::namespaced(
-        shared.client.clone(),
-        &config.namespace().unwrap_or_default(),
-    );
-    let mut entry = json!({
-        "node": shared.node,
-        "devices": health.devices,
-        "lastChange": Time(Timestamp::now()),
-    });
-    if let Some(e) = &health.error {
-        entry["error"] = json!(e);
-    }
-    let body = json!({
-        "apiVersion": "dowser.dev/v1alpha1",
-        "kind": "Configuration",
-        "metadata": {"name": config.name_any()},
-        "status": {"nodes": [entry]},
-    });
-    match api
-        .patch_status(
-            &config.name_any(),
-            &PatchParams::apply(&format!("dowser-agent-{}", shared.node)).force(),
-            &Patch::Apply(body),
-        )
-        .await
-    {
-        Ok(_) => super::instances::WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        Err(e) => {
-            warn!(error = %e, "cannot write discovery health");
-            0
-        }
+    let entry = NodeDiscoveryStatus {
+        node: shared.node.clone(),
+        devices: u32::try_from(health.devices).unwrap_or(u32::MAX),
+        error: health.error.clone(),
+        last_change: Some(Time(Timestamp::now())),
     };
+    if let Err(e) = apply_node_status(shared, config, Some(entry)).await {
+        warn!(error = %e, "cannot write discovery health");
+    }
 }
 
 /// Reports why this node does not discover with a Configuration.
 pub async fn report_refusal(shared: &Shared, config: &Configuration, why: &str) {
-    report(
-        shared,
-        config,
-        &Health {
-            devices: 0,
-            error: Some(why.to_string()),
-        },
-    )
-    .await;
+    let health = Health {
+        devices: 0,
+        error: Some(why.to_string()),
+    };
+    report(shared, config, &health).await;
 }
 
+/// Removes this node's entry of `status.nodes` in the Configuration.
 async fn clear_report(shared: &Shared, config: &Configuration) {
-    let api: Api<Configuration> = Api::namespaced(
-        shared.client.clone(),
-        &config.namespace().unwrap_or_default(),
-    );
-    let body = json!({
-        "apiVersion": "dowser.dev/v1alpha1",
-        "kind": "Configuration",
-        "metadata": {"name": config.name_any()},
-        "status": {"nodes": []},
-    });
-    let _ = api
-        .patch_status(
-            &config.name_any(),
-            &PatchParams::apply(&format!("dowser-agent-{}", shared.node)).force(),
-            &Patch::Apply(body),
-        )
-        .await;
+    if let Err(e) = apply_node_status(shared, config, None).await {
+        warn!(error = %e, "cannot remove this node's discovery health");
+    }
 }
 
 /// Resolves `spec.properties` from literals, Secrets and ConfigMaps of the Configuration's
 /// namespace. The error says which key is missing.
-async fn resolve_properties(client: &Client, config: &Configuration) -> Result<Properties, String> {
+async fn resolve_properties(
+    client: &Client,
+    config: &Configuration,
+) -> Result<Properties, PropertyError> {
     let ns = config.namespace().unwrap_or_default();
     let mut props = Properties::new();
     for p in &config.spec.properties {
@@ -374,50 +512,43 @@ async fn resolve_properties(client: &Client, config: &Configuration) -> Result<P
             continue;
         }
         let Some(from) = &p.value_from else { continue };
-        let value = if let Some(r) = &from.secret_key_ref {
+        let (kind, name, key, optional, value) = if let Some(r) = &from.secret_key_ref {
             let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            let found = api
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| format!("cannot read Secret {:?}: {e}", r.name))?;
-            let value = found
-                .and_then(|s| s.data)
-                .and_then(|d| d.get(&r.key).cloned())
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-            match value {
-                Some(v) => Some(v),
-                None if r.optional => None,
-                None => {
-                    return Err(format!(
-                        "property {}: key {:?} of Secret {:?} not found",
-                        p.name, r.key, r.name
-                    ));
-                }
-            }
+            let found = api.get_opt(&r.name).await;
+            let value = found.map(|s| {
+                s.and_then(|s| s.data)
+                    .and_then(|d| d.get(&r.key).cloned())
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            });
+            ("Secret", &r.name, &r.key, r.optional, value)
         } else if let Some(r) = &from.config_map_key_ref {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-            let found = api
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| format!("cannot read ConfigMap {:?}: {e}", r.name))?;
-            match found
-                .and_then(|c| c.data)
-                .and_then(|d| d.get(&r.key).cloned())
-            {
-                Some(v) => Some(v),
-                None if r.optional => None,
-                None => {
-                    return Err(format!(
-                        "property {}: key {:?} of ConfigMap {:?} not found",
-                        p.name, r.key, r.name
-                    ));
-                }
-            }
+            let found = api.get_opt(&r.name).await;
+            let value = found.map(|c| c.and_then(|c| c.data).and_then(|d| d.get(&r.key).cloned()));
+            ("ConfigMap", &r.name, &r.key, r.optional, value)
         } else {
-            None
+            continue;
         };
-        if let Some(v) = value {
-            props.insert(p.name.clone(), v);
+        match value {
+            Ok(Some(v)) => {
+                props.insert(p.name.clone(), v);
+            }
+            Ok(None) if optional => {}
+            Ok(None) => {
+                return Err(PropertyError::Missing {
+                    property: p.name.clone(),
+                    kind,
+                    key: key.clone(),
+                    name: name.clone(),
+                });
+            }
+            Err(source) => {
+                return Err(PropertyError::Read {
+                    kind,
+                    name: name.clone(),
+                    source,
+                });
+            }
         }
     }
     Ok(props)
@@ -431,17 +562,17 @@ fn watch_references(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let ns = config.namespace().unwrap_or_default();
     let mut tasks = Vec::new();
-    let mut seen = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for p in &config.spec.properties {
         let Some(from) = &p.value_from else { continue };
         if let Some(r) = &from.secret_key_ref {
-            seen.insert(("Secret", r.name.clone()), ());
+            seen.insert(("Secret", r.name.clone()));
         }
         if let Some(r) = &from.config_map_key_ref {
-            seen.insert(("ConfigMap", r.name.clone()), ());
+            seen.insert(("ConfigMap", r.name.clone()));
         }
     }
-    for (kind, name) in seen.into_keys() {
+    for (kind, name) in seen {
         let tx = tx.clone();
         let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let client = client.clone();
@@ -464,8 +595,9 @@ fn watch_references(
             let mut last = None;
             while let Some(v) = versions.next().await {
                 if v.is_some() && v != last {
-                    if !first {
-                        let _ = tx.send(());
+                    if !first && tx.send(()).is_err() {
+                        // The worker is gone.
+                        return;
                     }
                     first = false;
                     last = v;
@@ -476,6 +608,9 @@ fn watch_references(
     tasks
 }
 
+/// Stops the reference watches with the worker.
+struct WatcherGuard(Vec<tokio::task::JoinHandle<()>>);
+
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
         for t in &self.0 {
@@ -483,5 +618,3 @@ impl Drop for WatcherGuard {
         }
     }
 }
-
-struct WatcherGuard(Vec<tokio::task::JoinHandle<()>>);

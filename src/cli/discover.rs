@@ -13,9 +13,8 @@ use futures::StreamExt;
 
 use crate::{
     crd::Configuration,
-    handlers,
-    preview::{InstancePreview, instance_for},
-    validate,
+    device_instance::{DeviceInstance, instance_for},
+    handlers, validate,
 };
 
 #[derive(clap::Args, Debug)]
@@ -153,13 +152,9 @@ fn read_input(file: &PathBuf) -> anyhow::Result<String> {
 }
 
 fn report_invalid(file: &str, name: &str, errors: &[FieldError]) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "error: {file}: The Configuration \"{name}\" is invalid:"
-    );
+    eprintln!("error: {file}: The Configuration \"{name}\" is invalid:");
     for e in errors {
-        let _ = writeln!(err, "  * {e}");
+        eprintln!("  * {e}");
     }
 }
 
@@ -275,7 +270,7 @@ async fn watch(
     }
 }
 
-fn previews(config: &Configuration, node: &str, snapshot: &Snapshot) -> Vec<InstancePreview> {
+fn previews(config: &Configuration, node: &str, snapshot: &Snapshot) -> Vec<DeviceInstance> {
     let shared = selected(config).shared();
     snapshot
         .devices()
@@ -284,12 +279,12 @@ fn previews(config: &Configuration, node: &str, snapshot: &Snapshot) -> Vec<Inst
         .collect()
 }
 
-fn print(previews: &[InstancePreview], output: Output) -> anyhow::Result<()> {
+fn print(previews: &[DeviceInstance], output: Output) -> anyhow::Result<()> {
     let text = render(previews, output)?;
     ignore_broken_pipe(std::io::stdout().lock().write_all(text.as_bytes()))
 }
 
-fn render(previews: &[InstancePreview], output: Output) -> anyhow::Result<String> {
+fn render(previews: &[DeviceInstance], output: Output) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let mut out = String::new();
     match output {

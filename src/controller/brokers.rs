@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use dowser_discovery_api::naming;
+use crate::naming;
 use k8s_openapi::{
     api::{
         batch::v1::Job,

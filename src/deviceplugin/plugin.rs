@@ -133,7 +133,8 @@ pub async fn run<A: Allocator>(
             tonic::transport::Server::builder()
                 .add_service(DevicePluginServer::new(service))
                 .serve_with_incoming_shutdown(incoming, async {
-                    let _ = quit_rx.await;
+                    // Sent or dropped, either way the server stops.
+                    quit_rx.await.unwrap_or(());
                 }),
         );
         let mut registered = false;
@@ -167,10 +168,26 @@ pub async fn run<A: Allocator>(
                 break false;
             }
         };
-        let _ = quit.send(());
-        let _ = server.await;
+        if quit.send(()).is_err() {
+            debug!(resource = %config.resource_name, "the plugin's server had stopped already");
+        }
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(resource = %config.resource_name, error = %e, "plugin server failed")
+            }
+            Err(e) => {
+                warn!(resource = %config.resource_name, error = %e, "plugin server ended abnormally")
+            }
+        }
         if stopped {
-            let _ = std::fs::remove_file(&socket);
+            match std::fs::remove_file(&socket) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(socket = %socket.display(), error = %e, "cannot remove the plugin socket")
+                }
+            }
             return;
         }
     }

@@ -4,7 +4,10 @@
 pub mod agent;
 pub mod cluster;
 pub mod controller;
+pub mod outage;
 pub mod plant;
+pub mod readme;
+pub mod workloads;
 
 use std::{future::Future, time::Duration};
 

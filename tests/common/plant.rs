@@ -30,11 +30,17 @@ pub async fn apply(client: &Client, config: serde_json::Value) {
 /// The Instances of a Configuration in namespace `default` (none while the API server does
 /// not answer).
 pub async fn instances(client: &Client, config: &str) -> Vec<Instance> {
+    try_instances(client, config).await.unwrap_or_default()
+}
+
+/// The Instances of a Configuration in namespace `default`; `None` while the API server
+/// does not answer.
+pub async fn try_instances(client: &Client, config: &str) -> Option<Vec<Instance>> {
     let api: Api<Instance> = Api::namespaced(client.clone(), "default");
     api.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
         .await
         .map(|l| l.items)
-        .unwrap_or_default()
+        .ok()
 }
 
 pub struct Plant {
@@ -108,25 +114,37 @@ pub fn modbus_config(
     port: u16,
     selector: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    let mut c = json!({
+    let mut c = modbus_configuration(name, &[port], 300);
+    c["spec"]["brokerProperties"] = json!({"POLL_MS": "250"});
+    if let Some(s) = selector {
+        c["spec"]["nodeSelector"] = s;
+    }
+    c
+}
+
+/// A Configuration in namespace `default` scanning Modbus devices on these loopback ports
+/// every second (a request times out after `request_timeout_ms`), capacity 1, grace
+/// period 4 s.
+pub fn modbus_configuration(
+    name: &str,
+    ports: &[u16],
+    request_timeout_ms: u32,
+) -> serde_json::Value {
+    let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    json!({
         "apiVersion": "dowser.dev/v1alpha1",
         "kind": "Configuration",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "discovery": {"modbus": {
-                "targets": [format!("127.0.0.1:{port}")],
+                "targets": targets,
                 "intervalSeconds": 1,
-                "requestTimeoutMs": 300,
+                "requestTimeoutMs": request_timeout_ms,
             }},
             "capacity": 1,
             "offlineGracePeriodSeconds": 4,
-            "brokerProperties": {"POLL_MS": "250"},
         },
-    });
-    if let Some(s) = selector {
-        c["spec"]["nodeSelector"] = s;
-    }
-    c
+    })
 }
 
 pub fn nodes_of(i: &Instance) -> Vec<String> {
@@ -155,13 +173,27 @@ pub fn pod(name: &str, resource: &str) -> Pod {
 
 /// Running broker pods of a Configuration that are not being deleted.
 pub async fn running_brokers(pods: &Api<Pod>, config: &str) -> Vec<Pod> {
-    pods.list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+    broker_pods(pods, config)
         .await
-        .map(|l| l.items)
         .unwrap_or_default()
         .into_iter()
-        .filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| phase(p) == "Running")
         .collect()
+}
+
+/// Broker pods of a Configuration that are not being deleted; `None` while the API server
+/// does not answer.
+pub async fn broker_pods(pods: &Api<Pod>, config: &str) -> Option<Vec<Pod>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+        .await
+        .ok()?;
+    Some(
+        list.items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect(),
+    )
 }
 
 pub fn phase(p: &Pod) -> String {

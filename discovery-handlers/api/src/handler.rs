@@ -4,7 +4,9 @@ use std::{collections::BTreeMap, pin::Pin};
 
 use futures::Stream;
 
-use crate::{FieldError, Snapshot};
+use serde::de::DeserializeOwned;
+
+use crate::Snapshot;
 
 /// Resolved `properties` of a Configuration (credentials and the like), by name.
 pub type Properties = BTreeMap<String, String>;
@@ -19,9 +21,10 @@ pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, DiscoveryEr
 /// error of the round: it is simply not found.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    /// The details are not valid; the handler will not run.
-    #[error("invalid discovery details: {}", display_errors(.0))]
-    Invalid(Vec<FieldError>),
+    /// The details are not what the handler takes; it will not run. Details are validated
+    /// before discovery starts, so this is a handler given details nobody checked.
+    #[error("invalid discovery details: {0}")]
+    Invalid(String),
     /// Something the handler needs on this node is missing (an adapter, a bus, a port).
     #[error("{0}")]
     Unavailable(String),
@@ -30,32 +33,36 @@ pub enum DiscoveryError {
     Failed(String),
 }
 
-fn display_errors(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// A discovery handler: one protocol, no Kubernetes.
+/// A discovery handler: one protocol, no Kubernetes. Its details have been validated (the
+/// schema, then their own `validate`) before `discover` is called.
 pub trait DiscoveryHandler: Send + Sync + 'static {
     /// The typed `spec.discovery.<name>` of a Configuration.
-    type Details: Clone + Send + Sync + 'static;
-
-    /// The handler's key in `spec.discovery` (`modbus`, `opcua`, ...).
-    fn name(&self) -> &'static str;
-
-    /// Whether a device is reachable from several nodes (one Instance, listing every node
-    /// that sees it) or only from the node it is attached to (one Instance per node).
-    fn shared(&self, details: &Self::Details) -> bool;
-
-    /// What this handler cannot do with details that are valid in themselves (a transport
-    /// this build or platform lacks). The rules of the details themselves are checked by
-    /// their own `validate` in [`crate::details`], shared by every binary.
-    /// `path` is the field path of the details, used as the prefix of every error.
-    fn validate(&self, details: &Self::Details, path: &str) -> Vec<FieldError>;
+    type Details: DeserializeOwned + Send + Sync + 'static;
 
     /// Starts discovery. The stream yields a full snapshot per round, forever.
     fn discover(&self, details: Self::Details, properties: Properties) -> SnapshotStream;
+}
+
+/// A handler as a registry holds it, whatever its details type: they come as the JSON of
+/// `spec.discovery.<name>`. Every [`DiscoveryHandler`] is one; a handler that registers at
+/// run time (out of process) implements it directly.
+pub trait AnyHandler: Send + Sync + 'static {
+    /// Starts discovery with the details as JSON.
+    fn start(
+        &self,
+        details: serde_json::Value,
+        properties: Properties,
+    ) -> Result<SnapshotStream, DiscoveryError>;
+}
+
+impl<H: DiscoveryHandler> AnyHandler for H {
+    fn start(
+        &self,
+        details: serde_json::Value,
+        properties: Properties,
+    ) -> Result<SnapshotStream, DiscoveryError> {
+        let details =
+            serde_json::from_value(details).map_err(|e| DiscoveryError::Invalid(e.to_string()))?;
+        Ok(self.discover(details, properties))
+    }
 }

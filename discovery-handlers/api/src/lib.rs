@@ -10,10 +10,9 @@ pub mod device;
 pub mod env;
 pub mod filter;
 pub mod handler;
-pub mod naming;
 pub mod validation;
 
 pub use device::{Device, DeviceSpec, Mount, Snapshot};
 pub use filter::{CompiledFilter, Filter};
-pub use handler::{DiscoveryError, DiscoveryHandler, Properties, SnapshotStream};
+pub use handler::{AnyHandler, DiscoveryError, DiscoveryHandler, Properties, SnapshotStream};
 pub use validation::FieldError;

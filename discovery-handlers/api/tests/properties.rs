@@ -1,6 +1,6 @@
 //! Property tests (fuzzing on the stable toolchain) for what the API crate parses from
 //! users: Modbus target expressions and unit-id ranges, filters, environment names and
-//! values, Instance names. Arbitrary input gives a value or an error, never a panic, and
+//! values. Arbitrary input gives a value or an error, never a panic, and
 //! what is accepted keeps its promises (bounded address counts, valid names).
 //!
 //! `PROPTEST_CASES` sets the number of cases per property (default 256; the benchmark
@@ -14,7 +14,7 @@ use std::{
 use dowser_discovery_api::{
     Filter,
     details::modbus::{MAX_TARGET_ADDRESSES, ModbusDetails, Target, parse_unit_range},
-    env, naming,
+    env,
 };
 use proptest::prelude::*;
 
@@ -188,30 +188,5 @@ proptest! {
         prop_assert!(v.len() <= max);
         prop_assert!(!v.chars().any(char::is_control));
         prop_assert_eq!(v.trim(), v.as_str());
-    }
-
-    #[test]
-    fn broker_environment_names_are_valid(
-        device in prop::collection::btree_map(".{0,20}", ".{0,20}", 0..6),
-        broker in prop::collection::btree_map(".{0,20}", ".{0,20}", 0..6),
-        hash in "[0-9a-f]{12}",
-    ) {
-        let e = env::broker_env(&device, &broker, &hash);
-        prop_assert!(e.keys().all(|k| env::is_valid(k)));
-        prop_assert!(e.len() <= 2 * (device.len() + broker.len()));
-    }
-
-    #[test]
-    fn instance_names_are_dns_labels(
-        config in "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?",
-        device in "(?s).{0,200}",
-        node in proptest::option::of("[a-z0-9.-]{1,63}"),
-    ) {
-        let name = naming::instance_name(&config, &device, node.as_deref());
-        prop_assert!(naming::is_dns_label(&name), "{name:?}");
-        prop_assert!(name.ends_with(&naming::device_hash(&device, node.as_deref())));
-        prop_assert_eq!(name.clone(), naming::instance_name(&config, &device, node.as_deref()));
-        let resource = naming::configuration_resource(&config);
-        prop_assert!(resource.len() <= "dowser.dev/".len() + naming::MAX_LABEL);
     }
 }

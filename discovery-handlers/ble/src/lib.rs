@@ -16,8 +16,7 @@ use btleplug::{
     platform::{Adapter, Manager, PeripheralId},
 };
 use dowser_discovery_api::{
-    DiscoveryError, DiscoveryHandler, FieldError, Properties, Snapshot, SnapshotStream,
-    details::BleDetails,
+    DiscoveryError, DiscoveryHandler, Properties, Snapshot, SnapshotStream, details::BleDetails,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -40,33 +39,14 @@ pub struct BleHandler;
 impl DiscoveryHandler for BleHandler {
     type Details = BleDetails;
 
-    fn name(&self) -> &'static str {
-        "ble"
-    }
-
-    fn shared(&self, details: &BleDetails) -> bool {
-        dowser_discovery_api::details::Selected::Ble(details).shared()
-    }
-
-    fn validate(&self, details: &BleDetails, path: &str) -> Vec<FieldError> {
-        let _ = (details, path);
-        Vec::new()
-    }
-
     /// Yields a snapshot when scanning starts and whenever a device comes or goes or
     /// changes (the agent takes it as the state until the next one); an error when BlueZ or the adapter cannot be used (retried every
     /// [`RETRY`]).
     fn discover(&self, details: BleDetails, _properties: Properties) -> SnapshotStream {
-        let path = "spec.discovery.ble";
-        let errors = details.validate(path);
-        if !errors.is_empty() {
-            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) })
-                .boxed();
-        }
         let filter = match BleFilter::new(&details) {
             Ok(f) => f,
             Err(e) => {
-                let e = DiscoveryError::Invalid(vec![FieldError::new(path, e)]);
+                let e = DiscoveryError::Invalid(e.to_string());
                 return futures::stream::once(async move { Err(e) }).boxed();
             }
         };

@@ -42,10 +42,10 @@ pub struct BleFilter {
 
 impl BleFilter {
     /// Compiles the details' filters. The details must have been validated.
-    pub fn new(details: &BleDetails) -> Result<Self, String> {
+    pub fn new(details: &BleDetails) -> Result<Self, regex::Error> {
         let compile = |f: &Option<dowser_discovery_api::Filter>| {
             f.as_ref()
-                .map(|f| f.compile().map_err(|e| e.to_string()))
+                .map(|f| f.compile())
                 .transpose()
                 .map(Option::unwrap_or_default)
         };

@@ -15,7 +15,7 @@ mod browse;
 pub mod service;
 
 use dowser_discovery_api::{
-    DiscoveryError, DiscoveryHandler, FieldError, Properties, SnapshotStream, details::MdnsDetails,
+    DiscoveryError, DiscoveryHandler, Properties, SnapshotStream, details::MdnsDetails,
 };
 use futures::StreamExt;
 
@@ -40,28 +40,7 @@ pub struct MdnsHandler;
 impl DiscoveryHandler for MdnsHandler {
     type Details = MdnsDetails;
 
-    fn name(&self) -> &'static str {
-        "mdns"
-    }
-
-    fn shared(&self, details: &MdnsDetails) -> bool {
-        dowser_discovery_api::details::Selected::Mdns(details).shared()
-    }
-
-    fn validate(&self, details: &MdnsDetails, path: &str) -> Vec<FieldError> {
-        // Every valid configuration can be browsed.
-        let _ = (details, path);
-        Vec::new()
-    }
-
     fn discover(&self, details: MdnsDetails, _properties: Properties) -> SnapshotStream {
-        let path = "spec.discovery.mdns";
-        let mut errors = details.validate(path);
-        errors.extend(self.validate(&details, path));
-        if !errors.is_empty() {
-            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) })
-                .boxed();
-        }
         let selection = match Selection::new(&details) {
             Ok(s) => s,
             Err(e) => {

@@ -2,7 +2,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use dowser_discovery_api::details::modbus::{RegisterProbe, RegisterTable};
+use dowser_discovery_api::{
+    CompiledFilter, Filter,
+    details::{
+        ModbusDetails,
+        modbus::{RegisterProbe, RegisterTable},
+    },
+};
 use tokio::time::timeout;
 use tokio_modbus::{
     ExceptionCode, Slave,
@@ -183,6 +189,58 @@ pub async fn probe_unit(
         Answer::Ok(()) => UnitOutcome::Present(None),
         Answer::Exception(_) => UnitOutcome::Absent,
         Answer::Broken => UnitOutcome::Broken,
+    }
+}
+
+/// The vendor, product code and revision filters of the details, compiled once per scan.
+pub(crate) struct IdentityFilter {
+    vendor: CompiledFilter,
+    product: CompiledFilter,
+    revision: CompiledFilter,
+}
+
+impl IdentityFilter {
+    pub(crate) fn new(details: &ModbusDetails) -> Self {
+        Self {
+            vendor: compile(&details.vendor_names),
+            product: compile(&details.product_codes),
+            revision: compile(&details.revisions),
+        }
+    }
+
+    pub(crate) fn accepts(&self, identity: &Identity) -> bool {
+        self.vendor.accepts(identity.vendor_name())
+            && self.product.accepts(identity.product_code())
+            && self.revision.accepts(identity.revision())
+    }
+}
+
+fn compile(filter: &Option<Filter>) -> CompiledFilter {
+    // Details were validated before a scan starts; an invalid pattern cannot get here.
+    filter
+        .as_ref()
+        .and_then(|f| f.compile().ok())
+        .unwrap_or_default()
+}
+
+/// Environment names of identification objects 0x00–0x06 (Modbus Application Protocol
+/// 1.1b3, 6.21).
+const OBJECT_NAMES: [(u8, &str); 7] = [
+    (0x00, "MODBUS_VENDOR_NAME"),
+    (0x01, "MODBUS_PRODUCT_CODE"),
+    (0x02, "MODBUS_REVISION"),
+    (0x03, "MODBUS_VENDOR_URL"),
+    (0x04, "MODBUS_PRODUCT_NAME"),
+    (0x05, "MODBUS_MODEL_NAME"),
+    (0x06, "MODBUS_USER_APPLICATION_NAME"),
+];
+
+/// Adds the identification objects a unit gave to a device's properties.
+pub(crate) fn add_identity(identity: &Identity, properties: &mut BTreeMap<String, String>) {
+    for (id, name) in OBJECT_NAMES {
+        if let Some(v) = identity.get(id) {
+            properties.insert(name.to_string(), v.to_string());
+        }
     }
 }
 

@@ -10,16 +10,14 @@
 
 mod identify;
 pub mod rtu;
-mod scan;
+mod tcp;
 
 use dowser_discovery_api::{
-    DiscoveryError, DiscoveryHandler, FieldError, Properties, SnapshotStream,
-    details::ModbusDetails,
+    DiscoveryHandler, Properties, Snapshot, SnapshotStream, details::ModbusDetails,
 };
 use futures::StreamExt;
 
 pub use identify::Identity;
-pub use scan::{scan, scan_remembering};
 
 /// The Modbus discovery handler.
 #[derive(Clone, Copy, Debug, Default)]
@@ -28,28 +26,7 @@ pub struct ModbusHandler;
 impl DiscoveryHandler for ModbusHandler {
     type Details = ModbusDetails;
 
-    fn name(&self) -> &'static str {
-        "modbus"
-    }
-
-    fn shared(&self, details: &ModbusDetails) -> bool {
-        dowser_discovery_api::details::Selected::Modbus(details).shared()
-    }
-
-    fn validate(&self, details: &ModbusDetails, path: &str) -> Vec<FieldError> {
-        // TCP and RTU are both built in; nothing valid is out of reach.
-        let _ = (details, path);
-        Vec::new()
-    }
-
     fn discover(&self, details: ModbusDetails, _properties: Properties) -> SnapshotStream {
-        let path = "spec.discovery.modbus";
-        let mut errors = details.validate(path);
-        errors.extend(self.validate(&details, path));
-        if !errors.is_empty() {
-            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) })
-                .boxed();
-        }
         let interval = std::time::Duration::from_secs(u64::from(details.interval_seconds));
         let memory = rtu::LineMemory::default();
         futures::stream::unfold(
@@ -64,4 +41,24 @@ impl DiscoveryHandler for ModbusHandler {
         )
         .boxed()
     }
+}
+
+/// Scans once (Modbus TCP targets or RTU lines) and returns what answered. Unreachable,
+/// silent or misbehaving devices are simply absent from the snapshot.
+pub async fn scan(details: &ModbusDetails) -> Snapshot {
+    scan_remembering(details, &mut crate::rtu::LineMemory::default()).await
+}
+
+/// One round that remembers, between rounds, what each serial line had (see
+/// [`crate::rtu::LineMemory`]).
+pub async fn scan_remembering(
+    details: &ModbusDetails,
+    memory: &mut crate::rtu::LineMemory,
+) -> Snapshot {
+    let started = std::time::Instant::now();
+    let snapshot = match &details.rtu {
+        Some(lines) => rtu::scan(details, lines, memory).await,
+        None => tcp::scan(details).await,
+    };
+    snapshot.with_round(started.elapsed())
 }

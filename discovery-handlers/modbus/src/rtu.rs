@@ -18,10 +18,7 @@ use tokio_modbus::client::{Client, Context, rtu};
 use tokio_serial::{DataBits, SerialPortBuilderExt, StopBits};
 use tracing::{debug, warn};
 
-use crate::{
-    identify::{UnitOutcome, probe_unit},
-    scan::{IdentityFilter, add_identity},
-};
+use crate::identify::{IdentityFilter, UnitOutcome, add_identity, probe_unit};
 
 /// Silence between frames: the configured one, else 3.5 character times (11 bits each),
 /// and a fixed 1.75 ms above 19200 baud (Modbus over serial line 1.02, 2.5.1.1).

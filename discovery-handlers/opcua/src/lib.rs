@@ -15,9 +15,7 @@
 mod scan;
 pub mod select;
 
-use dowser_discovery_api::{
-    DiscoveryError, DiscoveryHandler, FieldError, Properties, SnapshotStream, details::OpcuaDetails,
-};
+use dowser_discovery_api::{DiscoveryHandler, Properties, SnapshotStream, details::OpcuaDetails};
 use futures::StreamExt;
 
 pub use scan::{Scanner, scan};
@@ -29,26 +27,7 @@ pub struct OpcuaHandler;
 impl DiscoveryHandler for OpcuaHandler {
     type Details = OpcuaDetails;
 
-    fn name(&self) -> &'static str {
-        "opcua"
-    }
-
-    fn shared(&self, details: &OpcuaDetails) -> bool {
-        dowser_discovery_api::details::Selected::Opcua(details).shared()
-    }
-
-    fn validate(&self, details: &OpcuaDetails, path: &str) -> Vec<FieldError> {
-        let _ = (details, path);
-        Vec::new()
-    }
-
     fn discover(&self, details: OpcuaDetails, _properties: Properties) -> SnapshotStream {
-        let path = "spec.discovery.opcua";
-        let errors = details.validate(path);
-        if !errors.is_empty() {
-            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) })
-                .boxed();
-        }
         let scanner = match Scanner::new(&details) {
             Ok(s) => std::sync::Arc::new(s),
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),

@@ -19,8 +19,7 @@ pub mod select;
 use std::time::Duration;
 
 use dowser_discovery_api::{
-    DiscoveryError, DiscoveryHandler, FieldError, Properties, Snapshot, SnapshotStream,
-    details::SerialDetails,
+    DiscoveryError, DiscoveryHandler, Properties, Snapshot, SnapshotStream, details::SerialDetails,
 };
 use futures::StreamExt;
 use tracing::{debug, warn};
@@ -44,32 +43,13 @@ pub struct SerialHandler;
 impl DiscoveryHandler for SerialHandler {
     type Details = SerialDetails;
 
-    fn name(&self) -> &'static str {
-        "serial"
-    }
-
-    fn shared(&self, details: &SerialDetails) -> bool {
-        dowser_discovery_api::details::Selected::Serial(details).shared()
-    }
-
-    fn validate(&self, details: &SerialDetails, path: &str) -> Vec<FieldError> {
-        let _ = (details, path);
-        Vec::new()
-    }
-
     /// Yields a snapshot at once, then whenever the matching ports change (noticed by a
     /// uevent, or by the listing every [`RESCAN`]).
     fn discover(&self, details: SerialDetails, _properties: Properties) -> SnapshotStream {
-        let path = "spec.discovery.serial";
-        let errors = details.validate(path);
-        if !errors.is_empty() {
-            return futures::stream::once(async move { Err(DiscoveryError::Invalid(errors)) })
-                .boxed();
-        }
         let filter = match PortFilter::new(&details) {
             Ok(f) => f,
             Err(e) => {
-                let e = DiscoveryError::Invalid(vec![FieldError::new(path, e)]);
+                let e = DiscoveryError::Invalid(e.to_string());
                 return futures::stream::once(async move { Err(e) }).boxed();
             }
         };

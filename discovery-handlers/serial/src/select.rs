@@ -24,6 +24,15 @@ pub struct UsbSerialPort {
     pub interface: Option<u8>,
 }
 
+/// Why the filters of details nobody validated cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error(transparent)]
+    Pattern(#[from] regex::Error),
+    #[error("{0:?} is not a USB id")]
+    UsbId(String),
+}
+
 /// The filters of a Configuration, ready to apply.
 #[derive(Clone, Debug, Default)]
 pub struct PortFilter {
@@ -37,16 +46,16 @@ pub struct PortFilter {
 
 impl PortFilter {
     /// Compiles the details' filters. The details must have been validated.
-    pub fn new(details: &SerialDetails) -> Result<Self, String> {
+    pub fn new(details: &SerialDetails) -> Result<Self, FilterError> {
         let compile = |f: &Option<dowser_discovery_api::Filter>| {
             f.as_ref()
-                .map(|f| f.compile().map_err(|e| e.to_string()))
+                .map(|f| f.compile())
                 .transpose()
                 .map(Option::unwrap_or_default)
         };
         let hex = |ids: &[String]| {
             ids.iter()
-                .map(|s| u16::from_str_radix(s, 16).map_err(|_| format!("{s:?} is not a USB id")))
+                .map(|s| u16::from_str_radix(s, 16).map_err(|_| FilterError::UsbId(s.clone())))
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Self {

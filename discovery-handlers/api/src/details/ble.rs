@@ -45,6 +45,13 @@ pub struct BleDetails {
     pub presence_window_seconds: u32,
 }
 
+impl super::HandlerDetails for BleDetails {
+    fn shared(&self) -> bool {
+        // A BLE device is heard by every node in radio range; it is not attached to one.
+        true
+    }
+}
+
 impl BleDetails {
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
         crate::filter::validate_all(

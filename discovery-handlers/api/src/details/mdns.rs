@@ -73,6 +73,13 @@ impl TxtRecordFilter {
     }
 }
 
+impl super::HandlerDetails for MdnsDetails {
+    fn shared(&self) -> bool {
+        // A service is reachable from every node on its network.
+        true
+    }
+}
+
 impl MdnsDetails {
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
         let mut errors = crate::filter::validate_all(

@@ -10,6 +10,8 @@ pub mod modbus;
 pub mod opcua;
 pub mod serial;
 
+use std::sync::LazyLock;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -24,116 +26,154 @@ pub use modbus::ModbusDetails;
 pub use opcua::OpcuaDetails;
 pub use serial::SerialDetails;
 
-/// Names of all handlers, in the order of `spec.discovery`'s fields.
-pub const HANDLERS: [&str; 5] = ["modbus", "opcua", "ble", "serial", "mdns"];
+/// The built-in handlers, in the order of `spec.discovery`'s fields. Everything in dowser
+/// that lists handlers is made from this one table: their names, [`Discovery`] (and so the
+/// CRD and its "exactly one handler" rule), [`Selected`], the agent's `--handlers` values and
+/// the handlers a binary registers for its cargo features.
+///
+/// A row: the field's doc comment (it becomes `kubectl explain`), the field, its name as a
+/// string (the same; also the cargo feature of the `dowser` package), the [`Selected`]
+/// variant with the details type (which implements [`HandlerDetails`] and has a
+/// `validate(&self, path)` for the rules the schema cannot express), and the handler type
+/// of the handler's crate. The table is handed to the macro `$callback`.
+#[macro_export]
+macro_rules! with_handlers {
+    ($callback:ident) => {
+        $callback! {
+            /// Modbus TCP hosts and Modbus RTU serial lines, identified with Read Device
+            /// Identification (function 0x2B/0x0E) or a register probe.
+            modbus "modbus" Modbus($crate::details::ModbusDetails) dowser_modbus::ModbusHandler;
+            /// OPC UA servers found with FindServers and described with GetEndpoints.
+            opcua "opcua" Opcua($crate::details::OpcuaDetails) dowser_opcua::OpcuaHandler;
+            /// Bluetooth Low Energy devices seen advertising through BlueZ.
+            ble "ble" Ble($crate::details::BleDetails) dowser_ble::BleHandler;
+            /// USB serial adapters attached to the node.
+            serial "serial" Serial($crate::details::SerialDetails) dowser_serial::SerialHandler;
+            /// Services announced over multicast DNS (DNS-SD).
+            mdns "mdns" Mdns($crate::details::MdnsDetails) dowser_mdns::MdnsHandler;
+        }
+    };
+}
 
-const DISCOVERY_RULES: &[Rule] = &[Rule::new(
-    "(has(self.modbus) ? 1 : 0) + (has(self.opcua) ? 1 : 0) + (has(self.ble) ? 1 : 0) + (has(self.serial) ? 1 : 0) + (has(self.mdns) ? 1 : 0) == 1",
-    "exactly one discovery handler must be set: modbus, opcua, ble, serial or mdns",
-)];
+/// What dowser asks of every handler's details, whatever the protocol.
+pub trait HandlerDetails {
+    /// Whether a device can be reached from several nodes (one Instance, listing every node
+    /// that sees it) or only from the node it is attached to (one Instance per node).
+    fn shared(&self) -> bool;
+}
+
+macro_rules! discovery_types {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident $key:literal $variant:ident($details:ty) $handler:path;
+    )*) => {
+        /// Names of all handlers, in the order of `spec.discovery`'s fields.
+        pub const HANDLERS: &[&str] = &[$($key),*];
+
+        // The name of a row is its field's name.
+        $(const _: () = assert!(same(stringify!($field), $key));)*
+
+        /// What to look for: exactly one handler and its details.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        #[schemars(transform = discovery_rules)]
+        pub struct Discovery {
+            $(
+                $(#[doc = $doc])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$details>,
+            )*
+        }
+
+        /// The one handler a [`Discovery`] selects.
+        #[derive(Clone, Copy, Debug)]
+        pub enum Selected<'a> {
+            $($variant(&'a $details),)*
+        }
+
+        impl Selected<'_> {
+            /// The handler's key in `spec.discovery`.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Selected::$variant(_) => $key,)*
+                }
+            }
+
+            /// Whether the devices of this handler can be reached from several nodes.
+            pub fn shared(&self) -> bool {
+                match self {
+                    $(Selected::$variant(d) => HandlerDetails::shared(*d),)*
+                }
+            }
+
+            /// The checks the schema cannot express, with paths under `path`.
+            pub fn validate(&self, path: &str) -> Vec<FieldError> {
+                let path = format!("{path}.{}", self.name());
+                match self {
+                    $(Selected::$variant(d) => d.validate(&path),)*
+                }
+            }
+
+            /// The details as the JSON of `spec.discovery.<name>`, as a registered handler
+            /// takes them.
+            pub fn details(&self) -> serde_json::Value {
+                let value = match self {
+                    $(Selected::$variant(d) => serde_json::to_value(d),)*
+                };
+                value.expect("details serialize to JSON")
+            }
+        }
+
+        impl Discovery {
+            /// The selected handler, or the error the schema reports when not exactly one is set.
+            pub fn selected(&self) -> Result<Selected<'_>, FieldError> {
+                let set: Vec<Selected<'_>> = [$(self.$field.as_ref().map(Selected::$variant)),*]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                match set.as_slice() {
+                    [one] => Ok(*one),
+                    _ => Err(FieldError::new("spec.discovery", ONE_HANDLER.message)),
+                }
+            }
+        }
+    };
+}
+
+with_handlers!(discovery_types);
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The CEL rule that exactly one handler is set, written from [`HANDLERS`].
+static ONE_HANDLER: LazyLock<Rule> = LazyLock::new(|| {
+    let count: Vec<String> = HANDLERS
+        .iter()
+        .map(|h| format!("(has(self.{h}) ? 1 : 0)"))
+        .collect();
+    let rule = format!("{} == 1", count.join(" + "));
+    let (last, rest) = HANDLERS.split_last().expect("handlers");
+    let message = format!(
+        "exactly one discovery handler must be set: {} or {last}",
+        rest.join(", ")
+    );
+    Rule::new(rule.leak(), message.leak())
+});
 
 fn discovery_rules(schema: &mut schemars::Schema) {
-    add_rules(schema, DISCOVERY_RULES);
-}
-
-/// What to look for: exactly one handler and its details.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(transform = discovery_rules)]
-pub struct Discovery {
-    /// Modbus TCP hosts and Modbus RTU serial lines, identified with Read Device
-    /// Identification (function 0x2B/0x0E) or a register probe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub modbus: Option<ModbusDetails>,
-    /// OPC UA servers found with FindServers and described with GetEndpoints.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub opcua: Option<OpcuaDetails>,
-    /// Bluetooth Low Energy devices seen advertising through BlueZ.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ble: Option<BleDetails>,
-    /// USB serial adapters attached to the node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<SerialDetails>,
-    /// Services announced over multicast DNS (DNS-SD).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mdns: Option<MdnsDetails>,
-}
-
-/// The one handler a [`Discovery`] selects.
-#[derive(Clone, Copy, Debug)]
-pub enum Selected<'a> {
-    Modbus(&'a ModbusDetails),
-    Opcua(&'a OpcuaDetails),
-    Ble(&'a BleDetails),
-    Serial(&'a SerialDetails),
-    Mdns(&'a MdnsDetails),
-}
-
-impl Selected<'_> {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Selected::Modbus(_) => "modbus",
-            Selected::Opcua(_) => "opcua",
-            Selected::Ble(_) => "ble",
-            Selected::Serial(_) => "serial",
-            Selected::Mdns(_) => "mdns",
-        }
-    }
-
-    /// Whether the devices of this handler can be reached from several nodes. This is the
-    /// one place that decides it for every handler.
-    pub fn shared(&self) -> bool {
-        match self {
-            // A TCP device is reachable from every node on its network; an RTU unit hangs off
-            // one node's serial line.
-            Selected::Modbus(d) => d.rtu.is_none(),
-            Selected::Opcua(_) | Selected::Mdns(_) => true,
-            // A BLE device is heard by every node in radio range; it is not attached to one.
-            Selected::Ble(_) => true,
-            Selected::Serial(_) => false,
-        }
-    }
-
-    /// The checks the schema cannot express, with paths under `path`.
-    pub fn validate(&self, path: &str) -> Vec<FieldError> {
-        let path = format!("{path}.{}", self.name());
-        match self {
-            Selected::Modbus(d) => d.validate(&path),
-            Selected::Opcua(d) => d.validate(&path),
-            Selected::Ble(d) => d.validate(&path),
-            Selected::Serial(d) => d.validate(&path),
-            Selected::Mdns(d) => d.validate(&path),
-        }
-    }
-}
-
-impl Discovery {
-    /// The selected handler, or the error the schema reports when not exactly one is set.
-    pub fn selected(&self) -> Result<Selected<'_>, FieldError> {
-        let mut set = Vec::new();
-        if let Some(d) = &self.modbus {
-            set.push(Selected::Modbus(d));
-        }
-        if let Some(d) = &self.opcua {
-            set.push(Selected::Opcua(d));
-        }
-        if let Some(d) = &self.ble {
-            set.push(Selected::Ble(d));
-        }
-        if let Some(d) = &self.serial {
-            set.push(Selected::Serial(d));
-        }
-        if let Some(d) = &self.mdns {
-            set.push(Selected::Mdns(d));
-        }
-        match set.as_slice() {
-            [one] => Ok(*one),
-            _ => Err(FieldError::new(
-                "spec.discovery",
-                DISCOVERY_RULES[0].message.to_string(),
-            )),
-        }
-    }
+    add_rules(schema, &[*ONE_HANDLER]);
 }
 
 /// serde default helpers shared by the details types.

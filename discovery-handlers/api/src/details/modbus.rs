@@ -223,6 +223,14 @@ pub enum RegisterTable {
     DiscreteInputs,
 }
 
+impl super::HandlerDetails for ModbusDetails {
+    fn shared(&self) -> bool {
+        // A TCP device is reachable from every node on its network; an RTU unit hangs off
+        // one node's serial line.
+        self.rtu.is_none()
+    }
+}
+
 impl ModbusDetails {
     /// Ports probed on targets that name none.
     pub fn effective_ports(&self) -> Vec<u16> {

@@ -89,6 +89,13 @@ pub enum EndpointPreference {
     LeastSecure,
 }
 
+impl super::HandlerDetails for OpcuaDetails {
+    fn shared(&self) -> bool {
+        // A server is reachable from every node on its network.
+        true
+    }
+}
+
 impl OpcuaDetails {
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
         crate::filter::validate_all(

@@ -32,6 +32,13 @@ pub struct SerialDetails {
     pub port_names: Option<Filter>,
 }
 
+impl super::HandlerDetails for SerialDetails {
+    fn shared(&self) -> bool {
+        // An adapter is plugged into one node.
+        false
+    }
+}
+
 impl SerialDetails {
     pub fn validate(&self, path: &str) -> Vec<FieldError> {
         crate::filter::validate_all(

@@ -1,4 +1,4 @@
-//! One Modbus TCP sweep: targets × ports × unit ids → a snapshot.
+//! Modbus TCP: one sweep of targets × ports × unit ids → a snapshot.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -8,7 +8,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    CompiledFilter, Device, Filter, Snapshot,
+    Device, Snapshot,
     details::{
         ModbusDetails,
         modbus::{Host, RegisterProbe},
@@ -19,7 +19,7 @@ use tokio::{net::TcpStream, sync::Mutex, time::Instant};
 use tokio_modbus::client::{Client, Context, tcp};
 use tracing::{debug, trace};
 
-use crate::identify::{Identity, UnitOutcome, probe_unit};
+use crate::identify::{Identity, IdentityFilter, UnitOutcome, add_identity, probe_unit};
 
 /// Spaces out new connections to at most `per_second`.
 struct RateLimiter {
@@ -56,37 +56,6 @@ pub(crate) struct Settings {
     filter: IdentityFilter,
 }
 
-/// The vendor, product code and revision filters of the details, compiled once per scan.
-pub(crate) struct IdentityFilter {
-    vendor: CompiledFilter,
-    product: CompiledFilter,
-    revision: CompiledFilter,
-}
-
-impl IdentityFilter {
-    pub(crate) fn new(details: &ModbusDetails) -> Self {
-        Self {
-            vendor: compile(&details.vendor_names),
-            product: compile(&details.product_codes),
-            revision: compile(&details.revisions),
-        }
-    }
-
-    pub(crate) fn accepts(&self, identity: &Identity) -> bool {
-        self.vendor.accepts(identity.vendor_name())
-            && self.product.accepts(identity.product_code())
-            && self.revision.accepts(identity.revision())
-    }
-}
-
-fn compile(filter: &Option<Filter>) -> CompiledFilter {
-    // Details were validated before a scan starts; an invalid pattern cannot get here.
-    filter
-        .as_ref()
-        .and_then(|f| f.compile().ok())
-        .unwrap_or_default()
-}
-
 /// One endpoint to probe: how it is named in device ids, and its port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Endpoint {
@@ -94,27 +63,8 @@ struct Endpoint {
     port: u16,
 }
 
-/// Scans once (Modbus TCP targets or RTU lines) and returns what answered. Unreachable,
-/// silent or misbehaving devices are simply absent from the snapshot.
-pub async fn scan(details: &ModbusDetails) -> Snapshot {
-    scan_remembering(details, &mut crate::rtu::LineMemory::default()).await
-}
-
-/// One round that remembers, between rounds, what each serial line had (see
-/// [`crate::rtu::LineMemory`]).
-pub async fn scan_remembering(
-    details: &ModbusDetails,
-    memory: &mut crate::rtu::LineMemory,
-) -> Snapshot {
-    let started = std::time::Instant::now();
-    let snapshot = match &details.rtu {
-        Some(rtu) => crate::rtu::scan(details, rtu, memory).await,
-        None => scan_tcp(details).await,
-    };
-    snapshot.with_round(started.elapsed())
-}
-
-async fn scan_tcp(details: &ModbusDetails) -> Snapshot {
+/// Sweeps the TCP targets × ports × unit ids once.
+pub(crate) async fn scan(details: &ModbusDetails) -> Snapshot {
     let started = std::time::Instant::now();
     let settings = Arc::new(Settings {
         units: details.unit_id_list(),
@@ -223,27 +173,6 @@ async fn probe_endpoint(ep: Endpoint, settings: &Settings) -> Vec<Device> {
         }
     }
     devices
-}
-
-/// Environment names of identification objects 0x00–0x06 (Modbus Application Protocol
-/// 1.1b3, 6.21).
-const OBJECT_NAMES: [(u8, &str); 7] = [
-    (0x00, "MODBUS_VENDOR_NAME"),
-    (0x01, "MODBUS_PRODUCT_CODE"),
-    (0x02, "MODBUS_REVISION"),
-    (0x03, "MODBUS_VENDOR_URL"),
-    (0x04, "MODBUS_PRODUCT_NAME"),
-    (0x05, "MODBUS_MODEL_NAME"),
-    (0x06, "MODBUS_USER_APPLICATION_NAME"),
-];
-
-/// Adds the identification objects a unit gave to a device's properties.
-pub(crate) fn add_identity(identity: &Identity, properties: &mut BTreeMap<String, String>) {
-    for (id, name) in OBJECT_NAMES {
-        if let Some(v) = identity.get(id) {
-            properties.insert(name.to_string(), v.to_string());
-        }
-    }
 }
 
 fn device(

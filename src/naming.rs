@@ -33,11 +33,15 @@ pub fn device_hash(device_id: &str, node: Option<&str>) -> String {
 
 /// The Instance name for a device of a Configuration.
 pub fn instance_name(configuration: &str, device_id: &str, node: Option<&str>) -> String {
-    let hash = device_hash(device_id, node);
+    instance_name_with_hash(configuration, &device_hash(device_id, node))
+}
+
+/// The Instance name of a Configuration's device whose [`device_hash`] is `hash`.
+pub fn instance_name_with_hash(configuration: &str, hash: &str) -> String {
     let prefix = label_prefix(configuration, MAX_LABEL - HASH_LEN - 1);
     if prefix.is_empty() {
         // A label must start with a letter or digit; hex digits are both.
-        hash
+        hash.to_string()
     } else {
         format!("{prefix}-{hash}")
     }

@@ -1,0 +1,75 @@
+//! The README's install commands, run as a user would run them.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::cluster::{Cluster, repo};
+
+/// The `sh` blocks of the README's Install section.
+pub fn install_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install\n"))
+        .expect("the README has an Install section");
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .collect()
+}
+
+/// The `sh` block of the README's Install section that starts with `starting_with`.
+pub fn block(starting_with: &str) -> String {
+    install_blocks()
+        .into_iter()
+        .find(|b| b.starts_with(starting_with))
+        .unwrap_or_else(|| panic!("no README install block starts with {starting_with:?}"))
+}
+
+/// Runs a README block with bash against the test cluster, with its kubectl and helm first
+/// on the PATH; fails if the block fails, or if it has not finished within `seconds` when
+/// given.
+pub fn run(cluster: &Cluster, block: &str, seconds: Option<u64>) {
+    let path = format!(
+        "{}:{}:{}",
+        cluster.kubectl.parent().unwrap().display(),
+        cluster.helm.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .current_dir(repo())
+        .env("PATH", path)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(seconds) = seconds {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                if let Err(e) = child.kill() {
+                    eprintln!("cannot stop the README block: {e}");
+                }
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "README block did not finish in {seconds} s:\n{block}\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "README block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
