@@ -36,7 +36,8 @@ command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && [ -x /usr/b
   apt_install buildah mmdebstrap catatonit
 
 # buildah's own storage, apart from any system-wide one.
-bh() { buildah --root "$images/buildah/root" --runroot "$images/buildah/run" "$@"; }
+# vfs: no overlay mounts for buildah to leave behind (bud leaves some with overlay).
+bh() { buildah --storage-driver vfs --root "$images/buildah/root" --runroot "$images/buildah/run" "$@"; }
 key_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # The base: glibc, libgcc, time zones and /etc/services from Debian bookworm, extracted by
