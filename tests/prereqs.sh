@@ -52,3 +52,19 @@ k8s_binaries() {
   export DOWSER_K8S_BIN
   "$DOWSER_K8S_BIN/kube-apiserver" --version >&2
 }
+
+# Real nodes (tests/node/): runc and the CNI plugins from Debian (a Go-built runc refuses seccomp
+# profiles on some hosts), iptables for kube-proxy, busybox-static and a static C compiler for
+# the local test images; kubelet, kube-proxy and containerd 2.x built from Go modules (cached).
+# Needs root (namespaces, cgroups, mounts). Exports DOWSER_NODE_BIN.
+node_prereqs() {
+  step "real-node prerequisites: runc, CNI plugins, iptables (apt); kubelet, kube-proxy, containerd (Go modules, cached)"
+  [ "$(id -u)" = 0 ] || fail "the real-node tests need root (network and mount namespaces, cgroups)"
+  command -v go >/dev/null || fail "go is missing: the node binaries are built from Go modules"
+  apt_install runc containernetworking-plugins iptables busybox-static gcc libc6-dev util-linux iproute2 mount openssl
+  DOWSER_NODE_BIN=$(tests/node/build-binaries.sh | tail -n 1)
+  export DOWSER_NODE_BIN
+  "$DOWSER_NODE_BIN/kubelet" --version >&2
+  "$DOWSER_NODE_BIN/containerd" --version >&2
+  runc --version | head -n 1 >&2
+}

@@ -31,6 +31,10 @@ k8s_binaries
 step "local control plane smoke test (two clusters at once, scheduling, clean stop)"
 tests/cluster/smoke-test.sh >&2
 
+node_prereqs
+step "real nodes smoke test (kubelet + containerd + kube-proxy in namespaces of this host: pods, logs, the kubernetes Service, clean stop)"
+tests/node/smoke-test.sh >&2
+
 step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
