@@ -1,0 +1,989 @@
+//! End to end on a real node: a kubelet and containerd (`tests/node/up.sh`), the images built
+//! here without a registry (`tests/node/build-images.sh`), dowser installed with the README's
+//! own commands, the simulated plant (dowser-sim) on the host, and the example broker
+//! (`examples/brokers/modbus`) really running in a container and reading the PLC.
+//!
+//! One node is booted for the whole test binary (on first use) and stopped with
+//! `tests/node/down.sh` when the binary exits; the tests take turns on it, each leaving the
+//! cluster without dowser. Needs root (namespaces, cgroups) and what tests/test.sh installs.
+//! `DOWSER_REAL_NODE_STATE` keeps the node's state directory there (and the node running
+//! after the tests, for a look at it).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const DOWSER_IMAGE: &str = "ghcr.io/dowser-dev/dowser:0.1.0";
+const BROKER_IMAGE: &str = "ghcr.io/dowser-dev/modbus-broker:0.1.0";
+const NAMESPACE: &str = "dowser-system";
+
+/// The booted node: its state directory and `<state>/env`.
+struct RealNode {
+    state: PathBuf,
+    env: BTreeMap<String, String>,
+}
+
+static NODE: OnceLock<Result<RealNode, String>> = OnceLock::new();
+static STATE_TO_STOP: Mutex<Option<PathBuf>> = Mutex::new(None);
+static TURN: Mutex<()> = Mutex::new(());
+
+extern "C" fn down_at_exit() {
+    let state = STATE_TO_STOP.lock().ok().and_then(|mut s| s.take());
+    if let Some(state) = state {
+        let _ = Command::new(repo().join("tests/node/down.sh"))
+            .arg(&state)
+            .stdout(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&state);
+    }
+}
+
+/// Runs a script and returns its stdout, or an error with the end of its stderr.
+fn script(path: &str, args: &[&str], env: &[(&str, String)]) -> Result<String, String> {
+    let out = Command::new(repo().join(path))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(repo())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{path}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(40).collect();
+        return Err(format!(
+            "{path} {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn boot() -> Result<RealNode, String> {
+    // The binaries `cargo test` built: the dowser binary of this build, and the broker beside
+    // the test binaries (`cargo test --workspace` builds every member's binaries); else
+    // build-images.sh builds them.
+    let mut env = vec![(
+        "DOWSER_IMAGE_DOWSER_BIN",
+        env!("CARGO_BIN_EXE_dowser").to_string(),
+    )];
+    let broker = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("modbus-broker")))
+        .filter(|p| p.exists());
+    if let Some(broker) = broker {
+        env.push(("DOWSER_IMAGE_BROKER_BIN", broker.display().to_string()));
+    }
+    let out = script("tests/node/build-images.sh", &[], &env)?;
+    let lines: Vec<&str> = out.lines().collect();
+    let images = lines
+        .last()
+        .ok_or("build-images.sh printed nothing")?
+        .to_string();
+    let pause = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("DOWSER_PAUSE_IMAGE="))
+        .ok_or("build-images.sh named no pause image")?
+        .to_string();
+
+    let state = match std::env::var("DOWSER_REAL_NODE_STATE") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => {
+            let dir = tempfile::Builder::new()
+                .prefix("dowser-real-node-")
+                .tempdir()
+                .map_err(|e| e.to_string())?
+                .keep();
+            *STATE_TO_STOP.lock().unwrap() = Some(dir.clone());
+            // SAFETY: registers a plain extern "C" function, run once at process exit.
+            unsafe { libc::atexit(down_at_exit) };
+            dir
+        }
+    };
+    let state_arg = state.display().to_string();
+    script(
+        "tests/node/up.sh",
+        &[&state_arg],
+        &[
+            ("DOWSER_NODE_COUNT", "1".into()),
+            ("DOWSER_NODE_IMAGES", images),
+            ("DOWSER_PAUSE_IMAGE", pause),
+        ],
+    )?;
+    let env = std::fs::read_to_string(state.join("env"))
+        .map_err(|e| format!("{}/env: {e}", state.display()))?
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect();
+    Ok(RealNode { state, env })
+}
+
+/// The shared node (booted by the first test that asks) and this test's turn on it.
+fn node() -> (&'static RealNode, MutexGuard<'static, ()>) {
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    match NODE.get_or_init(boot) {
+        Ok(node) => (node, turn),
+        Err(e) => panic!("no real node: {e}"),
+    }
+}
+
+impl RealNode {
+    fn var(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing from {}/env", self.state.display()))
+    }
+
+    fn name(&self) -> &str {
+        self.var("NODE_1_NAME")
+    }
+
+    fn host_ip(&self) -> IpAddr {
+        self.var("NODE_HOST_IP").parse().expect("NODE_HOST_IP")
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(self.var("KUBECTL"))
+            .args(args)
+            .env("KUBECONFIG", self.var("KUBECONFIG"))
+            .current_dir(repo())
+            .output()
+            .expect("run kubectl")
+    }
+
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kubectl_stdin(&self, args: &[&str], stdin: &str) {
+        use std::io::Write;
+        let mut child = Command::new(self.var("KUBECTL"))
+            .args(args)
+            .env("KUBECONFIG", self.var("KUBECONFIG"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}\n{stdin}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&all)).expect("kubectl printed JSON")
+    }
+
+    /// `tests/node/node.sh <command> <state> <node> args...`
+    fn node_sh(&self, command: &str, args: &[&str]) -> String {
+        let state = self.state.display().to_string();
+        let mut all = vec![command, &state, self.name()];
+        all.extend(args);
+        script("tests/node/node.sh", &all, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs a README block with bash, as a user would, with kubectl and helm on PATH.
+    fn run_readme_block(&self, block: &str) {
+        let bins = [self.var("KUBECTL"), self.var("HELM")]
+            .iter()
+            .map(|b| Path::new(b).parent().unwrap().display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", block])
+            .current_dir(repo())
+            .env(
+                "PATH",
+                format!("{bins}:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .env("KUBECONFIG", self.var("KUBECONFIG"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The Node's `status.<field>` (capacity, allocatable) entry for `resource`.
+    fn node_resource(&self, field: &str, resource: &str) -> Option<String> {
+        let node = self.json(&["get", "node", self.name()]);
+        node["status"][field][resource].as_str().map(String::from)
+    }
+
+    /// The kubelet's device-plugin directory of the node, seen from the host.
+    fn plugin_dir(&self) -> PathBuf {
+        PathBuf::from(self.var("NODE_1_KUBELET_DIR")).join("device-plugins")
+    }
+
+    /// Plugin sockets other than the kubelet's own, with their inodes.
+    fn plugin_sockets(&self) -> BTreeMap<String, u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(self.plugin_dir())
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| {
+                        let name = e.file_name();
+                        name != "kubelet.sock" && name.to_string_lossy().ends_with(".sock")
+                    })
+                    .filter_map(|e| {
+                        let meta = e.metadata().ok()?;
+                        Some((e.file_name().to_string_lossy().into_owned(), meta.ino()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Leaves the cluster as a user who never installed dowser would find it (a test that
+    /// failed halfway may have left an install behind).
+    fn clean(&self) {
+        let _ = self.kubectl(&[
+            "delete",
+            "configurations.dowser.dev,instances.dowser.dev",
+            "--all",
+            "--all-namespaces",
+            "--wait=false",
+        ]);
+        let _ = self.kubectl(&[
+            "delete",
+            "pods,jobs,services",
+            "--all-namespaces",
+            "-l",
+            "dowser.dev/configuration",
+            "--grace-period=1",
+        ]);
+        let _ = Command::new(self.var("HELM"))
+            .args(["uninstall", "dowser", "-n", NAMESPACE, "--wait"])
+            .env("KUBECONFIG", self.var("KUBECONFIG"))
+            .output();
+        let _ = self.kubectl(&["delete", "-k", "deploy/", "--ignore-not-found"]);
+        let _ = self.kubectl(&[
+            "-n",
+            "default",
+            "delete",
+            "rolebinding",
+            "dowser-agent-properties",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// Polls `probe` every 500 ms until it gives a value; panics after `limit` with `what` and the
+/// last thing `probe` reported.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match probe() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {} s; last seen: {last}",
+            limit.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+const MINUTES: fn(u64) -> Duration = |m| Duration::from_secs(m * 60);
+
+/// The `sh` blocks of the README's Install section.
+fn readme_block(starting_with: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install\n"))
+        .expect("the README has an Install section");
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .find(|b| b.starts_with(starting_with))
+        .unwrap_or_else(|| panic!("no README install block starts with {starting_with:?}"))
+}
+
+/// A simulated PLC (dowser-sim) on the host's address on the node network, in a runtime of
+/// its own: dropping it closes its port and every connection, as a device that goes away.
+struct Plant {
+    runtime: Option<tokio::runtime::Runtime>,
+    _listeners: Vec<dowser_sim::modbus::RunningListener>,
+    addr: SocketAddr,
+}
+
+impl Plant {
+    fn start(ip: IpAddr, registers: &[u16]) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let unit = dowser_sim::modbus::UnitConfig {
+            holding_registers: registers.to_vec(),
+            ..dowser_sim::modbus::UnitConfig::identified(1, "Acme Automation", "PLC-3100", "4.2")
+        };
+        let listeners = runtime
+            .block_on(dowser_sim::modbus::serve(
+                &dowser_sim::modbus::ListenerConfig::device(SocketAddr::new(ip, 0), vec![unit]),
+            ))
+            .expect("dowser-sim listens on the host's node-network address");
+        let addr = listeners[0].addr;
+        Self {
+            runtime: Some(runtime),
+            _listeners: listeners,
+            addr,
+        }
+    }
+}
+
+impl Drop for Plant {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+const REGISTERS: [u16; 10] = [4200, 4201, 4202, 4203, 4204, 4205, 4206, 4207, 4208, 4209];
+const GRACE_SECONDS: u64 = 20;
+
+/// A Configuration that finds the plant's PLC and runs the example broker for it.
+fn configuration(name: &str, plant: &Plant) -> String {
+    format!(
+        r#"apiVersion: dowser.dev/v1alpha1
+kind: Configuration
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  discovery:
+    modbus:
+      targets: ["{ip}/32"]
+      ports: [{port}]
+      unitIds: ["1"]
+      connectTimeoutMs: 500
+      requestTimeoutMs: 1000
+      intervalSeconds: 2
+  capacity: 1
+  offlineGracePeriodSeconds: {GRACE_SECONDS}
+  brokerSpec:
+    brokerPodSpec:
+      terminationGracePeriodSeconds: 30
+      containers:
+        - name: broker
+          image: {BROKER_IMAGE}
+          imagePullPolicy: Never
+"#,
+        ip = plant.addr.ip(),
+        port = plant.addr.port()
+    )
+}
+
+/// What a broker looks like from the API server.
+#[derive(Debug, PartialEq, Eq)]
+struct BrokerPod {
+    name: String,
+    uid: String,
+    container_id: String,
+    restarts: u64,
+}
+
+fn running_broker(node: &RealNode, configuration: &str) -> Result<BrokerPod, String> {
+    let pods = node.json(&[
+        "get",
+        "pods",
+        "-n",
+        "default",
+        "-l",
+        &format!("dowser.dev/configuration={configuration}"),
+    ]);
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    let [pod] = items.as_slice() else {
+        return Err(format!("{} broker pods", items.len()));
+    };
+    let phase = pod["status"]["phase"].as_str().unwrap_or("");
+    let status = &pod["status"]["containerStatuses"][0];
+    if phase != "Running" || status["ready"] != true {
+        return Err(format!("broker pod {phase}: {}", pod["status"]));
+    }
+    Ok(BrokerPod {
+        name: pod["metadata"]["name"].as_str().unwrap().to_string(),
+        uid: pod["metadata"]["uid"].as_str().unwrap().to_string(),
+        container_id: status["containerID"].as_str().unwrap_or("").to_string(),
+        restarts: status["restartCount"].as_u64().unwrap_or(0),
+    })
+}
+
+fn instance_of(node: &RealNode, configuration: &str) -> Result<Value, String> {
+    let list = node.json(&[
+        "get",
+        "instances.dowser.dev",
+        "-n",
+        "default",
+        "-l",
+        &format!("dowser.dev/configuration={configuration}"),
+    ]);
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    match items.as_slice() {
+        [one] => Ok(one.clone()),
+        other => Err(format!("{} Instances", other.len())),
+    }
+}
+
+/// Installed dowser + the plant + a Configuration: waits until the broker reads the PLC and
+/// returns the Instance's name and the broker.
+fn broker_reads_the_plc(node: &RealNode, name: &str, plant: &Plant) -> (String, BrokerPod) {
+    node.kubectl_stdin(&["apply", "-f", "-"], &configuration(name, plant));
+    let instance = wait_for("an Instance for the simulated PLC", MINUTES(2), || {
+        instance_of(node, name)
+    });
+    let instance = instance["metadata"]["name"].as_str().unwrap().to_string();
+    let resource = format!("dowser.dev/{instance}");
+    wait_for(
+        &format!("{resource} allocatable on the real Node"),
+        MINUTES(2),
+        || match node.node_resource("allocatable", &resource) {
+            Some(n) if n == "1" => Ok(()),
+            other => Err(format!("allocatable {resource}: {other:?}")),
+        },
+    );
+    let broker = wait_for("the broker pod Running", MINUTES(3), || {
+        running_broker(node, name)
+    });
+    let expected = format!("holding[0..10]={REGISTERS:?}");
+    wait_for(
+        "the broker's log showing the PLC's registers",
+        MINUTES(1),
+        || {
+            let logs = node.kubectl(&["logs", "-n", "default", &broker.name]);
+            let text = String::from_utf8_lossy(&logs.stdout);
+            if text.contains(&expected) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no line with {expected} in `kubectl logs {}`:\n{text}{}",
+                    broker.name,
+                    String::from_utf8_lossy(&logs.stderr)
+                ))
+            }
+        },
+    );
+    // The environment reached the container: the broker read the address dowser handed it.
+    let logs = node.kubectl_ok(&["logs", "-n", "default", &broker.name]);
+    assert!(
+        logs.contains(&format!("modbus+tcp://{}/1", plant.addr)),
+        "{logs}"
+    );
+    (instance, broker)
+}
+
+fn rollout(node: &RealNode) {
+    node.kubectl_ok(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/dowser-agent",
+        "--timeout=180s",
+    ]);
+    node.kubectl_ok(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "deployment/dowser-controller",
+        "--timeout=180s",
+    ]);
+    // The agent is the image's binary in a pod on the real node, not a process of the test.
+    let agents = node.json(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=agent",
+    ]);
+    let agent = &agents["items"][0];
+    assert_eq!(agent["spec"]["nodeName"], node.name(), "{agents}");
+    assert_eq!(agent["spec"]["containers"][0]["image"], DOWSER_IMAGE);
+}
+
+/// The headline: the README's Helm install on a real node, a PLC on the plant network, and
+/// a broker container that reads it; then the PLC goes away and so does its broker.
+#[test]
+fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device() {
+    let (node, _turn) = node();
+    node.clean();
+    node.run_readme_block(&readme_block("helm install"));
+    rollout(node);
+
+    let plant = Plant::start(node.host_ip(), &REGISTERS);
+    let (instance, broker) = broker_reads_the_plc(node, "plc-helm", &plant);
+    let resource = format!("dowser.dev/{instance}");
+
+    // The device goes away: after the grace period the Instance and its broker go.
+    drop(plant);
+    wait_for(
+        "the Instance gone after the offline grace period",
+        Duration::from_secs(GRACE_SECONDS) + MINUTES(2),
+        || match instance_of(node, "plc-helm") {
+            Err(e) if e.starts_with("0 ") => Ok(()),
+            Ok(i) => Err(format!("Instance still there: {}", i["status"])),
+            Err(e) => Err(e),
+        },
+    );
+    wait_for("the broker pod gone", MINUTES(2), || {
+        let pods = node.json(&[
+            "get",
+            "pods",
+            "-n",
+            "default",
+            "-l",
+            "dowser.dev/configuration=plc-helm",
+        ]);
+        match pods["items"].as_array().map(Vec::len) {
+            Some(0) => Ok(()),
+            _ => Err(format!("pods: {}", pods["items"])),
+        }
+    });
+    // The real kubelet, once the plugin has stopped, offers none of the device (allocatable 0)
+    // while it keeps the resource in its capacity for a while (5 minutes in its device
+    // manager) before it reports 0 there too.
+    wait_for(
+        &format!("{resource} no longer allocatable"),
+        MINUTES(1),
+        || match node.node_resource("allocatable", &resource) {
+            Some(n) if n == "0" => Ok(()),
+            other => Err(format!("allocatable {other:?}")),
+        },
+    );
+    let capacity = node.node_resource("capacity", &resource);
+    assert_eq!(
+        capacity.as_deref(),
+        Some("1"),
+        "the kubelet keeps a stopped plugin's capacity for its grace period"
+    );
+    assert!(
+        !node.plugin_sockets().keys().any(|s| s.contains(&instance)),
+        "the plugin socket of a removed device stays: {:?}",
+        node.plugin_sockets()
+    );
+    let _ = broker;
+
+    node.kubectl_ok(&[
+        "delete",
+        "configuration.dowser.dev",
+        "plc-helm",
+        "-n",
+        "default",
+    ]);
+    node.run_readme_block("helm uninstall dowser -n dowser-system");
+    node.clean();
+}
+
+/// The slot claims of an Instance (`status.slots`).
+fn slots(node: &RealNode, configuration: &str) -> Value {
+    instance_of(node, configuration)
+        .map(|i| i["status"]["slots"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// A daemon of the node stopped and started again: the agent's plugins register again with
+/// the kubelet, the broker keeps its container and its slot, the resource stays offered.
+fn restart_keeps_the_broker(node: &RealNode, component: &str, instance: &str, before: &BrokerPod) {
+    let resource = format!("dowser.dev/{instance}");
+    let slots_before = slots(node, "plc-kustomize");
+    // The agent's log through the kubelet, which answers again once it is back.
+    let registered = |resource: &str| -> Result<usize, String> {
+        let out = node.kubectl(&[
+            "logs",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "--tail=-1",
+        ]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("registered with the kubelet") && l.contains(resource))
+            .count())
+    };
+    // (The configuration's resource, dowser.dev/<configuration>, is a prefix of this one.)
+    let instance_resource = resource.clone();
+    let registrations = registered(&instance_resource).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        registrations > 0,
+        "the agent's log shows no registration of {resource} before the {component} restart"
+    );
+    node.node_sh("stop", &[component]);
+    node.node_sh("start", &[component]);
+    if component == "kubelet" {
+        // A starting kubelet deletes every plugin socket; the agent binds new ones and
+        // registers again.
+        wait_for(
+            "the device plugin registered again with the restarted kubelet",
+            MINUTES(2),
+            || match registered(&instance_resource)? {
+                n if n > registrations => Ok(()),
+                n => Err(format!(
+                    "{n} registrations of {resource} in the agent's log"
+                )),
+            },
+        );
+    }
+    wait_for(
+        &format!("{resource} allocatable again after the {component} restart"),
+        MINUTES(2),
+        || match node.node_resource("allocatable", &resource) {
+            Some(n) if n == "1" => Ok(()),
+            other => Err(format!("allocatable {other:?}")),
+        },
+    );
+    let after = wait_for(
+        &format!("the broker Running after the {component} restart"),
+        MINUTES(2),
+        || running_broker(node, "plc-kustomize"),
+    );
+    assert_eq!(
+        &after, before,
+        "the broker lost its container in the {component} restart"
+    );
+    assert_eq!(
+        slots(node, "plc-kustomize"),
+        slots_before,
+        "a slot claim changed in the {component} restart"
+    );
+    // Still reading: a line written after the restart.
+    let expected = format!("holding[0..10]={REGISTERS:?}");
+    wait_for(
+        &format!("a fresh read in the broker's log after the {component} restart"),
+        MINUTES(1),
+        || {
+            let out = node.kubectl(&["logs", "-n", "default", &after.name, "--since=3s"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.contains(&expected) {
+                Ok(())
+            } else {
+                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+            }
+        },
+    );
+}
+
+/// `kubectl apply -k deploy/` as the README says; the broker survives a kubelet and a
+/// containerd restart; the README's uninstall block leaves nothing of dowser, on the node
+/// included.
+#[test]
+fn kustomize_install_survives_kubelet_and_containerd_restarts_and_uninstalls_cleanly() {
+    let (node, _turn) = node();
+    node.clean();
+    node.run_readme_block(&readme_block("kubectl apply -k deploy/"));
+    rollout(node);
+
+    let plant = Plant::start(node.host_ip(), &REGISTERS);
+    let (instance, broker) = broker_reads_the_plc(node, "plc-kustomize", &plant);
+    assert_eq!(
+        slots(node, "plc-kustomize"),
+        serde_json::json!({"0": node.name()}),
+        "the broker's slot is claimed by its node"
+    );
+
+    restart_keeps_the_broker(node, "kubelet", &instance, &broker);
+    restart_keeps_the_broker(node, "containerd", &instance, &broker);
+
+    // The README's uninstall, as written.
+    node.run_readme_block(&readme_block(
+        "kubectl delete configurations.dowser.dev,instances.dowser.dev",
+    ));
+    let crds = node.kubectl_ok(&["get", "crd", "-o", "name"]);
+    assert!(!crds.contains("dowser.dev"), "CRDs left: {crds}");
+    let namespaces = node.kubectl_ok(&["get", "namespaces", "-o", "name"]);
+    assert!(
+        !namespaces.contains(NAMESPACE),
+        "namespace left: {namespaces}"
+    );
+    for kind in ["clusterroles", "clusterrolebindings"] {
+        let left = node.kubectl_ok(&["get", kind, "-o", "name"]);
+        assert!(!left.contains("dowser"), "{kind} left: {left}");
+    }
+    let rolebindings = node.kubectl_ok(&["get", "rolebindings", "-A", "-o", "name"]);
+    assert!(!rolebindings.contains("dowser"), "{rolebindings}");
+    wait_for("no broker pod left", MINUTES(2), || {
+        let pods = node.kubectl_ok(&[
+            "get",
+            "pods",
+            "-A",
+            "-l",
+            "dowser.dev/configuration",
+            "-o",
+            "name",
+        ]);
+        if pods.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(pods)
+        }
+    });
+    // On the node: no plugin sockets, nothing offered, no container of dowser's images running.
+    wait_for("the agent's plugin sockets removed", MINUTES(1), || {
+        let sockets = node.plugin_sockets();
+        if sockets.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{sockets:?}"))
+        }
+    });
+    wait_for("no dowser.dev resource allocatable", MINUTES(1), || {
+        let node_obj = node.json(&["get", "node", node.name()]);
+        let offered: Vec<String> = node_obj["status"]["allocatable"]
+            .as_object()
+            .map(|a| {
+                a.iter()
+                    .filter(|(k, v)| k.starts_with("dowser.dev/") && v.as_str() != Some("0"))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if offered.is_empty() {
+            Ok(())
+        } else {
+            Err(offered.join(", "))
+        }
+    });
+    wait_for(
+        "no container of dowser's images running on the node",
+        MINUTES(2),
+        || {
+            let running = running_containers(node);
+            let ours: Vec<_> = running
+                .iter()
+                .filter(|(_, image)| image == DOWSER_IMAGE || image == BROKER_IMAGE)
+                .collect();
+            if ours.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{ours:?}"))
+            }
+        },
+    );
+    drop(plant);
+    node.clean();
+}
+
+/// Containers with a running task in the node's containerd: (id, image).
+fn running_containers(node: &RealNode) -> Vec<(String, String)> {
+    let tasks = node.node_sh("exec", &["ctr", "-n", "k8s.io", "tasks", "ls"]);
+    let running: Vec<&str> = tasks
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(2) == Some("RUNNING"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let containers = node.node_sh("exec", &["ctr", "-n", "k8s.io", "containers", "ls"]);
+    containers
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .filter(|(id, _)| running.contains(&id.as_str()))
+        .collect()
+}
+
+const RTU_REGISTERS: [u16; 10] = [7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007, 7008, 7009];
+
+/// Pods of the Configuration the kubelet refused at admission (its Events).
+fn admission_refusals(node: &RealNode) -> usize {
+    let events = node.json(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "reason=UnexpectedAdmissionError",
+    ]);
+    events["items"].as_array().map_or(0, Vec::len)
+}
+
+/// A node "rebooted" (kubelet and containerd stopped, every container of the node killed,
+/// both started again) with a local device: a Modbus RTU meter on a serial line (a pty of
+/// dowser-sim) whose broker opens the line handed to its container. The broker comes back
+/// reading the meter, after at most one admission refusal, and stays.
+#[test]
+fn a_rebooted_node_runs_the_broker_of_its_serial_device_again() {
+    let (node, _turn) = node();
+    node.clean();
+    // Scanning a serial line needs a container that may open the node's device nodes.
+    node.run_readme_block(
+        "helm install dowser deploy/helm/dowser --namespace dowser-system --create-namespace \
+         --set agent.privileged=true --wait --timeout 120s",
+    );
+    rollout(node);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _enter = runtime.enter();
+    let line = dowser_sim::rtu::serve(&dowser_sim::rtu::LineConfig {
+        mode: dowser_sim::modbus::Mode::Normal,
+        units: vec![dowser_sim::modbus::UnitConfig {
+            holding_registers: RTU_REGISTERS.to_vec(),
+            ..dowser_sim::modbus::UnitConfig::identified(7, "Acme", "Meter-3", "2.1")
+        }],
+    })
+    .expect("dowser-sim serves a pty");
+    let path = line.path.display().to_string();
+    node.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: dowser.dev/v1alpha1
+kind: Configuration
+metadata:
+  name: meters
+  namespace: default
+spec:
+  discovery:
+    modbus:
+      rtu:
+        lines: [{{path: "{path}", baudRate: 9600}}]
+      unitIds: ["7"]
+      requestTimeoutMs: 1000
+      intervalSeconds: 2
+  capacity: 1
+  offlineGracePeriodSeconds: 60
+  brokerSpec:
+    brokerPodSpec:
+      # The pty belongs to root:tty, mode 620.
+      securityContext: {{runAsUser: 0}}
+      terminationGracePeriodSeconds: 5
+      containers:
+        - name: broker
+          image: {BROKER_IMAGE}
+          imagePullPolicy: Never
+          volumeMounts: [{{name: pts, mountPath: /dev/pts}}]
+      # A pty opens only through its own devpts (a device node made elsewhere gives EIO,
+      # unlike a USB adapter's): the host's is mounted, and the device dowser hands the
+      # container is what lets it open this one line (the device cgroup).
+      volumes: [{{name: pts, hostPath: {{path: /dev/pts}}}}]
+"#
+        ),
+    );
+    let expected = format!("holding[0..10]={RTU_REGISTERS:?}");
+    let reads = |pod: &str| {
+        let out = node.kubectl(&["logs", "-n", "default", pod]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(&expected) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no {expected} in the log of {pod}:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let before = wait_for("the meter's broker Running", MINUTES(3), || {
+        running_broker(node, "meters")
+    });
+    wait_for(
+        "the broker reading the meter over its serial line",
+        MINUTES(1),
+        || reads(&before.name),
+    );
+    let instance = instance_of(node, "meters").unwrap();
+    let refused_before = admission_refusals(node);
+
+    node.node_sh("reboot", &[]);
+
+    // Its containers died with the node: the kubelet admits the broker again (the same pod if
+    // the agent's plugin registered in time, else a replacement of the pod it refused).
+    let after = wait_for(
+        "the broker Running again after the reboot",
+        MINUTES(4),
+        || match running_broker(node, "meters")? {
+            b if b.container_id != before.container_id => Ok(b),
+            b => Err(format!("still the container from before the reboot: {b:?}")),
+        },
+    );
+    wait_for(
+        "the broker reading the meter after the reboot",
+        MINUTES(1),
+        || reads(&after.name),
+    );
+    let refused = admission_refusals(node) - refused_before;
+    eprintln!("admission refusals of the broker after the reboot: {refused}");
+    assert!(
+        refused <= 1,
+        "the kubelet refused the broker {refused} times after the reboot"
+    );
+    // No loop: the broker read the meter since, so it stayed admitted; it is the same pod
+    // now, and the Instance survived.
+    let now = running_broker(node, "meters").expect("the broker still Running");
+    assert_eq!(now.uid, after.uid, "the broker was replaced again");
+    let instance_now = instance_of(node, "meters").expect("the Instance after the reboot");
+    assert_eq!(
+        instance_now["metadata"]["uid"], instance["metadata"]["uid"],
+        "the Instance was recreated"
+    );
+
+    node.kubectl_ok(&[
+        "delete",
+        "configuration.dowser.dev",
+        "meters",
+        "-n",
+        "default",
+    ]);
+    wait_for("the meter's broker gone", MINUTES(2), || {
+        let pods = node.json(&[
+            "get",
+            "pods",
+            "-n",
+            "default",
+            "-l",
+            "dowser.dev/configuration=meters",
+        ]);
+        match pods["items"].as_array().map(Vec::len) {
+            Some(0) => Ok(()),
+            _ => Err(format!("pods: {}", pods["items"])),
+        }
+    });
+    node.clean();
+    drop(line);
+}
