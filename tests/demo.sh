@@ -83,7 +83,6 @@ else
   made_state=1
 fi
 sim=""
-booted=0
 finish() {
   local rc=$?
   trap '' INT TERM HUP   # a second Ctrl-C must not stop the clean-up half way
@@ -92,16 +91,24 @@ finish() {
   if [ -n "$sim" ]; then kill "$sim" 2>/dev/null || true; wait "$sim" 2>/dev/null || true; fi
   if [ -f "$state/.dowser-node" ]; then   # tests/node/up.sh's marker
     step "stopping the cluster (tests/node/down.sh)"
-    if ((rc == 0 && made_state)); then
-      tests/node/down.sh --purge "$state" || true
-    else
-      tests/node/down.sh "$state" || true
-      ((!booted)) || echo "logs: $state/nodes/*/logs, $state/cluster/logs" >&2
+    tests/node/down.sh "$state" || true
+    if [ ! -f "$state/net" ]; then   # stopped: nothing of it runs or is mounted any more
+      if ((made_state && (rc == 0 || rc > 128))); then
+        rm -rf --one-file-system "$state"
+      elif ((rc != 0)); then
+        # A failure: keep the logs and configuration, not the nodes' images and containers.
+        rm -rf --one-file-system "$state"/nodes/*/fs "$state/cluster/etcd"
+        echo "logs: $state/nodes/*/logs, $state/cluster/logs, $state/dowser-sim.log (remove $state when done)" >&2
+      fi
     fi
   elif ((made_state)); then
-    rmdir "$state" 2>/dev/null || true
+    rm -rf --one-file-system "$state"
   fi
-  ((rc == 0)) || echo "error: tests/demo.sh --cluster failed (exit $rc) after $(elapsed)" >&2
+  if ((rc > 128)); then
+    echo "tests/demo.sh --cluster: stopped by a signal after $(elapsed), and the cluster with it" >&2
+  elif ((rc != 0)); then
+    echo "error: tests/demo.sh --cluster failed (exit $rc) after $(elapsed)" >&2
+  fi
   exit "$rc"
 }
 trap finish EXIT
@@ -112,7 +119,6 @@ trap 'exit 129' HUP
 step "a control plane and ${DOWSER_NODE_COUNT:-2} real nodes (tests/node/up.sh $state)"
 DOWSER_NODE_COUNT=${DOWSER_NODE_COUNT:-2} DOWSER_NODE_IMAGES=$images DOWSER_PAUSE_IMAGE=$pause \
   tests/node/up.sh "$state" >/dev/null
-booted=1
 set -a
 # shellcheck disable=SC1091
 . "$state/env"
