@@ -516,7 +516,12 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 /// `reps` devices appear one after the other; each one's time to allocatable and to a Running
 /// broker. Returns the two rows.
-async fn latency(node: &RealNode, client: &Client, reps: usize, period: &str) -> [String; 2] {
+async fn latency(
+    node: &RealNode,
+    client: &Client,
+    reps: usize,
+    (period, status_period): (&str, Duration),
+) -> [String; 2] {
     let ip = node.host_ip();
     let ports = free_ports(ip, reps);
     // One Configuration per 16 ports (the most one lists), all with the example broker.
@@ -551,8 +556,12 @@ spec:
         let instance = instance_name(config, &format!("modbus+tcp://{addr}/1"), None);
         let resource = instance_resource(&instance);
         let label = format!("dowser.dev/configuration={config}");
-        // Devices appear at any moment of the agent's polling cycle.
-        tokio::time::sleep(Duration::from_millis((rep as u64 * 379) % 1000)).await;
+        // Devices appear at any moment of the agent's polling cycle and of the kubelet's
+        // status period: the previous run ends in step with both (a status post made its
+        // resource allocatable), so each run first waits a fraction of the period that steps
+        // evenly through it (golden-ratio stride), or the runs would all start at one phase.
+        let phase = (rep as f64 * 0.618_034).fract();
+        tokio::time::sleep(status_period.mul_f64(phase)).await;
         let t0 = Instant::now();
         let device: Vec<RunningListener> = serve(&ListenerConfig::device(
             addr,
@@ -629,7 +638,7 @@ spec:
         None,
     );
     let conditions = format!(
-        "kubelet nodeStatusUpdateFrequency {period}; Modbus polled every 1 s; example Modbus broker"
+        "kubelet nodeStatusUpdateFrequency {period}; devices appear at phases spread evenly over it; Modbus polled every 1 s; example Modbus broker"
     );
     [
         format!(
@@ -665,14 +674,15 @@ async fn main() {
     let work = work.canonicalize().unwrap();
     let mut out = Vec::new();
     let mut latency_rows = Vec::new();
-    for (i, period) in ["10s", "1s"].into_iter().enumerate() {
+    for (i, (period, secs)) in [("10s", 10), ("1s", 1)].into_iter().enumerate() {
         let node = RealNode::up(&work.join(format!("node-{period}")), period);
         let client = node.client().await;
         node.helm_install();
         if i == 0 {
             footprint(&node, &client, &mut out).await;
         }
-        latency_rows.extend(latency(&node, &client, reps, period).await);
+        latency_rows
+            .extend(latency(&node, &client, reps, (period, Duration::from_secs(secs))).await);
         drop(node);
     }
     out.extend(latency_rows);
