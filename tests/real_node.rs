@@ -829,3 +829,161 @@ fn running_containers(node: &RealNode) -> Vec<(String, String)> {
         .filter(|(id, _)| running.contains(&id.as_str()))
         .collect()
 }
+
+const RTU_REGISTERS: [u16; 10] = [7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007, 7008, 7009];
+
+/// Pods of the Configuration the kubelet refused at admission (its Events).
+fn admission_refusals(node: &RealNode) -> usize {
+    let events = node.json(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "reason=UnexpectedAdmissionError",
+    ]);
+    events["items"].as_array().map_or(0, Vec::len)
+}
+
+/// A node "rebooted" (kubelet and containerd stopped, every container of the node killed,
+/// both started again) with a local device: a Modbus RTU meter on a serial line (a pty of
+/// dowser-sim) whose broker opens the line handed to its container. The broker comes back
+/// reading the meter, after at most one admission refusal, and stays.
+#[test]
+fn a_rebooted_node_runs_the_broker_of_its_serial_device_again() {
+    let (node, _turn) = node();
+    node.clean();
+    // Scanning a serial line needs a container that may open the node's device nodes.
+    node.run_readme_block(
+        "helm install dowser deploy/helm/dowser --namespace dowser-system --create-namespace \
+         --set agent.privileged=true --wait --timeout 120s",
+    );
+    rollout(node);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _enter = runtime.enter();
+    let line = dowser_sim::rtu::serve(&dowser_sim::rtu::LineConfig {
+        mode: dowser_sim::modbus::Mode::Normal,
+        units: vec![dowser_sim::modbus::UnitConfig {
+            holding_registers: RTU_REGISTERS.to_vec(),
+            ..dowser_sim::modbus::UnitConfig::identified(7, "Acme", "Meter-3", "2.1")
+        }],
+    })
+    .expect("dowser-sim serves a pty");
+    let path = line.path.display().to_string();
+    node.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: dowser.dev/v1alpha1
+kind: Configuration
+metadata:
+  name: meters
+  namespace: default
+spec:
+  discovery:
+    modbus:
+      rtu:
+        lines: [{{path: "{path}", baudRate: 9600}}]
+      unitIds: ["7"]
+      requestTimeoutMs: 1000
+      intervalSeconds: 2
+  capacity: 1
+  offlineGracePeriodSeconds: 60
+  brokerSpec:
+    brokerPodSpec:
+      # The pty belongs to root:tty, mode 620.
+      securityContext: {{runAsUser: 0}}
+      terminationGracePeriodSeconds: 5
+      containers:
+        - name: broker
+          image: {BROKER_IMAGE}
+          imagePullPolicy: Never
+          volumeMounts: [{{name: pts, mountPath: /dev/pts}}]
+      # A pty opens only through its own devpts (a device node made elsewhere gives EIO,
+      # unlike a USB adapter's): the host's is mounted, and the device dowser hands the
+      # container is what lets it open this one line (the device cgroup).
+      volumes: [{{name: pts, hostPath: {{path: /dev/pts}}}}]
+"#
+        ),
+    );
+    let expected = format!("holding[0..10]={RTU_REGISTERS:?}");
+    let reads = |pod: &str| {
+        let out = node.kubectl(&["logs", "-n", "default", pod]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(&expected) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no {expected} in the log of {pod}:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let before = wait_for("the meter's broker Running", MINUTES(3), || {
+        running_broker(node, "meters")
+    });
+    wait_for(
+        "the broker reading the meter over its serial line",
+        MINUTES(1),
+        || reads(&before.name),
+    );
+    let instance = instance_of(node, "meters").unwrap();
+    let refused_before = admission_refusals(node);
+
+    node.node_sh("reboot", &[]);
+
+    // Its containers died with the node: the kubelet admits the broker again (the same pod if
+    // the agent's plugin registered in time, else a replacement of the pod it refused).
+    let after = wait_for(
+        "the broker Running again after the reboot",
+        MINUTES(4),
+        || match running_broker(node, "meters")? {
+            b if b.container_id != before.container_id => Ok(b),
+            b => Err(format!("still the container from before the reboot: {b:?}")),
+        },
+    );
+    wait_for(
+        "the broker reading the meter after the reboot",
+        MINUTES(1),
+        || reads(&after.name),
+    );
+    let refused = admission_refusals(node) - refused_before;
+    eprintln!("admission refusals of the broker after the reboot: {refused}");
+    assert!(
+        refused <= 1,
+        "the kubelet refused the broker {refused} times after the reboot"
+    );
+    // No loop: the broker read the meter since, so it stayed admitted; it is the same pod
+    // now, and the Instance survived.
+    let now = running_broker(node, "meters").expect("the broker still Running");
+    assert_eq!(now.uid, after.uid, "the broker was replaced again");
+    let instance_now = instance_of(node, "meters").expect("the Instance after the reboot");
+    assert_eq!(
+        instance_now["metadata"]["uid"], instance["metadata"]["uid"],
+        "the Instance was recreated"
+    );
+
+    node.kubectl_ok(&[
+        "delete",
+        "configuration.dowser.dev",
+        "meters",
+        "-n",
+        "default",
+    ]);
+    wait_for("the meter's broker gone", MINUTES(2), || {
+        let pods = node.json(&[
+            "get",
+            "pods",
+            "-n",
+            "default",
+            "-l",
+            "dowser.dev/configuration=meters",
+        ]);
+        match pods["items"].as_array().map(Vec::len) {
+            Some(0) => Ok(()),
+            _ => Err(format!("pods: {}", pods["items"])),
+        }
+    });
+    node.clean();
+    drop(line);
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole dowser test suite: lint, unit, protocol (dowser-sim and third-party peers),
-# CLI, and the CRDs on a real local control plane (built from the Kubernetes Go modules).
+# CLI, the CRDs on a real local control plane (built from the Kubernetes Go modules), and real
+# nodes (kubelet, containerd and kube-proxy from Go modules, in namespaces of this host).
 # Installs what it needs (as root on a fresh machine, without asking; see tests/prereqs.sh)
 # and caches it outside the repository in ${DOWSER_CACHE:-~/.cache/dowser}.
 # Usage: tests/test.sh

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared by tests/node/{up,down,node}.sh: sourced, not run.
 #
 # A real test node is a kubelet, a containerd and a kube-proxy running in the
@@ -29,6 +30,7 @@ NODE_MOUNTS=(
   log-containers:/var/log/containers
   containerd:/var/lib/containerd
   containerd-run:/run/containerd:volatile
+  containerd-etc:/etc/containerd
   cni-conf:/etc/cni/net.d
   cni-lib:/var/lib/cni
   cdi-etc:/etc/cdi
@@ -84,7 +86,8 @@ cg_create() { # <cgroup path, e.g. /dowser-node-0-1/daemons>
       dir="${m}${acc}"
       [[ -d "${dir}" ]] || mkdir "${dir}" || die "cannot create cgroup ${dir}"
       # cgroup v1 cpuset: a new cgroup has no CPUs or memory nodes until given its parent's.
-      if [[ -f "${dir}/cpuset.cpus" && -z "$(cat "${dir}/cpuset.cpus")" ]]; then
+      # (On cgroup v2 an empty cpuset.cpus means the parent's.)
+      if ! cg_unified && [[ -f "${dir}/cpuset.cpus" && -z "$(cat "${dir}/cpuset.cpus")" ]]; then
         cat "$(dirname "${dir}")/cpuset.cpus" >"${dir}/cpuset.cpus"
         cat "$(dirname "${dir}")/cpuset.mems" >"${dir}/cpuset.mems"
       fi
@@ -121,7 +124,7 @@ cg_destroy() { # <cgroup path>
   [[ -z "$(cg_procs "$1")" ]] || log "warning: processes left in cgroup $1: $(cg_procs "$1" | tr '\n' ' ')"
   while read -r m; do
     [[ -d "${m}$1" ]] || continue
-    for round in $(seq 1 50); do
+    for _ in $(seq 1 50); do
       find "${m}$1" -depth -type d -exec rmdir {} + 2>/dev/null || true
       [[ -d "${m}$1" ]] || break
       sleep 0.1
@@ -133,8 +136,8 @@ cg_destroy() { # <cgroup path>
 # ---- per-node facts -------------------------------------------------------------
 # node_load <state> <node>: sets N_* variables from STATE/nodes/<node>/node.env
 node_load() {
-  local f="$1/nodes/$2/node.env"
-  [[ -f "${f}" ]] || die "no node $2 in $1"
+  local env_file="$1/nodes/$2/node.env"
+  [[ -f "${env_file}" ]] || die "no node $2 in $1"
   # shellcheck disable=SC1090
-  . "${f}"
+  . "${env_file}"
 }

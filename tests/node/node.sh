@@ -158,8 +158,7 @@ node_boot() {
   hp=$!
   local self_net
   self_net=$(readlink /proc/self/ns/net)
-  local i
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     [[ "$(readlink "/proc/${hp}/ns/net" 2>/dev/null)" != "${self_net}" ]] && break
     sleep 0.05
   done
@@ -173,6 +172,7 @@ node_boot() {
   ip link set "${N_VETH}p" netns "${hp}"
   ip link set "${N_VETH}" master "${BRIDGE}"
   ip link set "${N_VETH}" up
+  # shellcheck disable=SC2016
   in_node sh -euc '
     ip link set lo up
     ip link set "$1" name eth0
@@ -184,7 +184,7 @@ node_boot() {
     sysctl -qw net.ipv4.ip_forward=1
     sysctl -qw net.ipv6.conf.all.disable_ipv6=1
   ' sh "${N_VETH}p" "${N_IP}" "${SERVICE_CIDR}"
-  for other in ${NODES}; do
+  for other in ${NODES:?}; do
     [[ "${other}" == "${NODE}" ]] && continue
     oip=$(sed -n 's/^N_IP=//p' "${STATE}/nodes/${other}/node.env")
     ocidr=$(sed -n 's/^N_POD_CIDR=//p' "${STATE}/nodes/${other}/node.env")
@@ -228,6 +228,18 @@ node_halt() {
   local pid start c
   if holder_running; then
     for c in kubelet kube-proxy containerd; do comp_stop "${c}" 5 || true; done
+    # Everything else but the holder first, while the network is still there,
+    # so that peers (the API server) see the connections close.
+    local hp left
+    hp=$(holder_pid)
+    for _ in $(seq 1 50); do
+      left=$(cg_procs "${N_CGROUP}" | grep -vx "${hp}" || true)
+      [[ -n "${left}" ]] || break
+      # shellcheck disable=SC2086
+      kill -KILL ${left} 2>/dev/null || true
+      sleep 0.1
+    done
+    sleep 0.3
   fi
   cg_destroy "${N_CGROUP}"
   if [[ -f "${HOLDER}" ]] && read -r pid start <"${HOLDER}"; then

@@ -34,6 +34,7 @@ set -a
 # shellcheck disable=SC1091
 . "${STATE}/env"
 set +a
+# shellcheck disable=SC1091
 . "${STATE}/net"
 k() { "${KUBECTL}" --kubeconfig="${KUBECONFIG}" --request-timeout=20s "$@"; }
 

@@ -65,6 +65,8 @@ fi
 
 if [[ ! -f "${OUT}/busybox.tar" ]]; then
   [[ -x /bin/busybox ]] || die "/bin/busybox missing (apt-get install busybox-static)"
+  # Debian's `busybox` package is linked dynamically; the image has no libraries.
+  if ldd /bin/busybox >/dev/null 2>&1; then die "/bin/busybox is not static (apt-get install busybox-static)"; fi
   work=$(mktemp -d)
   mkdir -p "${work}/root/bin" "${work}/root/tmp" "${work}/root/etc"
   cp /bin/busybox "${work}/root/bin/busybox"

@@ -29,7 +29,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "${HERE}/lib.sh"
 T0=$(now_us)
 
-(($# == 1)) && [[ "$1" != -* ]] || { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 2; }
+if (($# != 1)) || [[ "$1" == -* ]]; then
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+  exit 2
+fi
 STATE=$1
 [[ "${STATE}" =~ ^[A-Za-z0-9._/+@:,=~-]+$ ]] || die "state dir '${STATE}' has characters other than [A-Za-z0-9._/+@:,=~-]"
 (($(id -u) == 0)) || die "a real node needs root (namespaces, cgroups, mounts)"
@@ -213,9 +216,10 @@ EOF
 
   cat >"${dir}/containerd.toml" <<EOF
 # containerd of ${name}; /var/lib/containerd and /run/containerd are the node's own (bind mounts).
-version = 3
+version = 4
 root = "/var/lib/containerd"
 state = "/run/containerd"
+# Its default imports /etc/containerd/conf.d/*.toml: the node's own, empty /etc/containerd.
 disabled_plugins = ["io.containerd.internal.v1.opt"]
 
 [grpc]
@@ -323,9 +327,15 @@ done
 rm -f "${REQ_CNF}" "${PKI}/ca.srl"
 
 # ---- boot the nodes --------------------------------------------------------------------
+# In parallel: they share nothing but the bridge.
+BOOT_PIDS=()
 for name in ${NODES}; do
-  "${HERE}/node.sh" boot "${STATE}" "${name}"
+  "${HERE}/node.sh" boot "${STATE}" "${name}" &
+  BOOT_PIDS+=($!)
 done
+failed=0
+for p in "${BOOT_PIDS[@]}"; do wait "${p}" || failed=1; done
+((!failed)) || die "a node did not boot (logs in ${STATE}/nodes/*/logs)"
 
 # ---- wait for Ready --------------------------------------------------------------------
 node_ready() {
