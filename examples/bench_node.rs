@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dowser_discovery_api::naming::{instance_name, instance_resource};
+use dowser::naming::{instance_name, instance_resource};
 use dowser_sim::modbus::{ListenerConfig, RunningListener, Spread, UnitConfig, serve};
 use k8s_openapi::api::{
     coordination::v1::Lease,
