@@ -20,9 +20,12 @@ use std::{
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::{
+    cluster::{kubectl_output, repo, stdout_of_success},
+    readme::block as readme_block,
+};
 
 const DOWSER_IMAGE: &str = "ghcr.io/dowser-dev/dowser:0.1.0";
 const BROKER_IMAGE: &str = "ghcr.io/dowser-dev/modbus-broker:0.1.0";
@@ -166,33 +169,13 @@ impl RealNode {
     }
 
     fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of_success(args, self.kubectl(args))
     }
 
     fn kubectl_stdin(&self, args: &[&str], stdin: &str) {
-        use std::io::Write;
-        let mut child = Command::new(self.var("KUBECTL"))
-            .args(args)
-            .env("KUBECONFIG", self.var("KUBECONFIG"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut command = Command::new(self.var("KUBECTL"));
+        command.args(args).env("KUBECONFIG", self.var("KUBECONFIG"));
+        let out = kubectl_output(&mut command, stdin);
         assert!(
             out.status.success(),
             "kubectl {}: {}\n{stdin}",
@@ -217,26 +200,12 @@ impl RealNode {
 
     /// Runs a README block with bash, as a user would, with kubectl and helm on PATH.
     fn run_readme_block(&self, block: &str) {
-        let bins = [self.var("KUBECTL"), self.var("HELM")]
-            .iter()
-            .map(|b| Path::new(b).parent().unwrap().display().to_string())
-            .collect::<Vec<_>>()
-            .join(":");
-        let out = Command::new("bash")
-            .args(["-euo", "pipefail", "-c", block])
-            .current_dir(repo())
-            .env(
-                "PATH",
-                format!("{bins}:{}", std::env::var("PATH").unwrap_or_default()),
-            )
-            .env("KUBECONFIG", self.var("KUBECONFIG"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "README block failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        common::readme::run_with(
+            Path::new(self.var("KUBECTL")),
+            Path::new(self.var("HELM")),
+            Path::new(self.var("KUBECONFIG")),
+            block,
+            None,
         );
     }
 
@@ -324,21 +293,6 @@ fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T,
 
 const MINUTES: fn(u64) -> Duration = |m| Duration::from_secs(m * 60);
 
-/// The `sh` blocks of the README's Install section.
-fn readme_block(starting_with: &str) -> String {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Install\n"))
-        .expect("the README has an Install section");
-    section
-        .split("```sh\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap().to_string())
-        .find(|b| b.starts_with(starting_with))
-        .unwrap_or_else(|| panic!("no README install block starts with {starting_with:?}"))
-}
-
 /// A simulated PLC (dowser-sim) on the host's address on the node network, in a runtime of
 /// its own: dropping it closes its port and every connection, as a device that goes away.
 struct Plant {
@@ -424,15 +378,31 @@ struct BrokerPod {
     restarts: u64,
 }
 
-fn running_broker(node: &RealNode, configuration: &str) -> Result<BrokerPod, String> {
-    let pods = node.json(&[
+/// The list of `kind` objects in `default` that belong to `configuration`.
+fn list_of(node: &RealNode, kind: &str, configuration: &str) -> Value {
+    node.json(&[
         "get",
-        "pods",
+        kind,
         "-n",
         "default",
         "-l",
         &format!("dowser.dev/configuration={configuration}"),
-    ]);
+    ])
+}
+
+/// Waits until no pod of `configuration` is left.
+fn wait_pods_gone(node: &RealNode, what: &str, configuration: &str) {
+    wait_for(what, MINUTES(2), || {
+        let pods = list_of(node, "pods", configuration);
+        match pods["items"].as_array().map(Vec::len) {
+            Some(0) => Ok(()),
+            _ => Err(format!("pods: {}", pods["items"])),
+        }
+    });
+}
+
+fn running_broker(node: &RealNode, configuration: &str) -> Result<BrokerPod, String> {
+    let pods = list_of(node, "pods", configuration);
     let items = pods["items"].as_array().cloned().unwrap_or_default();
     let [pod] = items.as_slice() else {
         return Err(format!("{} broker pods", items.len()));
@@ -451,14 +421,7 @@ fn running_broker(node: &RealNode, configuration: &str) -> Result<BrokerPod, Str
 }
 
 fn instance_of(node: &RealNode, configuration: &str) -> Result<Value, String> {
-    let list = node.json(&[
-        "get",
-        "instances.dowser.dev",
-        "-n",
-        "default",
-        "-l",
-        &format!("dowser.dev/configuration={configuration}"),
-    ]);
+    let list = list_of(node, "instances.dowser.dev", configuration);
     let items = list["items"].as_array().cloned().unwrap_or_default();
     match items.as_slice() {
         [one] => Ok(one.clone()),
@@ -568,20 +531,7 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
             Err(e) => Err(e),
         },
     );
-    wait_for("the broker pod gone", MINUTES(2), || {
-        let pods = node.json(&[
-            "get",
-            "pods",
-            "-n",
-            "default",
-            "-l",
-            "dowser.dev/configuration=plc-helm",
-        ]);
-        match pods["items"].as_array().map(Vec::len) {
-            Some(0) => Ok(()),
-            _ => Err(format!("pods: {}", pods["items"])),
-        }
-    });
+    wait_pods_gone(node, "the broker pod gone", "plc-helm");
     // The real kubelet, once the plugin has stopped, offers none of the device (allocatable 0)
     // while it keeps the resource in its capacity for a while (5 minutes in its device
     // manager) before it reports 0 there too.
@@ -970,20 +920,7 @@ spec:
         "-n",
         "default",
     ]);
-    wait_for("the meter's broker gone", MINUTES(2), || {
-        let pods = node.json(&[
-            "get",
-            "pods",
-            "-n",
-            "default",
-            "-l",
-            "dowser.dev/configuration=meters",
-        ]);
-        match pods["items"].as_array().map(Vec::len) {
-            Some(0) => Ok(()),
-            _ => Err(format!("pods: {}", pods["items"])),
-        }
-    });
+    wait_pods_gone(node, "the meter's broker gone", "meters");
     node.clean();
     drop(line);
 }

@@ -133,10 +133,7 @@ impl<'a> Executor<'a> {
         self.instances
             .patch_status(instance, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .map_err(|source| Error::Instance {
-                instance: instance.into(),
-                source,
-            })?;
+            .map_err(instance_error(instance))?;
         Ok(())
     }
 
@@ -152,10 +149,7 @@ impl<'a> Executor<'a> {
         self.instances
             .delete(instance, &params)
             .await
-            .map_err(|source| Error::Instance {
-                instance: instance.into(),
-                source,
-            })?;
+            .map_err(instance_error(instance))?;
         Ok(())
     }
 
@@ -315,5 +309,13 @@ impl Ctx {
         if let Err(error) = self.recorder.publish(&event, &config.object_ref(&())).await {
             warn!(%error, "cannot publish event");
         }
+    }
+}
+
+/// Wraps an API error of a write to the Instance `instance`.
+fn instance_error(instance: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
+    move |source| Error::Instance {
+        instance: instance.into(),
+        source,
     }
 }

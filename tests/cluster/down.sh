@@ -13,46 +13,14 @@ set -euo pipefail
 TIMEOUT=${DOWSER_DOWN_TIMEOUT:-10}
 MARKER=.dowser-cluster
 
-log() { printf '[down] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=down
+# shellcheck source=tests/cluster/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
-PURGE=0
-STATE=""
-while (($#)); do
-  case "$1" in
-    --purge) PURGE=1 ;;
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 0 ;;
-    -*) die "unknown option: $1" ;;
-    *) [[ -z "${STATE}" ]] || die "only one state directory, please"; STATE=$1 ;;
-  esac
-  shift
-done
-[[ -n "${STATE}" ]] || die "usage: down.sh [--purge] <state-dir>"
+parse_down_args "$@"
 [[ -d "${STATE}" ]] || { log "${STATE} does not exist; nothing to stop"; exit 0; }
 [[ -f "${STATE}/${MARKER}" ]] || die "${STATE} was not made by up.sh"
 PIDS_FILE="${STATE}/pids"
-
-proc_starttime() {
-  local stat rest
-  local -a f
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  rest=${stat##*) }
-  read -r -a f <<<"${rest}"
-  printf '%s\n' "${f[19]}"
-}
-proc_state() {
-  local stat rest
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  rest=${stat##*) }
-  printf '%s\n' "${rest%% *}"
-}
-# Still ours and not yet exited (a zombie has exited; its parent reaps it).
-is_running() { # <pid> <starttime>
-  local st
-  [[ "$(proc_starttime "$1" 2>/dev/null || true)" == "$2" ]] || return 1
-  st=$(proc_state "$1" 2>/dev/null) || return 1
-  [[ "${st}" != Z && "${st}" != X ]]
-}
 
 NAMES=()
 PIDS=()
@@ -70,7 +38,7 @@ fi
 stop_group() {
   local i deadline left
   for i in "$@"; do
-    if is_running "${PIDS[i]}" "${STARTS[i]}"; then
+    if proc_running "${PIDS[i]}" "${STARTS[i]}"; then
       kill -TERM "${PIDS[i]}" 2>/dev/null || true
     fi
   done
@@ -78,7 +46,7 @@ stop_group() {
   while :; do
     left=()
     for i in "$@"; do
-      if is_running "${PIDS[i]}" "${STARTS[i]}"; then left+=("${i}"); fi
+      if proc_running "${PIDS[i]}" "${STARTS[i]}"; then left+=("${i}"); fi
     done
     ((${#left[@]})) || return 0
     if ((SECONDS >= deadline)); then
@@ -90,7 +58,7 @@ stop_group() {
       while :; do
         left=()
         for i in "$@"; do
-          if is_running "${PIDS[i]}" "${STARTS[i]}"; then left+=("${i}"); fi
+          if proc_running "${PIDS[i]}" "${STARTS[i]}"; then left+=("${i}"); fi
         done
         ((${#left[@]})) || return 0
         if ((SECONDS >= deadline)); then
@@ -109,7 +77,7 @@ first=()
 last=()
 running=0
 for i in "${!PIDS[@]}"; do
-  is_running "${PIDS[i]}" "${STARTS[i]}" || continue
+  proc_running "${PIDS[i]}" "${STARTS[i]}" || continue
   running=$((running + 1))
   if [[ "${NAMES[i]}" == etcd ]]; then last+=("${i}"); else first+=("${i}"); fi
 done

@@ -34,12 +34,11 @@ SA_ISSUER=https://kubernetes.default.svc.cluster.local
 TIMEOUT=${DOWSER_CLUSTER_TIMEOUT:-120}
 MARKER=.dowser-cluster
 
-log() { printf '[up] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=up
+# shellcheck source=tests/cluster/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; }
 
-now_us() { printf '%s' "${EPOCHREALTIME/./}"; }
-fmt_secs() { printf '%d.%01ds' $(($1 / 1000000)) $((($1 % 1000000) / 100000)); }
 T0=$(now_us)
 
 FOREGROUND=0
@@ -66,16 +65,6 @@ STATE=$(cd "${STATE}" && pwd -P)
 [[ "${STATE}" =~ ^[A-Za-z0-9._/+@:,=~-]+$ ]] || die "state dir '${STATE}' has characters other than [A-Za-z0-9._/+@:,=~-]"
 
 # ---- process bookkeeping ----------------------------------------------------
-# starttime (clock ticks since boot, field 22 of /proc/<pid>/stat) tells a
-# process apart from a later one that reuses its pid.
-proc_starttime() {
-  local stat rest
-  local -a f
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  rest=${stat##*) }
-  read -r -a f <<<"${rest}"
-  printf '%s\n' "${f[19]}"
-}
 alive_from_pids_file() { # prints "name pid" of live processes listed in $1
   local name pid start
   [[ -f "$1" ]] || return 0
@@ -128,10 +117,7 @@ on_exit() {
   fi
   exit "${rc}"
 }
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+trap_exit
 
 # ---- ports ----------------------------------------------------------------------------
 # All TCP ports in use on the machine (any state, IPv4 and IPv6).

@@ -307,34 +307,14 @@ impl Cluster {
 
     /// Runs kubectl against the cluster, with `stdin` as its input.
     pub fn kubectl(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut command = Command::new(&self.kubectl);
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        kubectl_output(&mut command, stdin)
     }
 
     /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args, "");
-        assert!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of_success(args, self.kubectl(args, ""))
     }
 
     /// Like [`Self::kubectl_ok`], retried for up to `seconds` (for what the API server
@@ -355,6 +335,34 @@ impl Cluster {
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
     }
+}
+
+/// Runs a kubectl `command` with `stdin` as its input and collects its output.
+pub fn kubectl_output(command: &mut Command, stdin: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The stdout of a kubectl run with `args`; panics with its stderr unless it succeeded.
+pub fn stdout_of_success(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for Cluster {

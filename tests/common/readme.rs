@@ -1,6 +1,7 @@
 //! The README's install commands, run as a user would run them.
 
 use std::{
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -33,17 +34,28 @@ pub fn block(starting_with: &str) -> String {
 /// on the PATH; fails if the block fails, or if it has not finished within `seconds` when
 /// given.
 pub fn run(cluster: &Cluster, block: &str, seconds: Option<u64>) {
+    run_with(
+        &cluster.kubectl,
+        &cluster.helm,
+        &cluster.kubeconfig,
+        block,
+        seconds,
+    );
+}
+
+/// [`run`] with a cluster's kubectl, helm and kubeconfig given by path.
+pub fn run_with(kubectl: &Path, helm: &Path, kubeconfig: &Path, block: &str, seconds: Option<u64>) {
     let path = format!(
         "{}:{}:{}",
-        cluster.kubectl.parent().unwrap().display(),
-        cluster.helm.parent().unwrap().display(),
+        kubectl.parent().unwrap().display(),
+        helm.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let mut child = Command::new("bash")
         .args(["-euo", "pipefail", "-c", block])
         .current_dir(repo())
         .env("PATH", path)
-        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -14,18 +14,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/node/lib.sh
 . "${HERE}/lib.sh"
 
-PURGE=0
-STATE=""
-while (($#)); do
-  case "$1" in
-    --purge) PURGE=1 ;;
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 0 ;;
-    -*) die "unknown option: $1" ;;
-    *) [[ -z "${STATE}" ]] || die "only one state directory, please"; STATE=$1 ;;
-  esac
-  shift
-done
-[[ -n "${STATE}" ]] || die "usage: down.sh [--purge] <state-dir>"
+parse_down_args "$@"
 [[ -d "${STATE}" ]] || { log "${STATE} does not exist; nothing to stop"; exit 0; }
 STATE=$(cd "${STATE}" && pwd -P)
 [[ -f "${STATE}/${MARKER}" ]] || die "${STATE} was not made by tests/node/up.sh"

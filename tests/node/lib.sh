@@ -38,27 +38,10 @@ NODE_MOUNTS=(
   kube-proxy:/var/lib/kube-proxy
 )
 
-log() { printf '[%s] %s\n' "${LOG_TAG:-node}" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-now_us() { printf '%s' "${EPOCHREALTIME/./}"; }
-fmt_secs() { printf '%d.%01ds' $(($1 / 1000000)) $((($1 % 1000000) / 100000)); }
-
-proc_starttime() {
-  local stat rest
-  local -a f
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  rest=${stat##*) }
-  read -r -a f <<<"${rest}"
-  printf '%s\n' "${f[19]}"
-}
-proc_running() { # <pid> <starttime>: still that process and not a zombie
-  local stat rest st
-  [[ "$(proc_starttime "$1" 2>/dev/null || true)" == "$2" ]] || return 1
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  rest=${stat##*) }
-  st=${rest%% *}
-  [[ "${st}" != Z && "${st}" != X ]]
-}
+LOG_TAG=${LOG_TAG:-node}
+# log, die, now_us, fmt_secs, proc_starttime, proc_running, parse_down_args, trap_exit
+# shellcheck source=tests/cluster/lib.sh
+. "${REPO_DIR}/tests/cluster/lib.sh"
 
 # ---- cgroups ------------------------------------------------------------------
 # Mount points of every cgroup hierarchy (v1 controllers and the v2 tree).

@@ -69,10 +69,7 @@ on_exit() {
   fi
   exit "${rc}"
 }
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+trap_exit
 
 # ---- binaries and images -----------------------------------------------------------
 K8S_BIN=${DOWSER_K8S_BIN:-$("${REPO_DIR}/tests/cluster/build-binaries.sh" | tail -n1)}
