@@ -1,5 +1,5 @@
 //! The small HTTP endpoint of the agent and the controller: `/healthz`, `/readyz` and
-//! `/metrics` (Prometheus text format), served with hyper.
+//! `/metrics` (OpenMetrics text), served with hyper.
 
 use std::{
     convert::Infallible,
@@ -17,10 +17,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::debug;
 
-/// `/metrics` in the OpenMetrics text format (what `prometheus-client` writes, ending in
-/// `# EOF`), else in Prometheus' own text format.
+/// `/metrics` is in the OpenMetrics text format: what `prometheus-client` writes for both
+/// the agent and the controller.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long a client may take to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,15 +73,7 @@ fn respond<B>(
             text,
             "not ready yet\n".to_string(),
         ),
-        "/metrics" => {
-            let metrics = render();
-            let format = if metrics.ends_with("# EOF\n") {
-                OPENMETRICS
-            } else {
-                PROMETHEUS_TEXT
-            };
-            (StatusCode::OK, format, metrics)
-        }
+        "/metrics" => (StatusCode::OK, OPENMETRICS, render()),
         _ => (StatusCode::NOT_FOUND, text, "not found\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
