@@ -21,6 +21,7 @@ use super::{
 };
 use crate::{
     crd::{Configuration, Instance},
+    device_instance::broker_env,
     deviceplugin::{
         HEALTHY, UNHEALTHY, connect_unix,
         plugin::{Allocator, PluginConfig, run},
@@ -29,6 +30,7 @@ use crate::{
         },
         v1beta1::{self, ContainerAllocateResponse},
     },
+    naming,
     slots::slots_of,
 };
 
@@ -123,9 +125,8 @@ impl Plugins {
                 &status.nodes,
                 &status.slots,
             );
-            let instance_resource = crate::naming::instance_resource(&name);
-            let config_resource =
-                crate::naming::configuration_resource(&instance.spec.configuration_name);
+            let instance_resource = naming::instance_resource(&name);
+            let config_resource = naming::configuration_resource(&instance.spec.configuration_name);
             let device = |slot: u32, resource: &str| {
                 let id = slots::device_id(&name, slot);
                 let taken_elsewhere = held.get(&id).is_some_and(|r| r != resource);
@@ -357,7 +358,7 @@ impl Allocator for SlotAllocator {
                 .map(|c| c.spec.broker_properties.clone())
                 .unwrap_or_default();
             let hash = name.rsplit('-').next().unwrap_or_default();
-            response.envs.extend(crate::device_instance::broker_env(
+            response.envs.extend(broker_env(
                 &instance.spec.properties,
                 &broker_properties,
                 hash,
