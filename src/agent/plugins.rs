@@ -1,6 +1,6 @@
-//! One device plugin per Instance this node offers (`dowser.dev/<instance>`, `capacity`
-//! slots) and one per Configuration (`dowser.dev/<configuration>`, every slot of its
-//! Instances here). Slots that belong to other nodes, or that a pod holds through the other
+//! One device plugin per Instance this node offers (`dowser.dev/<namespace>_<instance>`,
+//! `capacity` slots) and one per Configuration (`dowser.dev/<namespace>.<configuration>`,
+//! every slot of its Instances here; names by [`naming`]). Slots that belong to other nodes, or that a pod holds through the other
 //! resource, are reported Unhealthy, so the scheduler only counts slots this node can give.
 
 use std::{
@@ -51,6 +51,8 @@ enum Kind {
 pub struct Plugins {
     node: String,
     dir: PathBuf,
+    /// How long a socket name may be in `dir` ([`naming::socket_room`]).
+    socket_room: usize,
     pod_resources: PathBuf,
     release_grace: Duration,
     instances: Store<Instance>,
@@ -62,6 +64,21 @@ pub struct Plugins {
     releaser: Mutex<Releaser>,
     /// Changes when the kubelet restarts (one watch of its socket for all plugins).
     kubelet: watch::Receiver<Option<crate::deviceplugin::KubeletSocket>>,
+}
+
+/// Whether plugin sockets fit in `dir`: a unix socket's path holds 107 bytes, and a
+/// socket that cannot be bound would never be offered to the kubelet.
+pub fn check_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if naming::socket_room(dir).is_none() {
+        anyhow::bail!(
+            "the device-plugin directory {} is {} bytes long: a unix socket path holds {} bytes, and a plugin socket name needs {} (the kubelet's own directory, /var/lib/kubelet/device-plugins, leaves room); give a shorter --device-plugin-dir",
+            dir.display(),
+            dir.as_os_str().len(),
+            naming::MAX_SOCKET_PATH,
+            naming::MIN_SOCKET_NAME + 1,
+        );
+    }
+    Ok(())
 }
 
 impl Plugins {
@@ -85,6 +102,8 @@ impl Plugins {
             held: Mutex::new(BTreeMap::new()),
             releaser: Mutex::new(Releaser::default()),
             kubelet: crate::deviceplugin::kubelet_restarts(&dir),
+            // The agent refuses to start without room (`check_dir`); the shortest name then.
+            socket_room: naming::socket_room(&dir).unwrap_or(naming::MIN_SOCKET_NAME),
             dir,
         })
     }
@@ -125,8 +144,9 @@ impl Plugins {
                 &status.nodes,
                 &status.slots,
             );
-            let instance_resource = naming::instance_resource(&name);
-            let config_resource = naming::configuration_resource(&instance.spec.configuration_name);
+            let instance_resource = naming::instance_resource(&ns, &name);
+            let config_resource =
+                naming::configuration_resource(&ns, &instance.spec.configuration_name);
             let device = |slot: u32, resource: &str| {
                 let id = slots::device_id(&name, slot);
                 let taken_elsewhere = held.get(&id).is_some_and(|r| r != resource);
@@ -187,7 +207,7 @@ impl Plugins {
             let (stop, stop_rx) = oneshot::channel();
             let config = PluginConfig {
                 dir: self.dir.clone(),
-                socket_name: format!("dowser-{}.sock", resource.replace('/', "_")),
+                socket_name: naming::plugin_socket(&resource, self.socket_room),
                 resource_name: resource.clone(),
             };
             let allocator = Arc::new(SlotAllocator {

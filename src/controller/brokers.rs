@@ -61,8 +61,11 @@ pub fn pod_name(instance: &str, slot: u32) -> String {
 }
 
 /// Makes the first container ask for one device of the Instance.
-fn request_device(spec: &mut PodSpec, instance: &str) {
-    let resource = naming::instance_resource(instance);
+fn request_device(spec: &mut PodSpec, instance: &Instance) {
+    let resource = naming::instance_resource(
+        &instance.namespace().unwrap_or_default(),
+        &instance.name_any(),
+    );
     if let Some(first) = spec.containers.first_mut() {
         let mut resources = first
             .resources
@@ -92,7 +95,7 @@ pub fn broker_pod(
 ) -> Pod {
     let name = instance.name_any();
     let mut spec = spec.clone();
-    request_device(&mut spec, &name);
+    request_device(&mut spec, instance);
     let pin = NodeSelectorTerm {
         match_fields: Some(vec![NodeSelectorRequirement {
             key: "metadata.name".into(),
@@ -142,7 +145,7 @@ pub fn broker_job(
     let hash = spec_hash(spec);
     let mut spec = spec.clone();
     if let Some(pod) = spec.template.spec.as_mut() {
-        request_device(pod, &name);
+        request_device(pod, instance);
     }
     let mut template_labels = spec
         .template
