@@ -104,8 +104,9 @@ async fn json_output_lists_instances_resources_and_env() {
         name.starts_with("plc-line3-") && name.len() == "plc-line3-".len() + 12,
         "{name}"
     );
-    assert_eq!(first["resources"][0], format!("dowser.dev/{name}"));
-    assert_eq!(first["resources"][1], "dowser.dev/plc-line3");
+    // Namespace `plant`: the resources carry it.
+    assert_eq!(first["resources"][0], format!("dowser.dev/plant_{name}"));
+    assert_eq!(first["resources"][1], "dowser.dev/plant.plc-line3");
     let hash = name.rsplit('-').next().unwrap().to_ascii_uppercase();
     assert_eq!(first["env"]["MODBUS_VENDOR_NAME"], "Acme");
     assert_eq!(first["env"][format!("MODBUS_HOST_{hash}")], "127.0.0.1");
@@ -140,7 +141,7 @@ async fn table_output_is_readable() {
         row.contains(&format!("modbus+tcp://127.0.0.1:{}/2", device.addr.port())),
         "{row}"
     );
-    assert!(row.contains("dowser.dev/plc-line3-"));
+    assert!(row.contains("dowser.dev/plant_plc-line3-"), "{row}");
     let env = lines.next().unwrap();
     assert!(
         env.contains("MODBUS_UNIT_ID=2") && env.contains("MODBUS_VENDOR_NAME=Acme"),
