@@ -381,3 +381,24 @@ spec:
     assert_eq!(spec["shared"], false);
     assert_eq!(spec["devices"][0]["hostPath"], path);
 }
+
+/// A device-plugin directory so long that no plugin socket fits in a unix socket's 107
+/// bytes: the agent stops at once and says why, instead of failing to bind forever.
+#[test]
+fn agent_refuses_a_device_plugin_dir_with_no_room_for_sockets() {
+    let dir = format!("/var/lib/{}/device-plugins", "k".repeat(70));
+    let out = dowser(&[
+        "agent",
+        "--node-name",
+        "node-a",
+        "--device-plugin-dir",
+        &dir,
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the device-plugin directory {dir} is 94 bytes long, which leaves no room for plugin sockets"))
+            && stderr.contains("--device-plugin-dir"),
+        "{stderr}"
+    );
+}

@@ -71,11 +71,15 @@ pub struct Plugins {
 pub fn check_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     if naming::socket_room(dir).is_none() {
         anyhow::bail!(
-            "the device-plugin directory {} is {} bytes long: a unix socket path holds {} bytes, and a plugin socket name needs {} (the kubelet's own directory, /var/lib/kubelet/device-plugins, leaves room); give a shorter --device-plugin-dir",
+            "the device-plugin directory {} is {} bytes long, which leaves no room for plugin sockets: a unix socket path holds at most {} bytes and a plugin socket needs {} of them after the directory (the kubelet's {} leaves {}); give a shorter --device-plugin-dir",
             dir.display(),
             dir.as_os_str().len(),
             naming::MAX_SOCKET_PATH,
             naming::MIN_SOCKET_NAME + 1,
+            crate::deviceplugin::DEVICE_PLUGIN_DIR,
+            naming::socket_room(std::path::Path::new(crate::deviceplugin::DEVICE_PLUGIN_DIR))
+                .unwrap_or_default()
+                + 1,
         );
     }
     Ok(())
