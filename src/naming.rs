@@ -303,8 +303,15 @@ mod tests {
         // A shortened name never equals one that was not shortened.
         let short = configuration_resource("default", &"c".repeat(56));
         assert!(short.starts_with(&format!("dowser.dev/default.{}__", "c".repeat(41))));
-        // Stable: users and tests may write it down.
+        // Stable: users and tests may write it down (the README's example).
         assert_eq!(short, configuration_resource("default", &"c".repeat(56)));
+        assert_eq!(
+            configuration_resource(
+                "packaging-line-3",
+                "palletizer-safety-controllers.building-7.plant-east"
+            ),
+            "dowser.dev/packaging-line-3.palletizer-safety-controllers.bu__8df983caab06"
+        );
     }
 
     #[test]
@@ -338,10 +345,10 @@ mod tests {
             assert!(kubelet.join(&name).as_os_str().len() <= MAX_SOCKET_PATH);
             assert_eq!(name, plugin_socket(r, room));
         }
-        assert!(
-            plugin_socket(&short, room).starts_with("dowser-default.plc-line3-"),
-            "{}",
-            plugin_socket(&short, room)
+        // The README's example.
+        assert_eq!(
+            plugin_socket(&short, room),
+            "dowser-default.plc-line3-096d5251fb3d.sock"
         );
         assert_ne!(
             plugin_socket(&configuration_resource("a", &"x".repeat(100)), room),
