@@ -62,7 +62,13 @@ pub fn instance(
         metadata: ObjectMeta {
             name: Some(id.name.clone()),
             namespace: config.metadata.namespace.clone(),
-            labels: Some([(CONFIGURATION_LABEL.to_string(), config_name.clone())].into()),
+            labels: Some(
+                [(
+                    CONFIGURATION_LABEL.to_string(),
+                    naming::configuration_label(&config_name),
+                )]
+                .into(),
+            ),
             ..ObjectMeta::default()
         },
         spec: InstanceSpec {

@@ -13,6 +13,9 @@
 //! - when that is longer than 63 characters (the limit of the name part), its first 49
 //!   characters, `__` and the first 12 hex digits of the SHA-256 of the whole of it.
 //!
+//! The `dowser.dev/configuration` label holds a Configuration's name, shortened the same way
+//! when longer than 63 characters ([`configuration_label`]).
+//!
 //! No two of these can be equal: namespaces, Configuration and Instance names never contain
 //! `_` (so `_` tells an Instance from a Configuration, and a namespace never holds the `.`
 //! that ends it), and `__` appears only in shortened names, which differ by their hash.
@@ -77,8 +80,14 @@ pub fn configuration_resource(namespace: &str, configuration: &str) -> String {
 const SHORTENED_PREFIX: usize = MAX_LABEL - 2 - HASH_LEN;
 
 fn resource(name: String) -> String {
+    format!("{RESOURCE_DOMAIN}/{}", shorten(name))
+}
+
+/// `name` if it has at most 63 characters, else its first 49, `__` and 12 hex digits of
+/// its SHA-256.
+fn shorten(name: String) -> String {
     if name.len() <= MAX_LABEL {
-        return format!("{RESOURCE_DOMAIN}/{name}");
+        return name;
     }
     let hash = hex_sha256(name.as_bytes());
     let mut prefix = name;
@@ -86,7 +95,20 @@ fn resource(name: String) -> String {
     while prefix.len() > SHORTENED_PREFIX || !prefix.is_char_boundary(prefix.len()) {
         prefix.pop();
     }
-    format!("{RESOURCE_DOMAIN}/{prefix}__{hash}")
+    format!("{prefix}__{hash}")
+}
+
+/// The value of the `dowser.dev/configuration` label on a Configuration's Instances, broker
+/// Pods, Jobs and Services: the Configuration's name, shortened like a resource name when
+/// longer than a label value may be (63 characters).
+pub fn configuration_label(configuration: &str) -> String {
+    shorten(configuration.to_string())
+}
+
+/// Whether a `dowser.dev/configuration` label value is a shortened name (so the name must
+/// be looked up, not read from it).
+pub fn is_shortened(label: &str) -> bool {
+    label.len() == MAX_LABEL && label.get(SHORTENED_PREFIX..SHORTENED_PREFIX + 2) == Some("__")
 }
 
 /// The first [`HASH_LEN`] hex digits of the SHA-256 of `bytes`.
@@ -311,6 +333,23 @@ mod tests {
                 "palletizer-safety-controllers.building-7.plant-east"
             ),
             "dowser.dev/packaging-line-3.palletizer-safety-controllers.bu__8df983caab06"
+        );
+    }
+
+    #[test]
+    fn configuration_labels_are_the_name_until_too_long() {
+        assert_eq!(configuration_label("plant.line-3"), "plant.line-3");
+        assert!(!is_shortened("plant.line-3"));
+        let name63 = "c".repeat(63);
+        assert_eq!(configuration_label(&name63), name63);
+        assert!(!is_shortened(&name63));
+        let long = format!("{}.{}", "c".repeat(126), "d".repeat(126));
+        let label = configuration_label(&long);
+        assert!(is_qualified_name(&label), "{label}");
+        assert!(is_shortened(&label), "{label}");
+        assert_ne!(
+            label,
+            configuration_label(&format!("{}.{}", "c".repeat(126), "e".repeat(126)))
         );
     }
 

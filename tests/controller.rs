@@ -388,10 +388,10 @@ async fn job_brokers_run_once_per_device_and_per_spec() {
 }
 
 /// Same-named Configurations in two namespaces on one node, with long names (a
-/// 63-character Configuration name, in `default` and in a 63-character namespace): every
-/// plugin binds, pods that ask for an Instance's resource (as brokers do) or a
-/// Configuration's are admitted, each with its own namespace's Configuration, and the
-/// statuses say what to request.
+/// 63-character Configuration name, in `default` and in a 63-character namespace, and a
+/// 253-character one there too): every plugin binds, pods that ask for an Instance's
+/// resource (as brokers do) or a Configuration's are admitted, each with its own
+/// namespace's Configuration, and the statuses say what to request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_their_own_resources()
 {
@@ -407,7 +407,14 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
 
     let long_ns = format!("plant-{}", "n".repeat(57));
     let name63 = format!("plc-{}", "x".repeat(59));
-    assert_eq!((long_ns.len(), name63.len()), (63, 63));
+    let name253 = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    assert_eq!((long_ns.len(), name63.len(), name253.len()), (63, 63, 253));
     let namespaces: Api<Namespace> = Api::all(plant.client.clone());
     namespaces
         .create(
@@ -426,11 +433,12 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
         )
         .await
         .unwrap();
-    // The same device for both Configurations: their Instances have the same name in both
+    // The same device for all: the Instances of `name63` have the same name in both
     // namespaces.
     let configs = [
         ("default", name63.as_str()),
         (long_ns.as_str(), name63.as_str()),
+        (long_ns.as_str(), name253.as_str()),
     ];
     for (ns, name) in configs {
         let mut c = modbus_config(name, port, None);
@@ -446,9 +454,12 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
     // In each namespace, a pod asks for this device (the Instance's resource, as a broker
     // does) and one for any device of the Configuration.
     let logs = || format!("{}\n--- controller ---\n{}", plant.logs(), controller.log());
-    for (ns, name) in configs {
+    for (n, (ns, name)) in configs.into_iter().enumerate() {
         let instances: Api<Instance> = Api::namespaced(plant.client.clone(), ns);
-        let label = format!("dowser.dev/configuration={name}");
+        let label = format!(
+            "dowser.dev/configuration={}",
+            naming::configuration_label(name)
+        );
         let this_device = common::settle(
             60,
             "the Instance's resource in its status",
@@ -477,8 +488,11 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
         .await;
         assert_eq!(this_device.1, naming::instance_resource(ns, &this_device.0));
         for (pod, resource) in [
-            ("this-device", this_device.1),
-            ("any-device", naming::configuration_resource(ns, name)),
+            (format!("this-device-{n}"), this_device.1),
+            (
+                format!("any-device-{n}"),
+                naming::configuration_resource(ns, name),
+            ),
         ] {
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": pod, "namespace": ns},
@@ -496,8 +510,8 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
         }
     }
 
-    // All four admitted on node-a, each with its own namespace's Configuration.
-    let running = common::settle(90, "four pods Running", logs, || async {
+    // All six admitted on node-a, each with its own namespace's Configuration.
+    let running = common::settle(90, "six pods Running", logs, || async {
         let mut all = Vec::new();
         for ns in ["default", long_ns.as_str()] {
             let pods: Api<Pod> = Api::namespaced(plant.client.clone(), ns);
@@ -516,7 +530,7 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
                 )
             })
             .collect();
-        if all.len() == 4 && phases.iter().all(|(_, p)| p == "Running") {
+        if all.len() == 6 && phases.iter().all(|(_, p)| p == "Running") {
             Ok(all)
         } else {
             Err(format!("{phases:?}"))
@@ -533,11 +547,13 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
     }
 
     // The Configurations' statuses name the resource to request.
-    let configurations: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
-    let want = naming::configuration_resource("default", &name63);
-    eventually(30, "the Configuration's resource in its status", || async {
-        let s = configurations.get(&name63).await.ok()?.status?;
-        (s.resource.as_deref() == Some(want.as_str())).then_some(())
-    })
-    .await;
+    for (ns, name) in configs {
+        let configurations: Api<Configuration> = Api::namespaced(plant.client.clone(), ns);
+        let want = naming::configuration_resource(ns, name);
+        eventually(30, "the Configuration's resource in its status", || async {
+            let s = configurations.get(name).await.ok()?.status?;
+            (s.resource.as_deref() == Some(want.as_str())).then_some(())
+        })
+        .await;
+    }
 }

@@ -38,7 +38,10 @@ fn owner<K: Resource<DynamicType = ()>>(object: &K) -> Option<OwnerReference> {
 }
 
 fn labels(config: &str, instance: Option<&str>) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::from([(CONFIGURATION_LABEL.to_string(), config.to_string())]);
+    let mut l = BTreeMap::from([(
+        CONFIGURATION_LABEL.to_string(),
+        naming::configuration_label(config),
+    )]);
     if let Some(i) = instance {
         l.insert(INSTANCE_LABEL.to_string(), i.to_string());
     }
