@@ -210,7 +210,7 @@ async fn control(
     };
     let owned = watcher::Config::default().labels(CONFIGURATION_LABEL);
     info!("controller running");
-    let (on_pod, on_job, on_service) = (by_label.clone(), by_label.clone(), by_label);
+    let (on_pod, on_job) = (by_label.clone(), by_label.clone());
     controller
         .watches(
             Api::<Instance>::all(client.clone()),
@@ -227,7 +227,7 @@ async fn control(
             on_job(j.labels(), j.namespace())
         })
         .watches(Api::<Service>::all(client), owned, move |s| {
-            on_service(s.labels(), s.namespace())
+            by_label(s.labels(), s.namespace())
         })
         // A Node that goes away concerns every Configuration that may have devices there.
         .reconcile_all_on(node_deletions)
