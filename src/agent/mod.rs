@@ -149,7 +149,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
                 Api::<Configuration>::all(client.clone()),
                 watcher::Config::default(),
             )
-            .default_backoff()
+            .backoff(crate::apiserver::watch_backoff())
             .modify(forget_managed_fields)
             .reflect(config_writer)
             .touched_objects()
@@ -162,7 +162,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
                 Api::<Instance>::all(client.clone()),
                 watcher::Config::default(),
             )
-            .default_backoff()
+            .backoff(crate::apiserver::watch_backoff())
             .modify(forget_managed_fields)
             .reflect(instance_writer)
             .touched_objects()
@@ -175,7 +175,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
                 Api::<Node>::all(client.clone()),
                 watcher::Config::default().fields(&format!("metadata.name={node}")),
             )
-            .default_backoff()
+            .backoff(crate::apiserver::watch_backoff())
             .touched_objects()
             .map(|r| r.map(|n| n.labels().clone())),
             node_tx,

@@ -583,12 +583,12 @@ fn watch_references(
             let mut first = true;
             let mut versions = match kind {
                 "Secret" => watcher(Api::<Secret>::namespaced(client, &ns), cfg)
-                    .default_backoff()
+                    .backoff(crate::apiserver::watch_backoff())
                     .touched_objects()
                     .map(|r| r.ok().and_then(|o| o.resource_version()))
                     .boxed(),
                 _ => watcher(Api::<ConfigMap>::namespaced(client, &ns), cfg)
-                    .default_backoff()
+                    .backoff(crate::apiserver::watch_backoff())
                     .touched_objects()
                     .map(|r| r.ok().and_then(|o| o.resource_version()))
                     .boxed(),
