@@ -386,3 +386,112 @@ async fn job_brokers_run_once_per_device_and_per_spec() {
     })
     .await;
 }
+
+/// A simulated Modbus device at `listen` whose unit 1 says it is made by `vendor`. The
+/// address may be one a device just left: its socket closes once its task has stopped.
+async fn device_of(listen: &str, vendor: &str) -> dowser_sim::modbus::RunningListener {
+    use dowser_sim::modbus::{ListenerConfig, UnitConfig, serve};
+    let config = ListenerConfig::device(
+        listen.parse().unwrap(),
+        vec![UnitConfig::identified(1, vendor, "PLC-100", "1.2")],
+    );
+    eventually(10, &format!("a device listening on {listen}"), || async {
+        serve(&config).await.ok().map(|mut l| l.remove(0))
+    })
+    .await
+}
+
+/// The environment the broker container of a pod got, as the fake kubelet recorded it.
+fn broker_env(pod: &Pod) -> serde_json::Value {
+    let allocations: serde_json::Value = pod
+        .annotations()
+        .get("fake-kubelet.dowser.dev/allocations")
+        .map(|a| serde_json::from_str(a).unwrap())
+        .unwrap_or_default();
+    allocations["broker"][0]["envs"].clone()
+}
+
+/// The one Running broker of `config`, once it is the only broker pod left and `check`
+/// accepts its environment.
+async fn sole_broker(
+    pods: &Api<Pod>,
+    config: &str,
+    what: &str,
+    logs: impl Fn() -> String,
+    check: impl Fn(&Pod) -> bool,
+) -> Pod {
+    common::settle(90, what, logs, || async {
+        let all = common::plant::broker_pods(pods, config)
+            .await
+            .ok_or("the API server does not answer")?;
+        let listed: Vec<String> = all
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {} {}",
+                    p.name_any(),
+                    p.uid().unwrap_or_default(),
+                    phase(p),
+                    broker_env(p)
+                )
+            })
+            .collect();
+        let every = pods
+            .list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        match all.as_slice() {
+            [one] if every.len() == 1 && phase(one) == "Running" && check(one) => Ok(one.clone()),
+            _ => Err(format!(
+                "broker pods: {listed:?} ({} with those going away)",
+                every.len()
+            )),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_are_replaced_when_what_they_were_given_changes() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let logs = || format!("--- controller ---\n{}\n{}", controller.log(), plant.logs());
+    let sim = device_of("127.0.0.1:0", "Acme").await;
+    let port = sim.addr.port();
+    let mut config = with_broker(modbus_config("given", port, None), 1);
+    config["spec"]["nodeSelector"] = json!({"matchLabels": {"kubernetes.io/hostname": "node-a"}});
+    plant.apply(config.clone()).await;
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let first = sole_broker(&pods, "given", "a broker for the Acme device", logs, |p| {
+        broker_env(p)["MODBUS_VENDOR_NAME"] == "Acme"
+    })
+    .await;
+
+    // A change that gives the broker nothing new (the grace period; the agent discovers
+    // again) leaves it running.
+    config["spec"]["offlineGracePeriodSeconds"] = json!(5);
+    plant.apply(config.clone()).await;
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    let generation = configs.get("given").await.unwrap().metadata.generation;
+    eventually(60, "the controller saw the new generation", || async {
+        let status = configs.get("given").await.ok()?.status?;
+        (status.observed_generation == generation).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let still = sole_broker(&pods, "given", "the broker still there", logs, |_| true).await;
+    assert_eq!(still.uid(), first.uid(), "replaced for nothing\n{}", logs());
+
+    // The device comes back on the same address (the same device id) with other details:
+    // its broker is replaced by one that gets them, the old one is gone.
+    drop(sim);
+    let _sim = device_of(&format!("127.0.0.1:{port}"), "Bcme").await;
+    let second = sole_broker(&pods, "given", "a broker for the Bcme device", logs, |p| {
+        broker_env(p)["MODBUS_VENDOR_NAME"] == "Bcme"
+    })
+    .await;
+    assert_ne!(second.uid(), first.uid());
+}

@@ -475,6 +475,7 @@ async fn report(shared: &Shared, config: &Configuration, health: &Health) {
         node: shared.node.clone(),
         devices: u32::try_from(health.devices).unwrap_or(u32::MAX),
         error: health.error.clone(),
+        properties_version: None,
         last_change: Some(Time(Timestamp::now())),
     };
     if let Err(e) = apply_node_status(shared, config, Some(entry)).await {

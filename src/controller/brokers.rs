@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::naming;
+use crate::{device_instance, naming};
 use k8s_openapi::{
     api::{
         batch::v1::Job,
@@ -25,6 +25,9 @@ pub const SLOT_LABEL: &str = "dowser.dev/slot";
 pub const SPEC_HASH: &str = "dowser.dev/spec-hash";
 /// Annotation with the node a broker pod was placed on.
 pub const NODE_ANNOTATION: &str = "dowser.dev/node";
+/// Annotation with the hash of what a broker pod or Job is given for its device
+/// ([`device_instance::given_hash`]).
+pub const GIVEN_HASH: &str = "dowser.dev/given-hash";
 
 /// Short hash of any serialisable spec (a change rolls the brokers).
 pub fn spec_hash<T: serde::Serialize>(spec: &T) -> String {
@@ -55,6 +58,27 @@ pub fn is_slot_broker(pod: &Pod) -> bool {
             .any(|o| o.kind == "Job" && o.api_version == "batch/v1")
 }
 
+/// The version of the Configuration's resolved properties that the agent of `node` reported.
+pub fn properties_version<'a>(config: &'a Configuration, node: &str) -> Option<&'a str> {
+    config
+        .status
+        .as_ref()?
+        .nodes
+        .iter()
+        .find(|n| n.node == node)?
+        .properties_version
+        .as_deref()
+}
+
+/// Whether a broker was given something else than a broker made now would be. A broker
+/// made before brokers were stamped (no hash) is not replaced for it.
+pub fn given_changed<K: Resource>(current: &K, wanted: &K) -> bool {
+    fn hash<K: Resource>(o: &K) -> Option<&String> {
+        o.meta().annotations.as_ref()?.get(GIVEN_HASH)
+    }
+    matches!((hash(current), hash(wanted)), (Some(c), Some(w)) if c != w)
+}
+
 /// The name of the broker pod of a slot.
 pub fn pod_name(instance: &str, slot: u32) -> String {
     format!("{instance}-{slot}")
@@ -81,8 +105,9 @@ fn request_device(spec: &mut PodSpec, instance: &str) {
     }
 }
 
-/// The broker pod of one slot of an Instance, pinned to `node` (and annotated with it),
-/// asking for one of the Instance's devices in its first container.
+/// The broker pod of one slot of an Instance, pinned to `node` (and annotated with it and
+/// with what it is given there), asking for one of the Instance's devices in its first
+/// container.
 pub fn broker_pod(
     config: &Configuration,
     instance: &Instance,
@@ -119,6 +144,14 @@ pub fn broker_pod(
                 [
                     (SPEC_HASH.to_string(), spec_hash(&config.spec.broker_spec)),
                     (NODE_ANNOTATION.to_string(), node.to_string()),
+                    (
+                        GIVEN_HASH.to_string(),
+                        device_instance::given_hash(
+                            &instance.spec,
+                            &config.spec.broker_properties,
+                            properties_version(config, node),
+                        ),
+                    ),
                 ]
                 .into(),
             ),
@@ -131,7 +164,8 @@ pub fn broker_pod(
 }
 
 /// The Job that runs once for an Instance, named after the spec it runs, so that a new
-/// spec makes a new Job. Its pod asks for one device of the Instance, so it lands on a node
+/// spec makes a new Job, and stamped with what it is given, so that a device whose details
+/// changed gets a new run. Its pod asks for one device of the Instance, so it lands on a node
 /// that can reach the device and gets the device's environment.
 pub fn broker_job(
     config: &Configuration,
@@ -140,6 +174,9 @@ pub fn broker_job(
 ) -> Job {
     let name = instance.name_any();
     let hash = spec_hash(spec);
+    // A Job runs once for what its device is; its pods are new pods, which get the current
+    // values of the properties, so a new version of those does not run it again.
+    let given = device_instance::given_hash(&instance.spec, &config.spec.broker_properties, None);
     let mut spec = spec.clone();
     if let Some(pod) = spec.template.spec.as_mut() {
         request_device(pod, &name);
@@ -160,7 +197,13 @@ pub fn broker_job(
             name: Some(format!("{}-{hash}", truncate(&name, 52))),
             namespace: instance.namespace(),
             labels: Some(labels(&config.name_any(), Some(&name))),
-            annotations: Some([(SPEC_HASH.to_string(), hash)].into()),
+            annotations: Some(
+                [
+                    (SPEC_HASH.to_string(), hash),
+                    (GIVEN_HASH.to_string(), given),
+                ]
+                .into(),
+            ),
             owner_references: owner(instance).map(|o| vec![o]),
             ..ObjectMeta::default()
         },

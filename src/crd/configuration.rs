@@ -260,6 +260,12 @@ pub struct NodeDiscoveryStatus {
     /// Why discovery does not run or failed on this node; absent when healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Version of the `properties` this node's agent resolved and hands to brokers: a hash
+    /// of the literal values and of the versions of the Secrets and ConfigMaps the others
+    /// come from (never of their values). A broker on this node is replaced when it changes,
+    /// so that it gets the new values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties_version: Option<String>,
     /// When the device count or the error last changed (status is written on change only, so
     /// an unchanged node costs the API server nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
