@@ -152,7 +152,12 @@ pub fn given_hash(
         broker_properties,
         properties_version,
     };
-    let json = serde_json::to_vec(&given).unwrap_or_default();
+    short_hash(&given)
+}
+
+/// Twelve hex digits of the SHA-256 of `value`'s JSON: a version to compare, not a secret.
+pub fn short_hash<T: Serialize>(value: &T) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
     Sha256::digest(json)
         .iter()
         .take(6)

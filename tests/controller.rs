@@ -459,10 +459,28 @@ async fn brokers_are_replaced_when_what_they_were_given_changes() {
     let scratch = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::start(&plant.cluster, scratch.path());
     let logs = || format!("--- controller ---\n{}\n{}", controller.log(), plant.logs());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(plant.client.clone(), "default");
+    let first_password = "first-Pw-9c1f04";
+    let second_password = "second-Pw-7d2e55";
+    let secret = |password: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "plc-login", "namespace": "default"},
+            "stringData": {"password": password},
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&Default::default(), &secret(first_password))
+        .await
+        .unwrap();
     let sim = device_of("127.0.0.1:0", "Acme").await;
     let port = sim.addr.port();
     let mut config = with_broker(modbus_config("given", port, None), 1);
     config["spec"]["nodeSelector"] = json!({"matchLabels": {"kubernetes.io/hostname": "node-a"}});
+    config["spec"]["properties"] = json!([{"name": "PLC_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "plc-login", "key": "password"}}}]);
     plant.apply(config.clone()).await;
     let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
     let first = sole_broker(&pods, "given", "a broker for the Acme device", logs, |p| {
@@ -488,10 +506,82 @@ async fn brokers_are_replaced_when_what_they_were_given_changes() {
     // The device comes back on the same address (the same device id) with other details:
     // its broker is replaced by one that gets them, the old one is gone.
     drop(sim);
-    let _sim = device_of(&format!("127.0.0.1:{port}"), "Bcme").await;
+    let sim = device_of(&format!("127.0.0.1:{port}"), "Bcme").await;
     let second = sole_broker(&pods, "given", "a broker for the Bcme device", logs, |p| {
         broker_env(p)["MODBUS_VENDOR_NAME"] == "Bcme"
     })
     .await;
     assert_ne!(second.uid(), first.uid());
+
+    // The Secret-backed property reaches the broker, plain and with the Instance hash, as
+    // a reference to the Secret's key that the kubelet reads for the broker.
+    let instance = plant.instances("given").await.remove(0);
+    let hash = instance
+        .name_any()
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_uppercase();
+    let reference =
+        json!({"secretKeyRef": {"name": "plc-login", "key": "password", "optional": false}});
+    let env = serde_json::to_value(&second.spec.as_ref().unwrap().containers[0].env).unwrap();
+    for name in ["PLC_PASSWORD".to_string(), format!("PLC_PASSWORD_{hash}")] {
+        let var = env
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == name.as_str()));
+        assert_eq!(
+            var.map(|v| &v["valueFrom"]),
+            Some(&reference),
+            "{name} in {env}"
+        );
+    }
+
+    // A new value in the Secret replaces the broker with one that gets it.
+    secrets
+        .replace("plc-login", &Default::default(), &{
+            let mut s = secret(second_password);
+            s.metadata.resource_version =
+                secrets.get("plc-login").await.unwrap().resource_version();
+            s
+        })
+        .await
+        .unwrap();
+    let third = sole_broker(
+        &pods,
+        "given",
+        "a broker made after the new password",
+        logs,
+        |p| p.uid() != second.uid(),
+    )
+    .await;
+    let env_of =
+        |p: &Pod| serde_json::to_value(&p.spec.as_ref().unwrap().containers[0].env).unwrap();
+    assert_eq!(env_of(&third), env);
+    drop(sim);
+
+    // Neither value is in any Instance, Pod, Event, log or metric.
+    let instances = serde_json::to_string(&plant.instances("given").await).unwrap();
+    let all_pods =
+        serde_json::to_string(&pods.list(&ListParams::default()).await.unwrap()).unwrap();
+    let events: Api<Event> = Api::namespaced(plant.client.clone(), "default");
+    let events =
+        serde_json::to_string(&events.list(&ListParams::default()).await.unwrap()).unwrap();
+    let configuration = serde_json::to_string(&configs.get("given").await.unwrap()).unwrap();
+    let mut metrics = controller.get("/metrics").1;
+    for agent in &plant.agents {
+        metrics.push_str(&agent.get("/metrics").1);
+    }
+    let places = [
+        ("Instances", instances),
+        ("Pods", all_pods),
+        ("Events", events),
+        ("the Configuration", configuration),
+        ("logs", logs()),
+        ("metrics", metrics),
+    ];
+    for password in [first_password, second_password] {
+        for (place, text) in &places {
+            assert!(!text.contains(password), "{password} is in {place}");
+        }
+    }
 }

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 
 use crate::{device_instance, naming};
+use dowser_discovery_api::env::{sanitize, with_hash};
 use k8s_openapi::{
     api::{
         batch::v1::Job,
         core::v1::{
-            Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-            PodSpec, ResourceRequirements, Service, ServiceSpec,
+            Affinity, ConfigMapKeySelector, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
+            NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, ResourceRequirements,
+            SecretKeySelector, Service, ServiceSpec,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
@@ -105,6 +107,50 @@ fn request_device(spec: &mut PodSpec, instance: &str) {
     }
 }
 
+/// The Configuration's `properties` as environment variables of the container of a broker
+/// that holds the device, named like the device's own: each plain and suffixed with the
+/// Instance hash. A literal is given as it is; a Secret or ConfigMap key is given as a
+/// reference to that key (`valueFrom`), which the kubelet reads for the broker in its own
+/// namespace, the Configuration's: the value never passes through dowser, and no pod but
+/// the brokers gets it (a pod that asks for a device itself gets the device's environment
+/// only). A variable the container sets itself is left to it; the device's environment
+/// from `Allocate` (its properties, `brokerProperties`) comes after, and wins a clash.
+fn give_properties(spec: &mut PodSpec, config: &Configuration, instance: &str) {
+    let hash = instance.rsplit('-').next().unwrap_or_default();
+    let Some(first) = spec.containers.first_mut() else {
+        return;
+    };
+    let env = first.env.get_or_insert_with(Vec::new);
+    for p in &config.spec.properties {
+        let value_from = p.value_from.as_ref().map(|from| EnvVarSource {
+            secret_key_ref: from.secret_key_ref.as_ref().map(|r| SecretKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional: Some(r.optional),
+            }),
+            config_map_key_ref: from
+                .config_map_key_ref
+                .as_ref()
+                .map(|r| ConfigMapKeySelector {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    optional: Some(r.optional),
+                }),
+            ..EnvVarSource::default()
+        });
+        let name = sanitize(&p.name);
+        for name in [with_hash(&name, hash), name] {
+            if env.iter().all(|e| e.name != name) {
+                env.push(EnvVar {
+                    name,
+                    value: p.value.clone(),
+                    value_from: value_from.clone(),
+                });
+            }
+        }
+    }
+}
+
 /// The broker pod of one slot of an Instance, pinned to `node` (and annotated with it and
 /// with what it is given there), asking for one of the Instance's devices in its first
 /// container.
@@ -118,6 +164,7 @@ pub fn broker_pod(
     let name = instance.name_any();
     let mut spec = spec.clone();
     request_device(&mut spec, &name);
+    give_properties(&mut spec, config, &name);
     let pin = NodeSelectorTerm {
         match_fields: Some(vec![NodeSelectorRequirement {
             key: "metadata.name".into(),
@@ -180,6 +227,7 @@ pub fn broker_job(
     let mut spec = spec.clone();
     if let Some(pod) = spec.template.spec.as_mut() {
         request_device(pod, &name);
+        give_properties(pod, config, &name);
     }
     let mut template_labels = spec
         .template
@@ -291,5 +339,74 @@ mod tests {
             "Job",
         );
         assert!(!is_slot_broker(&copied));
+    }
+
+    #[test]
+    fn brokers_get_the_properties_as_references_never_as_values() {
+        let config: Configuration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dowser.dev/v1alpha1", "kind": "Configuration",
+            "metadata": {"name": "plc", "namespace": "ns"},
+            "spec": {
+                "discovery": {"modbus": {"targets": ["10.0.7.3"]}},
+                "properties": [
+                    {"name": "PLC_USER", "value": "operator"},
+                    {"name": "PLC_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "login", "key": "pw"}}},
+                    {"name": "SITE", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "id", "optional": true}}},
+                    {"name": "MINE", "value": "from the Configuration"},
+                ],
+                "brokerSpec": {"brokerPodSpec": {"containers": [
+                    {"name": "broker", "image": "b", "env": [{"name": "MINE", "value": "the broker's"}]},
+                    {"name": "sidecar", "image": "s"},
+                ]}},
+            },
+        }))
+        .unwrap();
+        let instance: Instance = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "plc-0a1b2c3d4e5f", "namespace": "ns"},
+            "spec": {"configurationName": "plc", "deviceId": "d", "shared": true, "capacity": 1},
+        }))
+        .unwrap();
+        let spec = config
+            .spec
+            .broker_spec
+            .clone()
+            .unwrap()
+            .broker_pod_spec
+            .unwrap();
+        let pod = broker_pod(&config, &instance, &spec, 0, "node-a");
+        let containers = &pod.spec.as_ref().unwrap().containers;
+        let env = serde_json::to_value(&containers[0].env).unwrap();
+        assert_eq!(
+            env,
+            serde_json::json!([
+                {"name": "MINE", "value": "the broker's"},
+                {"name": "PLC_USER_0A1B2C3D4E5F", "value": "operator"},
+                {"name": "PLC_USER", "value": "operator"},
+                {"name": "PLC_PASSWORD_0A1B2C3D4E5F", "valueFrom": {"secretKeyRef": {"name": "login", "key": "pw", "optional": false}}},
+                {"name": "PLC_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "login", "key": "pw", "optional": false}}},
+                {"name": "SITE_0A1B2C3D4E5F", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "id", "optional": true}}},
+                {"name": "SITE", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "id", "optional": true}}},
+                {"name": "MINE_0A1B2C3D4E5F", "value": "from the Configuration"},
+            ])
+        );
+        assert_eq!(
+            containers[1].env, None,
+            "only the container that holds the device"
+        );
+        // A Job's pod gets them the same way.
+        let job_spec: k8s_openapi::api::batch::v1::JobSpec = serde_json::from_value(
+            serde_json::json!({"template": {"spec": {"containers": [{"name": "j", "image": "j"}]}}}),
+        )
+        .unwrap();
+        let job = broker_job(&config, &instance, &job_spec);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let names: Vec<String> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(names.len(), 8);
+        assert!(names.contains(&"PLC_PASSWORD".to_string()));
     }
 }
