@@ -584,4 +584,41 @@ async fn brokers_are_replaced_when_what_they_were_given_changes() {
             assert!(!text.contains(password), "{password} is in {place}");
         }
     }
+
+    // The Secret is deleted and node-a's agent restarts (kill -9): it cannot read the
+    // property and says so, and the broker is left as it is.
+    secrets
+        .delete("plc-login", &Default::default())
+        .await
+        .unwrap();
+    let agent_a = &plant.agents[0];
+    assert_eq!(agent_a.node, "node-a");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &agent_a.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let restarted = common::agent::Agent::start(&plant.cluster, &plant.kubelets[0]);
+    eventually(60, "the restarted agent reported its node", || async {
+        // Once it serves its health endpoint.
+        std::net::TcpStream::connect(restarted.health).ok()?;
+        let (_, metrics) = restarted.get("/metrics");
+        let writes = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("dowser_agent_api_writes_total "))?;
+        (writes.trim() != "0").then_some(())
+    })
+    .await;
+    let node_a = configs.get("given").await.unwrap().status.unwrap().nodes;
+    let node_a = node_a.iter().find(|n| n.node == "node-a").unwrap();
+    assert!(
+        node_a
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("Secret \"plc-login\"")),
+        "{node_a:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let kept = sole_broker(&pods, "given", "the broker kept", logs, |_| true).await;
+    assert_eq!(kept.uid(), third.uid(), "replaced\n{}", logs());
 }

@@ -157,6 +157,13 @@ struct Worker {
 
 impl Worker {
     fn new(shared: Arc<Shared>, config: Arc<Configuration>, shared_devices: bool) -> Self {
+        // What this node reported before a restart stands until the properties resolve: if
+        // they cannot, the brokers here keep running as they are.
+        let properties_version = config
+            .status
+            .as_ref()
+            .and_then(|s| s.nodes.iter().find(|n| n.node == shared.node))
+            .and_then(|n| n.properties_version.clone());
         Self {
             namespace: config.namespace().unwrap_or_default(),
             name: config.name_any(),
@@ -167,7 +174,7 @@ impl Worker {
             presence: Presence::default(),
             ids: BTreeMap::new(),
             last_health: None,
-            properties_version: None,
+            properties_version,
             properties_failed: false,
             unleft: BTreeMap::new(),
         }
