@@ -60,7 +60,7 @@ pub struct NodeInstances {
 pub enum ClaimError {
     #[error("slot {slot} of {instance} is claimed by another node")]
     Taken { instance: String, slot: u32 },
-    #[error("the API server did not answer within {}s ({waiting}); slots {slots:?} of {instance} not claimed", deadline.as_secs())]
+    #[error("slots {slots:?} of {instance} not claimed: the API server did not answer within {}s ({waiting})", deadline.as_secs())]
     TimedOut {
         instance: String,
         slots: Vec<u32>,
@@ -234,7 +234,7 @@ impl NodeInstances {
         let part = self.part(namespace, name);
         let mut part = tokio::time::timeout_at(until, part.lock())
             .await
-            .map_err(|_| timed_out("an earlier write of the Instance is still unanswered"))?;
+            .map_err(|_| timed_out("an earlier write of the Instance is still waiting for it"))?;
         let mut wanted = part.clone();
         wanted.claims.extend(slots);
         if wanted.claims == part.claims {
@@ -258,7 +258,7 @@ impl NodeInstances {
                 let me = self.clone();
                 let (ns, name) = (namespace.to_string(), name.to_string());
                 tokio::spawn(async move { me.restate(&ns, &name).await });
-                Err(timed_out("claim written, no answer"))
+                Err(timed_out("no answer to the claim"))
             }
         }
     }

@@ -402,7 +402,8 @@ impl SlotAllocator {
                 .await
                 .map_err(|e| match e {
                     ClaimError::Taken { .. } => Status::already_exists(e.to_string()),
-                    ClaimError::TimedOut { .. } | ClaimError::Api(_) => {
+                    ClaimError::TimedOut { .. } => Status::unavailable(e.to_string()),
+                    ClaimError::Api(_) => {
                         Status::unavailable(format!("cannot claim the slot: {e}"))
                     }
                 })?;
