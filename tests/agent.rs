@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 use common::{
     agent::Agent,
     eventually,
-    plant::{Plant, device, modbus_config, nodes_of, phase, pod},
+    plant::{Plant, bound_pod, device, modbus_config, nodes_of, phase, pod},
 };
 use dowser::crd::{Configuration, Instance};
 use dowser_sim::modbus::UnitConfig;
@@ -395,4 +395,206 @@ async fn a_local_device_becomes_an_instance_of_its_node_only() {
             "{other} offers the local device"
         );
     }
+}
+
+/// The resources a kubelet offers a device id through (its PodResources
+/// GetAllocatableResources).
+async fn resources_of(kubelet: &common::cluster::FakeKubelet, device: &str) -> Vec<String> {
+    let mut out: Vec<String> = common::outage::kubelet_devices(kubelet)
+        .await
+        .into_iter()
+        .filter(|(_, ids)| ids.iter().any(|d| d == device))
+        .map(|(r, _)| r)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Stands in for another plugin registering the same resource: it hands out nothing.
+struct Impostor;
+
+impl dowser::deviceplugin::plugin::Allocator for Impostor {
+    async fn allocate(
+        &self,
+        _: &[String],
+    ) -> Result<dowser::deviceplugin::v1beta1::ContainerAllocateResponse, tonic::Status> {
+        Err(tonic::Status::unavailable("impostor"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_hands_a_slot_out_once_and_keeps_offering_it_when_the_kubelet_drops_its_stream() {
+    use dowser::deviceplugin::{HEALTHY, plugin, v1beta1};
+
+    let _serial = common::serial().await;
+    let cluster = common::cluster::Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let kubelet = cluster.fake_kubelet("node-a", &[]);
+    let agent = Agent::start(&cluster, &kubelet);
+    let logs = || {
+        format!(
+            "--- agent ---\n{}\n--- kubelet ---\n{}",
+            agent.log(),
+            cluster.kubelet_log("node-a")
+        )
+    };
+    let sim = device("127.0.0.1:0").await;
+    common::plant::apply(&client, modbus_config("press", sim.addr.port(), None)).await;
+    let instance = common::settle(90, "the Instance of node-a", logs, || async {
+        let list = common::plant::instances(&client, "press").await;
+        if list.len() == 1 && nodes_of(&list[0]) == ["node-a"] {
+            Ok(list[0].clone())
+        } else {
+            Err(format!("{:?}", list.iter().map(nodes_of).collect::<Vec<_>>()))
+        }
+    })
+    .await;
+    // Capacity 1: one slot, offered through the Instance's and the Configuration's resource.
+    let slot = dowser::agent::slots::device_id(&instance.name_any(), 0);
+    let resources = common::settle(
+        60,
+        "the slot offered through two resources",
+        logs,
+        || async {
+            let r = resources_of(&kubelet, &slot).await;
+            if r.len() == 2 {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let allocatable = |resource: String| {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get("node-a").await.ok()?;
+            n.status?.allocatable?.get(&resource).map(|q| q.0.clone())
+        }
+    };
+
+    // The kubelet lets go of a plugin's stream without restarting: here another registration
+    // of the same resource replaces it, and then goes away.
+    let (tx, rx) = tokio::sync::watch::channel(vec![v1beta1::Device {
+        id: "impostor-0".to_string(),
+        health: HEALTHY.to_string(),
+        topology: None,
+    }]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let impostor = tokio::spawn(plugin::run(
+        plugin::PluginConfig {
+            dir: kubelet.plugin_dir(),
+            socket_name: "impostor.sock".to_string(),
+            resource_name: resources[0].clone(),
+        },
+        rx,
+        std::sync::Arc::new(Impostor),
+        dowser::deviceplugin::kubelet_restarts(&kubelet.plugin_dir()),
+        async {
+            stopped.await.unwrap_or(());
+        },
+    ));
+    common::settle(
+        30,
+        "the other registration took the resource",
+        logs,
+        || async {
+            let devices = common::outage::kubelet_devices(&kubelet).await;
+            let of = devices.iter().find(|(r, _)| *r == resources[0]);
+            match of {
+                Some((_, ids)) if ids == &["impostor-0"] => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // It goes: no more registrations, its stream ends (the kubelet lets go of its
+    // connection, so that its server can stop).
+    stop.send(()).unwrap();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), impostor)
+        .await
+        .expect("the other plugin stops once its stream ended")
+        .unwrap();
+    // The agent's plugin registers again: the resource comes back with its device.
+    common::settle(60, "the resource back with its device", logs, || async {
+        let r = resources_of(&kubelet, &slot).await;
+        let a = allocatable(resources[0].clone()).await;
+        if r == resources && a.as_deref() == Some("1") {
+            Ok(())
+        } else {
+            Err(format!("offered through {r:?}; allocatable {a:?}"))
+        }
+    })
+    .await;
+
+    // Two pods, one through each resource, admitted side by side: one gets the slot, the
+    // kubelet refuses the other.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, resource) in [("via-one", &resources[0]), ("via-other", &resources[1])] {
+        pods.create(
+            &PostParams::default(),
+            &bound_pod(name, "node-a", Some(resource)),
+        )
+        .await
+        .unwrap();
+    }
+    let phases = || async {
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        let by_name: BTreeMap<String, (String, String, String)> = list
+            .iter()
+            .map(|p| {
+                let s = p.status.clone().unwrap_or_default();
+                (
+                    p.name_any(),
+                    (
+                        phase(p),
+                        s.reason.unwrap_or_default(),
+                        s.message.unwrap_or_default(),
+                    ),
+                )
+            })
+            .collect();
+        Some(by_name)
+    };
+    let settled = common::settle(60, "one pod Running, one refused", logs, || async {
+        let Some(p) = phases().await else {
+            return Err("no pods listed".to_string());
+        };
+        let running = p.values().filter(|(ph, _, _)| ph == "Running").count();
+        assert!(
+            running < 2,
+            "both pods Running on one slot: {p:?}\n{}",
+            logs()
+        );
+        let failed = p.values().filter(|(ph, _, _)| ph == "Failed").count();
+        if running == 1 && failed == 1 {
+            Ok(p)
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    let (_, reason, message) = settled
+        .values()
+        .find(|(ph, _, _)| ph == "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(reason, "UnexpectedAdmissionError", "{settled:?}");
+    assert!(
+        message.contains("is in use on node node-a: a pod holds it through")
+            || message.contains("requested number of devices unavailable"),
+        "the refusal does not say why: {message}"
+    );
+    eprintln!("the pod that did not get the slot: {message}");
+    // And it stays that way.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = phases().await.unwrap();
+    assert_eq!(
+        after.values().filter(|(ph, _, _)| ph == "Running").count(),
+        1,
+        "{after:?}"
+    );
 }
