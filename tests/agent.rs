@@ -446,7 +446,10 @@ async fn a_node_hands_a_slot_out_once_and_keeps_offering_it_when_the_kubelet_dro
         if list.len() == 1 && nodes_of(&list[0]) == ["node-a"] {
             Ok(list[0].clone())
         } else {
-            Err(format!("{:?}", list.iter().map(nodes_of).collect::<Vec<_>>()))
+            Err(format!(
+                "{:?}",
+                list.iter().map(nodes_of).collect::<Vec<_>>()
+            ))
         }
     })
     .await;
