@@ -349,8 +349,10 @@ impl Allocator for SlotAllocator {
         } else {
             plugins.part.metrics().allocated();
             // The other resource reports the slots Unhealthy now, not after the next
-            // PodResources poll.
-            plugins.sync().await;
+            // PodResources poll. Not awaited: a sync waits for every Instance's part, which a
+            // write to an unanswering API server may hold.
+            let me = plugins.clone();
+            tokio::spawn(async move { me.sync().await });
         }
         result
     }
