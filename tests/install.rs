@@ -599,10 +599,15 @@ fn check_identities(cluster: &Cluster) {
             ("create", "pods", "default", false),
             ("get", "pods", "default", false),
             ("create", "pods/exec", "default", false),
+            // Nodes: read, and only their status patched (stale dowser.dev/ resources
+            // removed by a JSON patch); never updated, deleted or labelled.
+            ("patch", "nodes/status", "", true),
+            ("update", "nodes/status", "", false),
             ("patch", "nodes", "", false),
-            ("patch", "nodes/status", "", false),
+            ("update", "nodes", "", false),
             ("delete", "nodes", "", false),
             ("get", "nodes", "", false),
+            ("create", "nodes", "", false),
             // Configurations belong to their authors.
             ("create", "configurations.dowser.dev", "default", false),
             ("patch", "configurations.dowser.dev", "default", false),

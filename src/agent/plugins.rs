@@ -296,6 +296,11 @@ impl Plugins {
             .into_iter()
             .find(|c| c.name_any() == name && c.namespace().as_deref() == Some(namespace))
     }
+
+    /// The resources of the plugins running now.
+    pub async fn served(&self) -> BTreeSet<String> {
+        self.running.lock().await.keys().cloned().collect()
+    }
 }
 
 /// Allocate for one plugin: claims the slots, then hands out the devices' environment.
