@@ -28,8 +28,15 @@ use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
 use kube::{Api, Client, api::ListParams};
 use support::{Proc, apply, env, status_kib};
 
-/// Units per simulated device address; addresses per node = devices / UNITS.
+/// Units per simulated device address, at least; addresses per node = devices / units.
 const UNITS: u32 = 4;
+/// Addresses per node at most (one /24 of loopback): more devices get more units each.
+const ADDRESSES: u32 = 250;
+
+/// Modbus units per address for `devices` on a node.
+fn units(devices: u32) -> u32 {
+    devices.div_ceil(ADDRESSES).max(UNITS)
+}
 const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
 /// How long the requests of a converged, unchanging cluster are counted (per minute in the row).
 const IDLE_SECONDS: u64 = 30;
@@ -136,7 +143,7 @@ struct FakeNode {
 }
 
 /// A fake node `scale-<n>` with its kubelet, its agent and `devices` Modbus devices on
-/// 127.92.<n>.x:5020 (units 1..=UNITS each), found by Configuration `scale-<n>`.
+/// 127.92.<n>.x:5020 (units 1..=units(devices) each), found by Configuration `scale-<n>`.
 async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
     let name = format!("scale-{n}");
     let dir = work.join(&name);
@@ -156,10 +163,11 @@ async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
     while !dir.join("device-plugins/kubelet.sock").exists() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let addresses = devices.div_ceil(UNITS);
+    let units = units(devices);
+    let addresses = devices.div_ceil(units);
     let mut fleet = ListenerConfig::device(
         format!("127.92.{n}.1:5020").parse().unwrap(),
-        (1..=UNITS)
+        (1..=units)
             .map(|u| UnitConfig::identified(u as u8, "Acme", "PLC", "1.0"))
             .collect(),
     );
@@ -167,7 +175,7 @@ async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
     let served = serve(&fleet).await.unwrap();
     apply(&format!(
         "apiVersion: dowser.dev/v1alpha1\nkind: Configuration\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
-         discovery: {{modbus: {{targets: [\"127.92.{n}.1-127.92.{n}.{addresses}\"], ports: [5020], unitIds: [\"1-{UNITS}\"], intervalSeconds: 60}}}}\n  \
+         discovery: {{modbus: {{targets: [\"127.92.{n}.1-127.92.{n}.{addresses}\"], ports: [5020], unitIds: [\"1-{units}\"], intervalSeconds: 60}}}}\n  \
          nodeSelector: {{matchLabels: {{bench/node: {name}}}}}\n"
     ));
     let agent = Proc(
@@ -300,7 +308,7 @@ async fn main() {
     let audit = PathBuf::from(env("DOWSER_AUDIT_LOG"));
     let client = Client::try_default().await.unwrap();
     let mut out = Vec::new();
-    let per_node_devices = per_node.div_ceil(UNITS) * UNITS;
+    let per_node_devices = per_node.div_ceil(units(per_node)) * units(per_node);
 
     let controller = Proc(
         Command::new(env("DOWSER_BIN"))
