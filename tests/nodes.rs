@@ -632,30 +632,39 @@ async fn a_thousand_devices_that_come_and_go_leave_only_live_resources_on_the_no
     })
     .await;
     let deleted = gone.elapsed().as_secs_f64();
+    // Their plugins stopped with them. The kubelet forgets a stopped plugin only after its
+    // grace period (5 s here) and writes back, meanwhile, what it still tracks: judge once it
+    // has forgotten the last ones and posted its status since.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let api = &nodes;
+    let clean = move |what: &'static str| async move {
+        let node = api.get("node-a").await.map_err(|e| e.to_string())?;
+        let resources = dowser_resources(&node);
+        let stale = resources
+            .values()
+            .filter(|(_, a)| a.as_deref() != Some("1"))
+            .count();
+        (resources.len() == 2 && stale == 0)
+            .then_some(())
+            .ok_or(format!(
+                "{what}: {} dowser.dev/ resources, {stale} of them not allocatable",
+                resources.len()
+            ))
+    };
     settle(
         300,
         "only the resources of the device that stays on the node",
         logs,
-        || async {
-            let node = nodes.get("node-a").await.map_err(|e| e.to_string())?;
-            let resources = dowser_resources(&node);
-            let stale = resources
-                .values()
-                .filter(|(_, a)| a.as_deref() != Some("1"))
-                .count();
-            (resources.len() == 2 && stale == 0)
-                .then_some(())
-                .ok_or(format!(
-                    "{} dowser.dev/ resources, {stale} of them not allocatable",
-                    resources.len()
-                ))
-        },
+        || clean("on the node"),
     )
     .await;
     eprintln!(
         "1,000 devices gone → Instances deleted after {deleted:.1} s, only live resources on the node after {:.1} s",
         gone.elapsed().as_secs_f64()
     );
+    // And stays so: the kubelet's next posts write none of them back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    clean("3 s later").await.unwrap();
     // What stays is the device that stays: its Instance's resource and its Configuration's.
     assert_eq!(instances(&client, "stays").await.len(), 1);
     drop(stays);
