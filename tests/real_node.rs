@@ -528,6 +528,22 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
     node.clean();
     node.run_readme_block(&readme_block("helm install"));
     rollout(node);
+    // A resource of a device gone long ago, as the kubelet leaves it for good once its device
+    // manager has forgotten the plugin: 0 in capacity and allocatable.
+    let forgotten = "dowser.dev/plc-gone-0123456789ab";
+    node.kubectl_ok(&[
+        "patch",
+        "node",
+        node.name(),
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &serde_json::json!({"status": {
+            "capacity": {forgotten: "0"},
+            "allocatable": {forgotten: "0"},
+        }})
+        .to_string(),
+    ]);
 
     let plant = Plant::start(node.host_ip(), &REGISTERS);
     // With a property from a Secret, which the broker's container gets from the kubelet.
@@ -569,6 +585,18 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
             env.iter().map(|e| e.split('=').next()).collect::<Vec<_>>()
         );
     }
+    // The agent removes it (its sweep runs every minute).
+    wait_for(
+        &format!("{forgotten} removed from the Node"),
+        MINUTES(2),
+        || match (
+            node.node_resource("capacity", forgotten),
+            node.node_resource("allocatable", forgotten),
+        ) {
+            (None, None) => Ok(()),
+            other => Err(format!("capacity, allocatable: {other:?}")),
+        },
+    );
 
     // The device goes away: after the grace period the Instance and its broker go.
     drop(plant);
@@ -598,6 +626,13 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
         capacity.as_deref(),
         Some("1"),
         "the kubelet keeps a stopped plugin's capacity for its grace period"
+    );
+    // The kubelet posted its status since (allocatable 0 above) and did not write the removed
+    // resource back: it writes only what its device manager tracks.
+    assert_eq!(
+        node.node_resource("capacity", forgotten),
+        None,
+        "a removed resource came back"
     );
     assert!(
         !node.plugin_sockets().keys().any(|s| s.contains(&instance)),

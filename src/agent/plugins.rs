@@ -300,6 +300,11 @@ impl Plugins {
             .into_iter()
             .find(|c| c.name_any() == name && c.namespace().as_deref() == Some(namespace))
     }
+
+    /// The resources of the plugins running now.
+    pub async fn served(&self) -> BTreeSet<String> {
+        self.running.lock().await.keys().cloned().collect()
+    }
 }
 
 /// How long `Allocate` waits for the API server to record a claim. The kubelet admits pods
