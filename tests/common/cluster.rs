@@ -265,6 +265,16 @@ impl Cluster {
     /// Starts a fake kubelet for a Node with these labels; returns once it serves. Started
     /// again for the same node, it resumes from the same root directory (its checkpoint).
     pub fn fake_kubelet(&self, node: &str, labels: &[(&str, &str)]) -> FakeKubelet {
+        self.fake_kubelet_with(node, labels, &[])
+    }
+
+    /// [`Cluster::fake_kubelet`] with more command-line arguments.
+    pub fn fake_kubelet_with(
+        &self,
+        node: &str,
+        labels: &[(&str, &str)],
+        args: &[&str],
+    ) -> FakeKubelet {
         let root = self.scratch.path().join(node);
         std::fs::create_dir_all(&root).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -283,6 +293,7 @@ impl Cluster {
         for (k, v) in labels {
             cmd.args(["--label", &format!("{k}={v}")]);
         }
+        cmd.args(args);
         let child = cmd.spawn().expect("start fake-kubelet");
         let kubelet = FakeKubelet {
             node: node.to_string(),

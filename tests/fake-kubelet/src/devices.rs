@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use dowser::deviceplugin::{
@@ -34,6 +34,8 @@ struct Plugin {
     /// device id → healthy
     devices: BTreeMap<String, bool>,
     stream: Option<JoinHandle<()>>,
+    /// When its plugin went away (`endpoint.go` `setStopTime`); `None` while registered.
+    stopped: Option<Instant>,
 }
 
 /// Devices assigned to one container, and what the plugin answered.
@@ -84,11 +86,18 @@ impl DeviceManager {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         // Like the kubelet's device manager reading its checkpoint: the resources it names
-        // are known, with no devices (capacity 0) until their plugin registers again.
+        // are known, with no devices (capacity 0) until their plugin registers again, and
+        // their endpoint counts as stopped from now (`newStoppedEndpointImpl`).
         let plugins = pods
             .values()
             .flat_map(|p| p.containers.values().flatten())
-            .map(|a| (a.resource.clone(), Plugin::default()))
+            .map(|a| {
+                let plugin = Plugin {
+                    stopped: Some(Instant::now()),
+                    ..Plugin::default()
+                };
+                (a.resource.clone(), plugin)
+            })
             .collect();
         Arc::new(Self {
             dir,
@@ -141,6 +150,7 @@ impl DeviceManager {
                     s.abort();
                 }
                 plugin.devices.clear();
+                plugin.stopped = Some(Instant::now());
             }
         }
         self.remove_sockets()?;
@@ -161,6 +171,23 @@ impl DeviceManager {
                 (r.clone(), (p.devices.len(), healthy))
             })
             .collect()
+    }
+
+    /// Forgets the resources whose plugin went away more than `grace` ago and returns them,
+    /// once: the kubelet's `GetCapacity` lists them as deleted when its
+    /// `endpointStopGracePeriod` has expired, and its node status then sets them to 0.
+    pub async fn forget_stopped(&self, grace: Duration) -> Vec<String> {
+        let mut state = self.state.lock().await;
+        let gone: Vec<String> = state
+            .plugins
+            .iter()
+            .filter(|(_, p)| p.stopped.is_some_and(|t| t.elapsed() > grace))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in &gone {
+            state.plugins.remove(r);
+        }
+        gone
     }
 
     pub async fn assignment(&self, uid: &str) -> Option<PodAssignment> {
@@ -344,6 +371,7 @@ impl DeviceManager {
             old.abort();
         }
         plugin.endpoint = endpoint;
+        plugin.stopped = None;
         Ok(())
     }
 
@@ -375,6 +403,7 @@ impl DeviceManager {
         // A plugin that went away offers nothing until it registers again.
         if let Some(plugin) = self.state.lock().await.plugins.get_mut(&resource) {
             plugin.devices.clear();
+            plugin.stopped = Some(Instant::now());
         }
         self.changed.notify_one();
     }

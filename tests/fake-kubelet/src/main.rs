@@ -56,6 +56,11 @@ struct Args {
     /// is posted as soon as a device plugin's devices change, which keeps tests fast.
     #[arg(long, value_name = "SECONDS")]
     node_status_update_frequency: Option<f64>,
+    /// How long a stopped plugin's resource stays known, in seconds, before it is set to 0
+    /// for good. The kubelet's `endpointStopGracePeriod` is a constant 5 minutes; this flag
+    /// exists only so that tests need not wait that long.
+    #[arg(long, value_name = "SECONDS", default_value = "300")]
+    endpoint_stop_grace_period: f64,
 }
 
 async fn client(kubeconfig: &PathBuf) -> anyhow::Result<kube::Client> {
@@ -101,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         status_every: args
             .node_status_update_frequency
             .map(Duration::from_secs_f64),
+        stop_grace: Duration::from_secs_f64(args.endpoint_stop_grace_period),
     };
     let mut restart = signal(SignalKind::user_defined1())?;
     let mut term = signal(SignalKind::terminate())?;

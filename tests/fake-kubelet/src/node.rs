@@ -29,6 +29,9 @@ pub struct NodeSpec {
     /// Post status on this period only (a real kubelet's nodeStatusUpdateFrequency); `None`:
     /// on every device change and every heartbeat.
     pub status_every: Option<Duration>,
+    /// How long a stopped plugin's resource is kept before it is set to 0 and forgotten (the
+    /// kubelet's `endpointStopGracePeriod`, a constant 5 minutes there).
+    pub stop_grace: Duration,
 }
 
 /// Registers the node, then keeps its status and lease fresh until the task is dropped.
@@ -79,21 +82,41 @@ pub async fn run(
 }
 
 /// Node status as the kubelet reports it: device-plugin resources in capacity (all devices)
-/// and allocatable (healthy devices).
+/// and allocatable (healthy devices). Those are written by a merge patch, as the kubelet
+/// patches only what it sets (`nodestatus/setters.go` `MachineInfo`): a resource its device
+/// manager has forgotten is set to 0 once and never written again, nor removed, so whoever
+/// removes it later does not see it come back.
 async fn sync_status(
     nodes: &Api<Node>,
     spec: &NodeSpec,
     devices: &DeviceManager,
 ) -> anyhow::Result<()> {
-    let mut capacity = BTreeMap::from([
+    let capacity = BTreeMap::from([
         ("cpu".to_string(), spec.cpu.clone()),
         ("memory".to_string(), spec.memory.clone()),
         ("pods".to_string(), spec.pods.clone()),
     ]);
-    let mut allocatable = capacity.clone();
+    let allocatable = capacity.clone();
+    let (mut plugin_capacity, mut plugin_allocatable) = (BTreeMap::new(), BTreeMap::new());
     for (resource, (all, healthy)) in devices.resources().await {
-        capacity.insert(resource.clone(), all.to_string());
-        allocatable.insert(resource, healthy.to_string());
+        plugin_capacity.insert(resource.clone(), all.to_string());
+        plugin_allocatable.insert(resource, healthy.to_string());
+    }
+    for resource in devices.forget_stopped(spec.stop_grace).await {
+        plugin_capacity.insert(resource.clone(), "0".to_string());
+        plugin_allocatable.insert(resource, "0".to_string());
+    }
+    if !plugin_capacity.is_empty() {
+        nodes
+            .patch_status(
+                &spec.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "capacity": plugin_capacity,
+                    "allocatable": plugin_allocatable,
+                }})),
+            )
+            .await?;
     }
     let now = Timestamp::now().to_string();
     nodes
