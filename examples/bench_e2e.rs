@@ -215,7 +215,7 @@ async fn main() {
         let addr = format!("127.91.1.{}:5020", rep + 1);
         let id = format!("modbus+tcp://{addr}/1");
         let instance = instance_name("e2e", &id, None);
-        let resource = instance_resource(&instance);
+        let resource = instance_resource("default", &instance);
         // Devices appear at any moment of the agent's polling cycle, not in step with it.
         tokio::time::sleep(Duration::from_millis((rep as u64 * 379) % 1000)).await;
         let t0 = Instant::now();

@@ -466,7 +466,7 @@ async fn footprint(node: &RealNode, client: &Client, out: &mut Vec<String>) {
                 .and_then(|s| s.allocatable)
                 .unwrap_or_default()
                 .iter()
-                .filter(|(k, v)| k.starts_with("dowser.dev/hundred-") && v.0 == "1")
+                .filter(|(k, v)| k.starts_with("dowser.dev/default_hundred-") && v.0 == "1")
                 .count();
             if offered == 100 {
                 Ok(())
@@ -554,7 +554,7 @@ spec:
         let (config, _) = &configs[rep / MAX_PORTS];
         let addr = SocketAddr::new(ip, ports[rep]);
         let instance = instance_name(config, &format!("modbus+tcp://{addr}/1"), None);
-        let resource = instance_resource(&instance);
+        let resource = instance_resource("default", &instance);
         let label = format!("dowser.dev/configuration={config}");
         // Devices appear at any moment of the agent's polling cycle and of the kubelet's
         // status period: the previous run ends in step with both (a status post made its

@@ -25,7 +25,7 @@ pub struct DeviceInstance {
     pub device_id: String,
     /// The Instance hash that suffixes its environment variables.
     pub hash: String,
-    /// `dowser.dev/<instance>` and `dowser.dev/<configuration>`.
+    /// The Instance's extended resource and the Configuration's ([`naming`]).
     pub resources: Vec<String>,
     /// Environment variables a broker of this device gets.
     pub env: BTreeMap<String, String>,
@@ -63,7 +63,13 @@ pub fn instance(
         metadata: ObjectMeta {
             name: Some(id.name.clone()),
             namespace: config.metadata.namespace.clone(),
-            labels: Some([(CONFIGURATION_LABEL.to_string(), config_name.clone())].into()),
+            labels: Some(
+                [(
+                    CONFIGURATION_LABEL.to_string(),
+                    naming::configuration_label(&config_name),
+                )]
+                .into(),
+            ),
             ..ObjectMeta::default()
         },
         spec: InstanceSpec {
@@ -89,10 +95,11 @@ pub fn instance_for(
 ) -> DeviceInstance {
     let id = InstanceId::new(config, shared, node, &device.id);
     let config_name = config.name_any();
+    let namespace = config.namespace().unwrap_or_else(|| "default".to_string());
     DeviceInstance {
         resources: vec![
-            naming::instance_resource(&id.name),
-            naming::configuration_resource(&config_name),
+            naming::instance_resource(&namespace, &id.name),
+            naming::configuration_resource(&namespace, &config_name),
         ],
         env: broker_env(&device.properties, &config.spec.broker_properties, &id.hash),
         device_id: device.id.clone(),

@@ -1,8 +1,24 @@
-//! Names that dowser gives to things: Instances and extended resources.
+//! Names that dowser gives to things: Instances, extended resources and device-plugin
+//! sockets. Every rule lives here.
 //!
 //! Instance name: `<configuration>-<hash>`, where the hash is over the device id (plus the
 //! node name for devices that only one node can see). The whole name is a valid DNS label of
 //! at most 63 characters; the configuration part is shortened, never the hash.
+//!
+//! Extended resources (what a pod requests), `dowser.dev/<name>` where `<name>` is
+//! - `<namespace>.<configuration>` for any device of a Configuration, such as
+//!   `dowser.dev/default.plc-line3`;
+//! - `<namespace>_<instance>` for one device, such as
+//!   `dowser.dev/default_plc-line3-77f91fafb55b`;
+//! - when that is longer than 63 characters (the limit of the name part), its first 49
+//!   characters, `__` and the first 12 hex digits of the SHA-256 of the whole of it.
+//!
+//! The `dowser.dev/configuration` label holds a Configuration's name, shortened the same way
+//! when longer than 63 characters ([`configuration_label`]).
+//!
+//! No two of these can be equal: namespaces, Configuration and Instance names never contain
+//! `_` (so `_` tells an Instance from a Configuration, and a namespace never holds the `.`
+//! that ends it), and `__` appears only in shortened names, which differ by their hash.
 
 use sha2::{Digest, Sha256};
 
@@ -47,17 +63,119 @@ pub fn instance_name_with_hash(configuration: &str, hash: &str) -> String {
     }
 }
 
-/// The extended resource of one Instance: `dowser.dev/<instance>`.
-pub fn instance_resource(instance: &str) -> String {
-    format!("{RESOURCE_DOMAIN}/{instance}")
+/// The extended resource of one Instance: `dowser.dev/<namespace>_<instance>`, shortened
+/// when longer (see the module's documentation).
+pub fn instance_resource(namespace: &str, instance: &str) -> String {
+    resource(format!("{namespace}_{instance}"))
 }
 
-/// The extended resource of any device of a Configuration: `dowser.dev/<configuration>`.
-pub fn configuration_resource(configuration: &str) -> String {
-    format!(
-        "{RESOURCE_DOMAIN}/{}",
-        label_prefix(configuration, MAX_LABEL)
-    )
+/// The extended resource of any device of a Configuration:
+/// `dowser.dev/<namespace>.<configuration>`, shortened when longer (see the module's
+/// documentation).
+pub fn configuration_resource(namespace: &str, configuration: &str) -> String {
+    resource(format!("{namespace}.{configuration}"))
+}
+
+/// Characters of a shortened resource name kept from the start of the full one.
+const SHORTENED_PREFIX: usize = MAX_LABEL - 2 - HASH_LEN;
+
+fn resource(name: String) -> String {
+    format!("{RESOURCE_DOMAIN}/{}", shorten(name))
+}
+
+/// `name` if it has at most 63 characters, else its first 49, `__` and 12 hex digits of
+/// its SHA-256.
+fn shorten(name: String) -> String {
+    if name.len() <= MAX_LABEL {
+        return name;
+    }
+    let hash = hex_sha256(name.as_bytes());
+    let mut prefix = name;
+    // Namespaces and names are ASCII; this only keeps a stray character whole.
+    while prefix.len() > SHORTENED_PREFIX || !prefix.is_char_boundary(prefix.len()) {
+        prefix.pop();
+    }
+    format!("{prefix}__{hash}")
+}
+
+/// The value of the `dowser.dev/configuration` label on a Configuration's Instances, broker
+/// Pods, Jobs and Services: the Configuration's name, shortened like a resource name when
+/// longer than a label value may be (63 characters).
+pub fn configuration_label(configuration: &str) -> String {
+    shorten(configuration.to_string())
+}
+
+/// Whether a `dowser.dev/configuration` label value is a shortened name (so the name must
+/// be looked up, not read from it).
+pub fn is_shortened(label: &str) -> bool {
+    label.len() == MAX_LABEL && label.get(SHORTENED_PREFIX..SHORTENED_PREFIX + 2) == Some("__")
+}
+
+/// The first [`HASH_LEN`] hex digits of the SHA-256 of `bytes`.
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(HASH_LEN / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Longest path a unix socket address holds (`sun_path` is 108 bytes with the final NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+/// Characters of a resource name kept readable in its plugin's socket name.
+const SOCKET_READABLE: usize = 32;
+/// The shortest socket name: `dowser-<hash>.sock`.
+pub const MIN_SOCKET_NAME: usize = "dowser-".len() + HASH_LEN + ".sock".len();
+/// The longest socket name; the kubelet's own directory, `/var/lib/kubelet/device-plugins/`,
+/// leaves room for it.
+pub const MAX_SOCKET_NAME: usize = MIN_SOCKET_NAME + SOCKET_READABLE + 1;
+
+/// How long a socket name may be in `dir` (the bytes left of [`MAX_SOCKET_PATH`] after the
+/// directory and its `/`); `None` when not even the shortest name fits.
+pub fn socket_room(dir: &std::path::Path) -> Option<usize> {
+    let used =
+        dir.as_os_str().len() + usize::from(!dir.as_os_str().as_encoded_bytes().ends_with(b"/"));
+    MAX_SOCKET_PATH
+        .checked_sub(used)
+        .filter(|room| *room >= MIN_SOCKET_NAME)
+}
+
+/// The file name of the socket of the device plugin of `resource`, at most `room` bytes
+/// (from [`socket_room`]) and [`MAX_SOCKET_NAME`]: `dowser-<start of the resource's
+/// name>-<hash of the resource>.sock`, such as `dowser-default.plc-line3-1f0c44d03b5a.sock`.
+/// The same resource always gets the same name in the same directory; the readable part is
+/// shortened, then left out, when the directory leaves little room.
+pub fn plugin_socket(resource: &str, room: usize) -> String {
+    let hash = hex_sha256(resource.as_bytes());
+    let name = resource
+        .strip_prefix(&format!("{RESOURCE_DOMAIN}/"))
+        .unwrap_or(resource);
+    let readable = room
+        .min(MAX_SOCKET_NAME)
+        .saturating_sub(MIN_SOCKET_NAME + 1)
+        .min(SOCKET_READABLE);
+    let start: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(readable)
+        .collect();
+    if start.is_empty() {
+        format!("dowser-{hash}.sock")
+    } else {
+        format!("dowser-{start}-{hash}.sock")
+    }
+}
+
+/// Whether `s` is a valid qualified name without prefix, as the name part of an extended
+/// resource must be: 1–63 characters of `[A-Za-z0-9-_.]`, starting and ending with a letter
+/// or digit.
+pub fn is_qualified_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_LABEL
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// Whether `s` is a valid DNS label (RFC 1123): 1–63 characters of `[a-z0-9-]`, starting
@@ -148,11 +266,152 @@ mod tests {
     }
 
     #[test]
-    fn resource_names() {
-        assert_eq!(instance_resource("plc-abc"), "dowser.dev/plc-abc");
-        assert_eq!(configuration_resource("plc"), "dowser.dev/plc");
-        let long = configuration_resource(&"x".repeat(100));
-        assert_eq!(long.len(), "dowser.dev/".len() + MAX_LABEL);
+    fn resource_names_carry_the_namespace() {
+        assert_eq!(
+            instance_resource("default", "plc-abc"),
+            "dowser.dev/default_plc-abc"
+        );
+        assert_eq!(
+            configuration_resource("default", "plc"),
+            "dowser.dev/default.plc"
+        );
+        assert_eq!(
+            configuration_resource("plant", "line3.plc"),
+            "dowser.dev/plant.line3.plc"
+        );
+        // Same name, two namespaces: two resources.
+        assert_ne!(
+            configuration_resource("a", "plc"),
+            configuration_resource("b", "plc")
+        );
+        assert_ne!(
+            instance_resource("a", "plc-1"),
+            instance_resource("b", "plc-1")
+        );
+        // A Configuration named like an Instance of the same namespace.
+        assert_ne!(
+            configuration_resource("a", "plc-77f91fafb55b"),
+            instance_resource("a", "plc-77f91fafb55b")
+        );
+    }
+
+    fn name_part(resource: &str) -> &str {
+        resource.strip_prefix("dowser.dev/").unwrap()
+    }
+
+    #[test]
+    fn long_resource_names_are_shortened_with_a_hash_and_stay_apart() {
+        // 63 characters fit as they are.
+        let exact = configuration_resource("default", &"c".repeat(55));
+        assert_eq!(name_part(&exact).len(), 63);
+        assert!(!exact.contains("__"));
+        // The longest a user can give: a 63-character namespace, a 253-character name.
+        let ns = "n".repeat(63);
+        let config = format!("{}.{}", "c".repeat(126), "d".repeat(126));
+        for r in [
+            configuration_resource("default", &"c".repeat(56)),
+            configuration_resource(&ns, &config),
+            instance_resource(&ns, &instance_name(&config, "dev", None)),
+        ] {
+            let part = name_part(&r);
+            assert_eq!(part.len(), MAX_LABEL, "{r}");
+            assert!(is_qualified_name(part), "{r}");
+            assert_eq!(&part[SHORTENED_PREFIX..SHORTENED_PREFIX + 2], "__", "{r}");
+        }
+        // Names that only differ after the cut get different resources.
+        let a = configuration_resource(&ns, &format!("{}a", "c".repeat(100)));
+        let b = configuration_resource(&ns, &format!("{}b", "c".repeat(100)));
+        assert_ne!(a, b);
+        // A shortened name never equals one that was not shortened.
+        let short = configuration_resource("default", &"c".repeat(56));
+        assert!(short.starts_with(&format!("dowser.dev/default.{}__", "c".repeat(41))));
+        // Stable: users and tests may write it down (the README's example).
+        assert_eq!(short, configuration_resource("default", &"c".repeat(56)));
+        assert_eq!(
+            configuration_resource(
+                "packaging-line-3",
+                "palletizer-safety-controllers.building-7.plant-east"
+            ),
+            "dowser.dev/packaging-line-3.palletizer-safety-controllers.bu__8df983caab06"
+        );
+    }
+
+    #[test]
+    fn configuration_labels_are_the_name_until_too_long() {
+        assert_eq!(configuration_label("plant.line-3"), "plant.line-3");
+        assert!(!is_shortened("plant.line-3"));
+        let name63 = "c".repeat(63);
+        assert_eq!(configuration_label(&name63), name63);
+        assert!(!is_shortened(&name63));
+        let long = format!("{}.{}", "c".repeat(126), "d".repeat(126));
+        let label = configuration_label(&long);
+        assert!(is_qualified_name(&label), "{label}");
+        assert!(is_shortened(&label), "{label}");
+        assert_ne!(
+            label,
+            configuration_label(&format!("{}.{}", "c".repeat(126), "e".repeat(126)))
+        );
+    }
+
+    #[test]
+    fn every_resource_name_is_a_qualified_name() {
+        for (ns, name) in [
+            ("default", "plc"),
+            ("a", "b"),
+            ("kube-system", "plant.line-3.plc"),
+            (&"n".repeat(63)[..], &"x".repeat(253)[..]),
+        ] {
+            assert!(is_qualified_name(name_part(&configuration_resource(
+                ns, name
+            ))));
+            let instance = instance_name(name, "dev", None);
+            assert!(is_qualified_name(name_part(&instance_resource(
+                ns, &instance
+            ))));
+        }
+    }
+
+    #[test]
+    fn socket_names_are_short_unique_stable_and_readable() {
+        let kubelet = std::path::Path::new("/var/lib/kubelet/device-plugins/");
+        let room = socket_room(kubelet).unwrap();
+        let ns = "n".repeat(63);
+        let long = instance_resource(&ns, &instance_name(&"c".repeat(253), "dev", None));
+        let short = configuration_resource("default", "plc-line3");
+        for r in [&long, &short] {
+            let name = plugin_socket(r, room);
+            assert!(name.len() <= MAX_SOCKET_NAME, "{name}");
+            assert!(kubelet.join(&name).as_os_str().len() <= MAX_SOCKET_PATH);
+            assert_eq!(name, plugin_socket(r, room));
+        }
+        // The README's example.
+        assert_eq!(
+            plugin_socket(&short, room),
+            "dowser-default.plc-line3-096d5251fb3d.sock"
+        );
+        assert_ne!(
+            plugin_socket(&configuration_resource("a", &"x".repeat(100)), room),
+            plugin_socket(&configuration_resource("a", &"x".repeat(101)), room)
+        );
+        // A long directory shortens the readable part, then leaves it out.
+        let deep = std::path::PathBuf::from(format!("/{}", "d".repeat(60)));
+        let room = socket_room(&deep).unwrap();
+        let name = plugin_socket(&long, room);
+        assert!(
+            deep.join(&name).as_os_str().len() <= MAX_SOCKET_PATH,
+            "{name}"
+        );
+        assert!(name.starts_with("dowser-nnn"), "{name}");
+        let deeper = std::path::PathBuf::from(format!("/{}", "d".repeat(80)));
+        let room = socket_room(&deeper).unwrap();
+        let name = plugin_socket(&long, room);
+        assert_eq!(name.len(), MIN_SOCKET_NAME, "{name}");
+        assert!(deeper.join(&name).as_os_str().len() <= MAX_SOCKET_PATH);
+        // No room at all: the agent says so instead of trying forever.
+        assert_eq!(
+            socket_room(&std::path::PathBuf::from(format!("/{}", "d".repeat(90)))),
+            None
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ async fn shared_devices_become_one_instance_on_every_node_that_sees_them() {
     );
 
     // Capacity 1 over three nodes: exactly one node offers the slot.
-    let resource = format!("dowser.dev/{name}");
+    let resource = dowser::naming::instance_resource("default", &name);
     let offered = eventually(60, "the slot offered by exactly one node", || async {
         let mut per_node = BTreeMap::new();
         for n in ["node-a", "node-b", "node-c"] {
@@ -233,7 +233,7 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
     })
     .await;
     let name = instance.name_any();
-    let resource = format!("dowser.dev/{name}");
+    let resource = dowser::naming::instance_resource("default", &name);
     eventually(60, "the slot offered", || async {
         (plant.allocatable("node-a", &resource).await.as_deref() == Some("1")).then_some(())
     })
@@ -366,7 +366,7 @@ async fn a_local_device_becomes_an_instance_of_its_node_only() {
     );
     assert_eq!(instance.spec.devices[0].host_path, path);
     // A pod for it runs on node-a and gets the serial line's device node.
-    let resource = format!("dowser.dev/{}", instance.name_any());
+    let resource = dowser::naming::instance_resource("default", &instance.name_any());
     let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
     pods.create(&PostParams::default(), &pod("meter-broker", &resource))
         .await

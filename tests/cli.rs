@@ -104,8 +104,9 @@ async fn json_output_lists_instances_resources_and_env() {
         name.starts_with("plc-line3-") && name.len() == "plc-line3-".len() + 12,
         "{name}"
     );
-    assert_eq!(first["resources"][0], format!("dowser.dev/{name}"));
-    assert_eq!(first["resources"][1], "dowser.dev/plc-line3");
+    // Namespace `plant`: the resources carry it.
+    assert_eq!(first["resources"][0], format!("dowser.dev/plant_{name}"));
+    assert_eq!(first["resources"][1], "dowser.dev/plant.plc-line3");
     let hash = name.rsplit('-').next().unwrap().to_ascii_uppercase();
     assert_eq!(first["env"]["MODBUS_VENDOR_NAME"], "Acme");
     assert_eq!(first["env"][format!("MODBUS_HOST_{hash}")], "127.0.0.1");
@@ -140,7 +141,7 @@ async fn table_output_is_readable() {
         row.contains(&format!("modbus+tcp://127.0.0.1:{}/2", device.addr.port())),
         "{row}"
     );
-    assert!(row.contains("dowser.dev/plc-line3-"));
+    assert!(row.contains("dowser.dev/plant_plc-line3-"), "{row}");
     let env = lines.next().unwrap();
     assert!(
         env.contains("MODBUS_UNIT_ID=2") && env.contains("MODBUS_VENDOR_NAME=Acme"),
@@ -379,4 +380,25 @@ spec:
     let spec = &meter["instance"]["spec"];
     assert_eq!(spec["shared"], false);
     assert_eq!(spec["devices"][0]["hostPath"], path);
+}
+
+/// A device-plugin directory so long that no plugin socket fits in a unix socket's 107
+/// bytes: the agent stops at once and says why, instead of failing to bind forever.
+#[test]
+fn agent_refuses_a_device_plugin_dir_with_no_room_for_sockets() {
+    let dir = format!("/var/lib/{}/device-plugins", "k".repeat(70));
+    let out = dowser(&[
+        "agent",
+        "--node-name",
+        "node-a",
+        "--device-plugin-dir",
+        &dir,
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the device-plugin directory {dir} is 94 bytes long, which leaves no room for plugin sockets"))
+            && stderr.contains("--device-plugin-dir"),
+        "{stderr}"
+    );
 }

@@ -622,3 +622,174 @@ async fn brokers_are_replaced_when_what_they_were_given_changes() {
     let kept = sole_broker(&pods, "given", "the broker kept", logs, |_| true).await;
     assert_eq!(kept.uid(), third.uid(), "replaced\n{}", logs());
 }
+
+/// Same-named Configurations in two namespaces on one node, with long names (a
+/// 63-character Configuration name, in `default` and in a 63-character namespace, and a
+/// 253-character one there too): every plugin binds, pods that ask for an Instance's
+/// resource (as brokers do) or a Configuration's are admitted, each with its own
+/// namespace's Configuration, and the statuses say what to request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_their_own_resources()
+{
+    use dowser::{crd::Instance, naming};
+    use k8s_openapi::api::core::v1::Namespace;
+
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let sim = device("127.0.0.1:0").await;
+    let port = sim.addr.port();
+
+    let long_ns = format!("plant-{}", "n".repeat(57));
+    let name63 = format!("plc-{}", "x".repeat(59));
+    let name253 = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    assert_eq!((long_ns.len(), name63.len(), name253.len()), (63, 63, 253));
+    let namespaces: Api<Namespace> = Api::all(plant.client.clone());
+    namespaces
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": long_ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    // Everything on node-a: the resources of both namespaces meet on one node.
+    let nodes_api: Api<Node> = Api::all(plant.client.clone());
+    nodes_api
+        .patch(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"dowser-test/names": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    // The same device for all: the Instances of `name63` have the same name in both
+    // namespaces.
+    let configs = [
+        ("default", name63.as_str()),
+        (long_ns.as_str(), name63.as_str()),
+        (long_ns.as_str(), name253.as_str()),
+    ];
+    for (ns, name) in configs {
+        let mut c = modbus_config(name, port, None);
+        c["metadata"]["namespace"] = json!(ns);
+        c["spec"]["capacity"] = json!(2);
+        c["spec"]["nodeSelector"] = json!({"matchLabels": {"dowser-test/names": "yes"}});
+        c["spec"]["brokerProperties"] = json!({"SITE": ns});
+        let api: Api<Configuration> = Api::namespaced(plant.client.clone(), ns);
+        api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(c))
+            .await
+            .unwrap();
+    }
+    // In each namespace, a pod asks for this device (the Instance's resource, as a broker
+    // does) and one for any device of the Configuration.
+    let logs = || format!("{}\n--- controller ---\n{}", plant.logs(), controller.log());
+    for (n, (ns, name)) in configs.into_iter().enumerate() {
+        let instances: Api<Instance> = Api::namespaced(plant.client.clone(), ns);
+        let label = format!(
+            "dowser.dev/configuration={}",
+            naming::configuration_label(name)
+        );
+        let this_device = common::settle(
+            60,
+            "the Instance's resource in its status",
+            logs,
+            || async {
+                let list = instances
+                    .list(&ListParams::default().labels(&label))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items;
+                let resources: Vec<_> = list
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.name_any(),
+                            i.status.as_ref().and_then(|s| s.resource.clone()),
+                        )
+                    })
+                    .collect();
+                match resources.as_slice() {
+                    [(i, Some(r))] => Ok((i.clone(), r.clone())),
+                    _ => Err(format!("{resources:?}")),
+                }
+            },
+        )
+        .await;
+        assert_eq!(this_device.1, naming::instance_resource(ns, &this_device.0));
+        for (pod, resource) in [
+            (format!("this-device-{n}"), this_device.1),
+            (
+                format!("any-device-{n}"),
+                naming::configuration_resource(ns, name),
+            ),
+        ] {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": pod, "namespace": ns},
+                "spec": {"containers": [{
+                    "name": "broker",
+                    "image": "busybox",
+                    "resources": {"limits": {resource: "1"}},
+                }]},
+            }))
+            .unwrap();
+            Api::<Pod>::namespaced(plant.client.clone(), ns)
+                .create(&Default::default(), &pod)
+                .await
+                .unwrap();
+        }
+    }
+
+    // All six admitted on node-a, each with its own namespace's Configuration.
+    let running = common::settle(90, "six pods Running", logs, || async {
+        let mut all = Vec::new();
+        for ns in ["default", long_ns.as_str()] {
+            let pods: Api<Pod> = Api::namespaced(plant.client.clone(), ns);
+            let list = pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            all.extend(list.items);
+        }
+        let phases: Vec<(String, String)> = all
+            .iter()
+            .map(|p| {
+                (
+                    format!("{}/{}", p.namespace().unwrap(), p.name_any()),
+                    phase(p),
+                )
+            })
+            .collect();
+        if all.len() == 6 && phases.iter().all(|(_, p)| p == "Running") {
+            Ok(all)
+        } else {
+            Err(format!("{phases:?}"))
+        }
+    })
+    .await;
+    for p in &running {
+        let ns = p.namespace().unwrap();
+        let allocations: serde_json::Value =
+            serde_json::from_str(&p.annotations()["fake-kubelet.dowser.dev/allocations"]).unwrap();
+        let env = &allocations["broker"][0]["envs"];
+        assert_eq!(env["SITE"], ns.as_str(), "{}/{}: {env}", ns, p.name_any());
+        assert_eq!(env["MODBUS_PORT"], port.to_string());
+    }
+
+    // The Configurations' statuses name the resource to request.
+    for (ns, name) in configs {
+        let configurations: Api<Configuration> = Api::namespaced(plant.client.clone(), ns);
+        let want = naming::configuration_resource(ns, name);
+        eventually(30, "the Configuration's resource in its status", || async {
+            let s = configurations.get(name).await.ok()?.status?;
+            (s.resource.as_deref() == Some(want.as_str())).then_some(())
+        })
+        .await;
+    }
+}

@@ -98,7 +98,7 @@ async fn serves(kubelet: &FakeKubelet, resource: &str) -> bool {
 }
 
 fn resource(i: &Instance) -> String {
-    format!("dowser.dev/{}", i.name_any())
+    dowser::naming::instance_resource(&i.namespace().unwrap_or_default(), &i.name_any())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,7 @@ async fn a_lost_node_frees_its_slots_rehomes_its_brokers_and_leaves_no_instance_
         (i.len() == 1 && nodes_of(&i[0]) == ["node-a", "node-b"]).then(|| i[0].name_any())
     })
     .await;
-    let resource = format!("dowser.dev/{plc_instance}");
+    let resource = dowser::naming::instance_resource("default", &plc_instance);
 
     // `meter` is seen by the node that will be lost, and by no other.
     let solo = device("127.0.0.1:0").await;

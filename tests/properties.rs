@@ -355,6 +355,7 @@ proptest! {
     #[test]
     fn instance_names_are_dns_labels(
         config in "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?",
+        namespace in "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
         device in "(?s).{0,200}",
         node in proptest::option::of("[a-z0-9.-]{1,63}"),
     ) {
@@ -362,7 +363,37 @@ proptest! {
         prop_assert!(naming::is_dns_label(&name), "{name:?}");
         prop_assert!(name.ends_with(&naming::device_hash(&device, node.as_deref())));
         prop_assert_eq!(name.clone(), naming::instance_name(&config, &device, node.as_deref()));
-        let resource = naming::configuration_resource(&config);
-        prop_assert!(resource.len() <= "dowser.dev/".len() + naming::MAX_LABEL);
+        for resource in [
+            naming::configuration_resource(&namespace, &config),
+            naming::instance_resource(&namespace, &name),
+        ] {
+            let part = resource.strip_prefix("dowser.dev/").unwrap();
+            prop_assert!(naming::is_qualified_name(part), "{resource:?}");
+        }
+    }
+
+    /// Two different (kind, namespace, name) never share an extended resource on a node.
+    #[test]
+    fn resources_of_different_objects_differ(
+        a in ("[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?"),
+        b in ("[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?"),
+        cut in 0usize..250,
+    ) {
+        // Names that share a long start, as truncation would make them collide.
+        let b = if cut % 2 == 0 { (a.0.clone(), format!("{}{}", &a.1[..cut.min(a.1.len())], b.1)) } else { b };
+        let resources = |(ns, name): &(String, String)| {
+            let instance = naming::instance_name(name, "dev", None);
+            [
+                naming::configuration_resource(ns, name),
+                naming::instance_resource(ns, &instance),
+            ]
+        };
+        let (ra, rb) = (resources(&a), resources(&b));
+        prop_assert_ne!(&ra[0], &ra[1]);
+        prop_assert_ne!(&ra[0], &rb[1]);
+        prop_assert_ne!(&ra[1], &rb[0]);
+        if a != b {
+            prop_assert_ne!(&ra[0], &rb[0]);
+        }
     }
 }

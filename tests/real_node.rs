@@ -450,7 +450,7 @@ fn broker_of(node: &RealNode, name: &str, plant: &Plant, yaml: &str) -> (String,
         instance_of(node, name)
     });
     let instance = instance["metadata"]["name"].as_str().unwrap().to_string();
-    let resource = format!("dowser.dev/{instance}");
+    let resource = dowser::naming::instance_resource("default", &instance);
     wait_for(
         &format!("{resource} allocatable on the real Node"),
         MINUTES(2),
@@ -563,7 +563,7 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
          valueFrom: {secretKeyRef: {name: plc-login, key: password}}\n",
     );
     let (instance, broker) = broker_of(node, "plc-helm", &plant, &yaml);
-    let resource = format!("dowser.dev/{instance}");
+    let resource = dowser::naming::instance_resource("default", &instance);
     let container = broker.container_id.trim_start_matches("containerd://");
     let info: Value = serde_json::from_str(&node.node_sh(
         "exec",
@@ -662,7 +662,7 @@ fn slots(node: &RealNode, configuration: &str) -> Value {
 /// A daemon of the node stopped and started again: the agent's plugins register again with
 /// the kubelet, the broker keeps its container and its slot, the resource stays offered.
 fn restart_keeps_the_broker(node: &RealNode, component: &str, instance: &str, before: &BrokerPod) {
-    let resource = format!("dowser.dev/{instance}");
+    let resource = dowser::naming::instance_resource("default", instance);
     let slots_before = slots(node, "plc-kustomize");
     // The agent's log through the kubelet, which answers again once it is back.
     let registered = |resource: &str| -> Result<usize, String> {
@@ -682,7 +682,6 @@ fn restart_keeps_the_broker(node: &RealNode, component: &str, instance: &str, be
             .filter(|l| l.contains("registered with the kubelet") && l.contains(resource))
             .count())
     };
-    // (The configuration's resource, dowser.dev/<configuration>, is a prefix of this one.)
     let instance_resource = resource.clone();
     let registrations = registered(&instance_resource).unwrap_or_else(|e| panic!("{e}"));
     assert!(

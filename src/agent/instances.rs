@@ -20,14 +20,17 @@ use super::metrics::Metrics;
 use crate::{
     apiserver::{apply_body, apply_status, is_conflict, is_not_found},
     crd::{Configuration, Instance, InstanceSpec},
+    naming,
 };
 
-/// What this node applies to an Instance's status: always both fields, so that an empty
-/// list drops what the node had.
+/// What this node applies to an Instance's status: always both lists, so that an empty
+/// list drops what the node had, and the Instance's extended resource, the same from every
+/// node (so co-owned without conflict).
 #[derive(Serialize)]
 struct StatusPart<'a> {
     nodes: Vec<&'a str>,
     slots: BTreeMap<String, &'a str>,
+    resource: &'a str,
 }
 
 /// What this node applies to an Instance besides its metadata.
@@ -36,10 +39,12 @@ struct SpecPart<'a> {
     spec: &'a InstanceSpec,
 }
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct Part {
     joined: bool,
     claims: BTreeSet<u32>,
+    /// The Instance's extended resource ([`naming::instance_resource`]).
+    resource: String,
 }
 
 type Key = (String, String);
@@ -98,7 +103,13 @@ impl NodeInstances {
             .lock()
             .expect("parts lock")
             .entry((namespace.to_string(), name.to_string()))
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Part {
+                    joined: false,
+                    claims: BTreeSet::new(),
+                    resource: naming::instance_resource(namespace, name),
+                }))
+            })
             .clone()
     }
 
@@ -155,12 +166,13 @@ impl NodeInstances {
             self.metrics.wrote();
             info!(instance = %name, device = %wanted.spec.device_id, "instance written");
         }
-        let joined_already = current
-            .and_then(|c| c.status.as_ref())
-            .is_some_and(|s| s.nodes.contains(&self.node));
+        let status = current.and_then(|c| c.status.as_ref());
+        let joined_already = status.is_some_and(|s| s.nodes.contains(&self.node));
+        // Instances written before the resource was in the status get it now.
         let part = self.part(&ns, &name);
         let mut part = part.lock().await;
-        if !part.joined || !joined_already {
+        let resource_shown = status.is_some_and(|s| s.resource.as_ref() == Some(&part.resource));
+        if !part.joined || !joined_already || !resource_shown {
             part.joined = true;
             self.apply_status(&api, &name, &part).await?;
         }
@@ -334,6 +346,7 @@ impl NodeInstances {
                 .iter()
                 .map(|s| (s.to_string(), self.node.as_str()))
                 .collect(),
+            resource: &part.resource,
         };
         // Not forced: a slot another node claims is a conflict, never taken over.
         apply_status(api, name, &self.manager, false, status).await?;

@@ -125,6 +125,7 @@ fn refusal(config: &Configuration, enabled: Option<&[String]>) -> Option<String>
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
+    plugins::check_dir(&args.device_plugin_dir)?;
     let client = crate::client::for_component("agent").await?;
     let node = args.node_name.clone();
     let metrics = Arc::new(metrics::Metrics::default());

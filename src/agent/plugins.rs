@@ -1,6 +1,6 @@
-//! One device plugin per Instance this node offers (`dowser.dev/<instance>`, `capacity`
-//! slots) and one per Configuration (`dowser.dev/<configuration>`, every slot of its
-//! Instances here). Slots that belong to other nodes, or that a pod holds through the other
+//! One device plugin per Instance this node offers (`dowser.dev/<namespace>_<instance>`,
+//! `capacity` slots) and one per Configuration (`dowser.dev/<namespace>.<configuration>`,
+//! every slot of its Instances here; names by [`naming`]). Slots that belong to other nodes, or that a pod holds through the other
 //! resource, are reported Unhealthy, so the scheduler only counts slots this node can give.
 
 use std::{
@@ -35,6 +35,8 @@ use crate::{
 };
 
 struct Running {
+    /// The namespace of the Instances behind the resource.
+    namespace: String,
     devices: watch::Sender<Vec<v1beta1::Device>>,
     /// Dropped to stop the plugin.
     _stop: oneshot::Sender<()>,
@@ -48,9 +50,25 @@ enum Kind {
     Configuration { namespace: String, name: String },
 }
 
+impl Kind {
+    fn namespace(&self) -> &str {
+        match self {
+            Kind::Instance { namespace, .. } | Kind::Configuration { namespace, .. } => namespace,
+        }
+    }
+}
+
+/// A slot's device id qualified by its Instance's namespace: same-named Instances in two
+/// namespaces have the same device ids, and must not share a holder.
+fn slot_key(namespace: &str, device_id: &str) -> String {
+    format!("{namespace}/{device_id}")
+}
+
 pub struct Plugins {
     node: String,
     dir: PathBuf,
+    /// How long a socket name may be in `dir` ([`naming::socket_room`]).
+    socket_room: usize,
     pod_resources: PathBuf,
     release_grace: Duration,
     instances: Store<Instance>,
@@ -63,6 +81,25 @@ pub struct Plugins {
     releaser: Mutex<Releaser>,
     /// Changes when the kubelet restarts (one watch of its socket for all plugins).
     kubelet: watch::Receiver<Option<crate::deviceplugin::KubeletSocket>>,
+}
+
+/// Whether plugin sockets fit in `dir`: a unix socket's path holds 107 bytes, and a
+/// socket that cannot be bound would never be offered to the kubelet.
+pub fn check_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if naming::socket_room(dir).is_none() {
+        anyhow::bail!(
+            "the device-plugin directory {} is {} bytes long, which leaves no room for plugin sockets: a unix socket path holds at most {} bytes and a plugin socket needs {} of them after the directory (the kubelet's {} leaves {}); give a shorter --device-plugin-dir",
+            dir.display(),
+            dir.as_os_str().len(),
+            naming::MAX_SOCKET_PATH,
+            naming::MIN_SOCKET_NAME + 1,
+            crate::deviceplugin::DEVICE_PLUGIN_DIR,
+            naming::socket_room(std::path::Path::new(crate::deviceplugin::DEVICE_PLUGIN_DIR))
+                .unwrap_or_default()
+                + 1,
+        );
+    }
+    Ok(())
 }
 
 impl Plugins {
@@ -86,6 +123,8 @@ impl Plugins {
             holders: std::sync::Mutex::new(Holders::default()),
             releaser: Mutex::new(Releaser::default()),
             kubelet: crate::deviceplugin::kubelet_restarts(&dir),
+            // The agent refuses to start without room (`check_dir`); the shortest name then.
+            socket_room: naming::socket_room(&dir).unwrap_or(naming::MIN_SOCKET_NAME),
             dir,
         })
     }
@@ -126,11 +165,14 @@ impl Plugins {
                 &status.nodes,
                 &status.slots,
             );
-            let instance_resource = naming::instance_resource(&name);
-            let config_resource = naming::configuration_resource(&instance.spec.configuration_name);
+            let instance_resource = naming::instance_resource(&ns, &name);
+            let config_resource =
+                naming::configuration_resource(&ns, &instance.spec.configuration_name);
             let device = |slot: u32, resource: &str| {
                 let id = slots::device_id(&name, slot);
-                let taken_elsewhere = holders.holder(&id).is_some_and(|r| r != resource);
+                let taken_elsewhere = holders
+                    .holder(&slot_key(&ns, &id))
+                    .is_some_and(|r| r != resource);
                 let healthy = mine.contains(&slot) && !taken_elsewhere;
                 v1beta1::Device {
                     id,
@@ -188,9 +230,10 @@ impl Plugins {
             let (stop, stop_rx) = oneshot::channel();
             let config = PluginConfig {
                 dir: self.dir.clone(),
-                socket_name: format!("dowser-{}.sock", resource.replace('/', "_")),
+                socket_name: naming::plugin_socket(&resource, self.socket_room),
                 resource_name: resource.clone(),
             };
+            let namespace = kind.namespace().to_string();
             let allocator = Arc::new(SlotAllocator {
                 plugins: Arc::downgrade(self),
                 kind,
@@ -204,6 +247,7 @@ impl Plugins {
             running.insert(
                 resource,
                 Running {
+                    namespace,
                     devices: tx,
                     _stop: stop,
                     task,
@@ -243,13 +287,36 @@ impl Plugins {
         let Some(listed) = listed else {
             return;
         };
+        let claims = self.part.claims().await;
+        // Device ids name the Instance, not its namespace: the resource tells which. A
+        // resource no plugin serves now counts for every namespace with a claim on that
+        // Instance name, so that nothing a pod may hold is released.
+        let namespaces: BTreeMap<String, String> = self
+            .running
+            .lock()
+            .await
+            .iter()
+            .map(|(r, run)| (r.clone(), run.namespace.clone()))
+            .collect();
         let mut held = BTreeMap::new();
         for pod in &listed.pod_resources {
             for c in &pod.containers {
                 for d in &c.devices {
-                    if d.resource_name.starts_with("dowser.dev/") {
-                        for id in &d.device_ids {
-                            held.insert(id.clone(), d.resource_name.clone());
+                    if !d.resource_name.starts_with("dowser.dev/") {
+                        continue;
+                    }
+                    for id in &d.device_ids {
+                        let instance = slots::parse_device_id(id).map(|(i, _)| i);
+                        let nss: BTreeSet<&str> = match namespaces.get(&d.resource_name) {
+                            Some(ns) => [ns.as_str()].into(),
+                            None => claims
+                                .iter()
+                                .filter(|(_, n, _)| Some(n.as_str()) == instance)
+                                .map(|(ns, _, _)| ns.as_str())
+                                .collect(),
+                        };
+                        for ns in nss {
+                            held.insert(slot_key(ns, id), d.resource_name.clone());
                         }
                     }
                 }
@@ -257,12 +324,13 @@ impl Plugins {
         }
         let held_slots: BTreeSet<(String, u32)> = held
             .keys()
-            .filter_map(|id| slots::parse_device_id(id))
+            .filter_map(|key| slots::parse_device_id(key))
             .map(|(i, s)| (i.to_string(), s))
             .collect();
-        let claims = self.part.claims().await;
-        let claimed: BTreeSet<(String, u32)> =
-            claims.iter().map(|(_, n, s)| (n.clone(), *s)).collect();
+        let claimed: BTreeSet<(String, u32)> = claims
+            .iter()
+            .map(|(ns, n, s)| (slot_key(ns, n), *s))
+            .collect();
         let release = self.releaser.lock().await.update(
             &claimed,
             &held_slots,
@@ -274,8 +342,11 @@ impl Plugins {
             Instant::now(),
             self.release_grace,
         );
-        for (name, slot) in &release {
-            if let Some((ns, _, _)) = claims.iter().find(|(_, n, s)| n == name && s == slot) {
+        for (key, slot) in &release {
+            if let Some((ns, name, _)) = claims
+                .iter()
+                .find(|(ns, n, s)| slot_key(ns, n) == *key && s == slot)
+            {
                 info!(instance = %name, slot, "no pod holds the slot any more: released");
                 if let Err(e) = self.part.release(ns, name, &[*slot]).await {
                     warn!(instance = %name, error = %e, "cannot release slot");
@@ -338,11 +409,15 @@ impl Allocator for SlotAllocator {
         }
         // The slots are this resource's before anything else happens: a pod admitted through
         // the other resource meanwhile is refused here, not handed the same slot.
+        let keys: Vec<String> = device_ids
+            .iter()
+            .map(|id| slot_key(self.kind.namespace(), id))
+            .collect();
         let taken = plugins
             .holders
             .lock()
             .expect("holders lock")
-            .take(&self.resource, device_ids, Instant::now())
+            .take(&self.resource, &keys, Instant::now())
             .map_err(|held| self.refusal(&plugins, &held))?;
         let result = self.allocate_held(&plugins, by_instance).await;
         if result.is_err() {
@@ -365,7 +440,11 @@ impl Allocator for SlotAllocator {
 
 impl SlotAllocator {
     fn refusal(&self, plugins: &Plugins, held: &HeldElsewhere) -> Status {
-        let (instance, slot) = slots::parse_device_id(&held.device).unwrap_or((&held.device, 0));
+        let device = held
+            .device
+            .split_once('/')
+            .map_or(held.device.as_str(), |(_, id)| id);
+        let (instance, slot) = slots::parse_device_id(device).unwrap_or((device, 0));
         Status::failed_precondition(format!(
             "slot {slot} of {instance} is in use on node {}: a pod holds it through {} \
              (requested through {})",
@@ -380,11 +459,7 @@ impl SlotAllocator {
         plugins: &Plugins,
         by_instance: BTreeMap<String, Vec<u32>>,
     ) -> Result<ContainerAllocateResponse, Status> {
-        let namespace = match &self.kind {
-            Kind::Instance { namespace, .. } | Kind::Configuration { namespace, .. } => {
-                namespace.clone()
-            }
-        };
+        let namespace = self.kind.namespace().to_string();
         let mut response = ContainerAllocateResponse::default();
         for (name, wanted) in by_instance {
             let instance = plugins

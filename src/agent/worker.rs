@@ -183,13 +183,14 @@ impl Worker {
     /// Takes over the devices this node reported before a restart (nothing is written).
     fn adopt(&mut self) {
         let node = &self.shared.node;
+        let label = crate::naming::configuration_label(&self.name);
         let adopted: Vec<Device> = self
             .shared
             .instances
             .state()
             .iter()
             .filter(|i| i.namespace().as_deref() == Some(self.namespace.as_str()))
-            .filter(|i| i.labels().get(CONFIGURATION_LABEL) == Some(&self.name))
+            .filter(|i| i.labels().get(CONFIGURATION_LABEL) == Some(&label))
             .filter(|i| i.status.as_ref().is_some_and(|s| s.nodes.contains(node)))
             .map(|i| Device {
                 id: i.spec.device_id.clone(),

@@ -43,7 +43,10 @@ fn owner<K: Resource<DynamicType = ()>>(object: &K) -> Option<OwnerReference> {
 }
 
 fn labels(config: &str, instance: Option<&str>) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::from([(CONFIGURATION_LABEL.to_string(), config.to_string())]);
+    let mut l = BTreeMap::from([(
+        CONFIGURATION_LABEL.to_string(),
+        naming::configuration_label(config),
+    )]);
     if let Some(i) = instance {
         l.insert(INSTANCE_LABEL.to_string(), i.to_string());
     }
@@ -87,8 +90,11 @@ pub fn pod_name(instance: &str, slot: u32) -> String {
 }
 
 /// Makes the first container ask for one device of the Instance.
-fn request_device(spec: &mut PodSpec, instance: &str) {
-    let resource = naming::instance_resource(instance);
+fn request_device(spec: &mut PodSpec, instance: &Instance) {
+    let resource = naming::instance_resource(
+        &instance.namespace().unwrap_or_default(),
+        &instance.name_any(),
+    );
     if let Some(first) = spec.containers.first_mut() {
         let mut resources = first
             .resources
@@ -163,7 +169,7 @@ pub fn broker_pod(
 ) -> Pod {
     let name = instance.name_any();
     let mut spec = spec.clone();
-    request_device(&mut spec, &name);
+    request_device(&mut spec, instance);
     give_properties(&mut spec, config, &name);
     let pin = NodeSelectorTerm {
         match_fields: Some(vec![NodeSelectorRequirement {
@@ -226,7 +232,7 @@ pub fn broker_job(
     let given = device_instance::given_hash(&instance.spec, &config.spec.broker_properties, None);
     let mut spec = spec.clone();
     if let Some(pod) = spec.template.spec.as_mut() {
-        request_device(pod, &name);
+        request_device(pod, instance);
         give_properties(pod, config, &name);
     }
     let mut template_labels = spec

@@ -171,50 +171,70 @@ async fn control(
         backoff: Mutex::new(Backoff::default()),
         nodes,
     });
-    let by_label = |labels: &BTreeMap<String, String>, ns: Option<String>| {
-        labels
-            .get(CONFIGURATION_LABEL)
-            .map(|c| ObjectRef::<Configuration>::new(c).within(&ns.unwrap_or_default()))
+    let controller = Controller::new(
+        Api::<Configuration>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    // The label holds the Configuration's name, or a shortened one for names over 63
+    // characters: those are looked up among the Configurations of the namespace.
+    let configurations = controller.store();
+    let by_label = move |labels: &BTreeMap<String, String>, ns: Option<String>| {
+        let label = labels.get(CONFIGURATION_LABEL)?;
+        let ns = ns.unwrap_or_default();
+        let name = if crate::naming::is_shortened(label) {
+            configurations
+                .state()
+                .iter()
+                .find(|c| {
+                    c.namespace().as_deref() == Some(ns.as_str())
+                        && crate::naming::configuration_label(&c.name_any()) == *label
+                })?
+                .name_any()
+        } else {
+            label.clone()
+        };
+        Some(ObjectRef::<Configuration>::new(&name).within(&ns))
     };
     let owned = watcher::Config::default().labels(CONFIGURATION_LABEL);
     info!("controller running");
-    Controller::new(
-        Api::<Configuration>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<Instance>::all(client.clone()),
-        watcher::Config::default(),
-        move |i| by_label(i.labels(), i.namespace()),
-    )
-    .watches(Api::<Pod>::all(client.clone()), owned.clone(), move |p| {
-        by_label(p.labels(), p.namespace())
-    })
-    .watches(Api::<Job>::all(client.clone()), owned.clone(), move |j| {
-        by_label(j.labels(), j.namespace())
-    })
-    .watches(Api::<Service>::all(client), owned, move |s| {
-        by_label(s.labels(), s.namespace())
-    })
-    // A Node that goes away concerns every Configuration that may have devices there.
-    .reconcile_all_on(node_deletions)
-    .trigger_backoff(crate::apiserver::watch_backoff())
-    .graceful_shutdown_on(async move {
-        tokio::select! {
-            _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
-                warn!("lost leadership: stopping");
+    let (on_pod, on_job) = (by_label.clone(), by_label.clone());
+    controller
+        .watches(
+            Api::<Instance>::all(client.clone()),
+            watcher::Config::default(),
+            move |i| {
+                let ns = i.namespace().unwrap_or_default();
+                Some(ObjectRef::<Configuration>::new(&i.spec.configuration_name).within(&ns))
+            },
+        )
+        .watches(Api::<Pod>::all(client.clone()), owned.clone(), move |p| {
+            on_pod(p.labels(), p.namespace())
+        })
+        .watches(Api::<Job>::all(client.clone()), owned.clone(), move |j| {
+            on_job(j.labels(), j.namespace())
+        })
+        .watches(Api::<Service>::all(client), owned, move |s| {
+            by_label(s.labels(), s.namespace())
+        })
+        // A Node that goes away concerns every Configuration that may have devices there.
+        .reconcile_all_on(node_deletions)
+        .trigger_backoff(crate::apiserver::watch_backoff())
+        .graceful_shutdown_on(async move {
+            tokio::select! {
+                _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
+                    warn!("lost leadership: stopping");
+                }
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    })
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            warn!(error = %e, "reconcile failed");
-        }
-    })
-    .await;
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
 }
 
 /// The Nodes (names only) in a store, and a stream that yields when one is deleted. The

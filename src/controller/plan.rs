@@ -42,7 +42,7 @@ use self::workloads::{Jobs, Pods, broker_jobs, broker_pods, services};
 use super::{backoff::Backoff, status::condition};
 use crate::{
     crd::{Configuration, ConfigurationStatus, Instance},
-    validate,
+    naming, validate,
 };
 
 /// How often a Configuration is looked at again when nothing else asks for it.
@@ -183,6 +183,10 @@ fn status(
         conditions: vec![condition("Accepted", accepted), condition("Ready", ready)],
         instances: Some(instances as u32),
         brokers: Some(brokers as u32),
+        resource: Some(naming::configuration_resource(
+            &inputs.config.namespace().unwrap_or_default(),
+            &inputs.config.name_any(),
+        )),
         nodes: vec![],
     }
 }

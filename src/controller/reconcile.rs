@@ -106,8 +106,10 @@ impl Seen {
 /// (their number goes into its status).
 async fn observe(ctx: &Ctx, config: &Configuration) -> Result<Seen, Error> {
     let ns = config.namespace().unwrap_or_default();
-    let by_label =
-        ListParams::default().labels(&format!("{CONFIGURATION_LABEL}={}", config.name_any()));
+    let by_label = ListParams::default().labels(&format!(
+        "{CONFIGURATION_LABEL}={}",
+        crate::naming::configuration_label(&config.name_any())
+    ));
     // Read fresh, not from a cache: a reconcile triggered by an Instance change must see
     // that change (a cache may not have it yet, and nothing would trigger again).
     let instances = list::<Instance>(ctx, &ns, &by_label, "Instances").await?;

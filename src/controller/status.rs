@@ -44,6 +44,7 @@ pub fn unchanged(old: &ConfigurationStatus, new: &ConfigurationStatus) -> bool {
     old.observed_generation == new.observed_generation
         && old.instances == new.instances
         && old.brokers == new.brokers
+        && old.resource == new.resource
         && new.conditions.iter().all(|c| {
             old.conditions.iter().any(|o| {
                 o.type_ == c.type_
@@ -114,6 +115,7 @@ mod tests {
             conditions: vec![c(reason)],
             instances: Some(1),
             brokers: Some(brokers),
+            resource: Some("dowser.dev/default.plc".into()),
             nodes: vec![],
         };
         let old = status("BrokersRunning", 1);

@@ -104,6 +104,7 @@ fn default_grace() -> u32 {
     status = "ConfigurationStatus",
     shortname = "dwc",
     category = "dowser",
+    printcolumn = r#"{"name":"Resource","type":"string","jsonPath":".status.resource","description":"The extended resource a pod requests to get any one device of this Configuration"}"#,
     printcolumn = r#"{"name":"Capacity","type":"integer","jsonPath":".spec.capacity","description":"Brokers or pods that may use one device at once"}"#,
     printcolumn = r#"{"name":"Instances","type":"integer","jsonPath":".status.instances","description":"Devices found"}"#,
     printcolumn = r#"{"name":"Brokers","type":"integer","jsonPath":".status.brokers","description":"Broker pods or Jobs running"}"#,
@@ -242,6 +243,13 @@ pub struct ConfigurationStatus {
     /// How many broker Pods or Jobs are running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brokers: Option<u32>,
+    /// The extended resource a pod requests to get any one device of this Configuration:
+    /// `dowser.dev/<namespace>.<name>`, such as `dowser.dev/default.plc-line3`. When that part
+    /// after `dowser.dev/` would be longer than 63 characters, it is its first 49 characters,
+    /// `__` and 12 hex digits of a hash of the whole. (One device: the Instance's
+    /// `status.resource`, `dowser.dev/<namespace>_<instance>`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     /// Discovery health on each node that runs this Configuration; each agent writes only
     /// its own entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

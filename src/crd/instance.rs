@@ -14,7 +14,7 @@ use super::schema::{list_map, list_set};
     group = "dowser.dev",
     version = "v1alpha1",
     kind = "Instance",
-    doc = "An Instance is one device found by a Configuration: its stable identity, the connection details handed to brokers, the nodes that can reach it and which node holds each of its slots. The extended resource dowser.dev/<instance name> schedules pods next to it.",
+    doc = "An Instance is one device found by a Configuration: its stable identity, the connection details handed to brokers, the nodes that can reach it and which node holds each of its slots. Its extended resource (status.resource, dowser.dev/<namespace>_<instance name>) schedules pods next to it.",
     namespaced,
     status = "InstanceStatus",
     shortname = "dwi",
@@ -24,6 +24,7 @@ use super::schema::{list_map, list_set};
     printcolumn = r#"{"name":"Shared","type":"boolean","jsonPath":".spec.shared","description":"Whether several nodes can reach the device"}"#,
     printcolumn = r#"{"name":"Capacity","type":"integer","jsonPath":".spec.capacity"}"#,
     printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.nodes","description":"Nodes that see the device"}"#,
+    printcolumn = r#"{"name":"Resource","type":"string","jsonPath":".status.resource","priority":1,"description":"The extended resource a pod requests to get this device"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -65,6 +66,11 @@ pub struct InstanceStatus {
     /// shared out over `nodes` by one deterministic rule that every agent applies.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub slots: BTreeMap<String, String>,
+    /// The extended resource a pod requests to get this device:
+    /// `dowser.dev/<namespace>_<instance>`, shortened like the Configuration's
+    /// `status.resource` when the part after `dowser.dev/` would be longer than 63 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     /// Conditions of the Instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = condition_list)]

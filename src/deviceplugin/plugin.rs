@@ -47,7 +47,7 @@ pub struct PluginConfig {
     pub dir: PathBuf,
     /// File name of this plugin's socket in `dir`.
     pub socket_name: String,
-    /// The extended resource, such as `dowser.dev/plc-line3-39120988d2bc`.
+    /// The extended resource, such as `dowser.dev/default_plc-line3-39120988d2bc`.
     pub resource_name: String,
 }
 

@@ -171,7 +171,8 @@ impl Env {
         } else {
             return Err(
                 "no device: neither MODBUS_HOST (Modbus TCP) nor MODBUS_SERIAL_PORT (Modbus RTU) \
-                 is set; dowser sets them in a pod that requests a dowser.dev/<instance> resource"
+                 is set; dowser sets them in a pod that requests a dowser.dev/<namespace>_<instance> \
+                 or dowser.dev/<namespace>.<configuration> resource"
                     .to_string(),
             );
         };

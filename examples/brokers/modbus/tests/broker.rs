@@ -155,7 +155,7 @@ fn reads_a_tcp_device_serves_metrics_and_waits_for_it_to_come_back() {
     let device = SimDevice::tcp("127.0.0.1:0".parse().unwrap(), 3, values);
     let addr = device.addr;
     // The hash-suffixed names alone, as a pod holding one device through
-    // `dowser.dev/<configuration>` may see them.
+    // `dowser.dev/<namespace>.<configuration>` may see them.
     let mut broker = Broker::start(&[
         ("MODBUS_HOST_77F91FAFB55B", addr.ip().to_string()),
         ("MODBUS_PORT_77F91FAFB55B", addr.port().to_string()),
