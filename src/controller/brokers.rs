@@ -63,8 +63,12 @@ pub fn is_slot_broker(pod: &Pod) -> bool {
             .any(|o| o.kind == "Job" && o.api_version == "batch/v1")
 }
 
-/// The version of the Configuration's resolved properties that the agent of `node` reported.
+/// The version of the Configuration's resolved properties that the agent of `node` reported;
+/// none for a Configuration without properties (there is nothing a broker could miss).
 pub fn properties_version<'a>(config: &'a Configuration, node: &str) -> Option<&'a str> {
+    if config.spec.properties.is_empty() {
+        return None;
+    }
     config
         .status
         .as_ref()?
@@ -73,6 +77,14 @@ pub fn properties_version<'a>(config: &'a Configuration, node: &str) -> Option<&
         .find(|n| n.node == node)?
         .properties_version
         .as_deref()
+}
+
+/// Whether a broker for `node` must wait for that node's agent to report the version of the
+/// properties it resolved. The agent reports it before it writes any Instance, but the
+/// controller hears of Instances and Configurations on two watches: a broker made before the
+/// report arrives would be stamped without the version and replaced once it does.
+pub fn awaits_properties_version(config: &Configuration, node: &str) -> bool {
+    !config.spec.properties.is_empty() && properties_version(config, node).is_none()
 }
 
 /// Whether a broker was given something else than a broker made now would be. A broker

@@ -85,6 +85,8 @@ pub(super) fn broker_pods(
     for (name, (pod, node)) in &wanted {
         let key = (ns.clone(), name.clone());
         match existing.get(name) {
+            // Made once the node's report arrives (a change of the Configuration).
+            None if brokers::awaits_properties_version(inputs.config, node) => {}
             None => match inputs.backoff.wait_left(&key, inputs.now) {
                 Some(wait) => out.wait(wait),
                 None => actions.push(Action::CreatePod {

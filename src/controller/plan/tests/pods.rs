@@ -53,7 +53,23 @@ fn placement_one_broker_per_slot_on_the_node_the_slot_belongs_to() {
             World::new(mk_config(json!({}))).instance(mk_instance("i", 1, &["a"], &[])),
             &[],
         ),
+        (
+            "with properties, only on nodes that reported their version (b's report not seen yet)",
+            World::new(with_versions(with_literal_property(c()), &[("a", "v1")]))
+                .instance(mk_instance("i", 2, &["a", "b"], &[])),
+            &["create pod i-0 on a"],
+        ),
     ]);
+}
+
+/// `config` with one property of a literal value.
+fn with_literal_property(mut config: Configuration) -> Configuration {
+    config.spec.properties = vec![crate::crd::Property {
+        name: "SITE".into(),
+        value: Some("north".into()),
+        value_from: None,
+    }];
+    config
 }
 
 #[test]
@@ -259,7 +275,7 @@ fn spec_rollout_a_new_broker_spec_replaces_every_broker() {
 #[test]
 fn details_rollout_a_broker_given_old_device_details_is_replaced() {
     let config = with_versions(
-        mk_config(pod_broker("broker:1")),
+        with_literal_property(mk_config(pod_broker("broker:1"))),
         &[("a", "v1"), ("b", "v1")],
     );
     let device = || {
