@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use common::cluster::{Cluster, FakeKubelet};
+use common::cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND};
 use dowser::deviceplugin::{
     HEALTHY,
     plugin::{Allocator, PluginConfig, run},
@@ -70,6 +70,15 @@ fn allocatable(node: &Node, resource: &str) -> Option<String> {
     node.status
         .as_ref()?
         .allocatable
+        .as_ref()?
+        .get(resource)
+        .map(|q| q.0.clone())
+}
+
+fn capacity(node: &Node, resource: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .capacity
         .as_ref()?
         .get(resource)
         .map(|q| q.0.clone())
@@ -143,7 +152,9 @@ fn phase(pod: &Pod) -> String {
 async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
     let cluster = Cluster::start();
     let client = cluster.client().await;
-    let node_a = cluster.fake_kubelet("node-a", &[("site/line", "3")]);
+    // node-a posts its status every second (the kubelet's nodeStatusUpdateFrequency) as the
+    // test waits on its capacity several times.
+    let node_a = cluster.fake_kubelet_with("node-a", &[("site/line", "3")], STATUS_EVERY_SECOND);
     let _node_b = cluster.fake_kubelet("node-b", &[]);
     for n in ["node-a", "node-b"] {
         node_until(&client, n, "Ready and untainted", |node| {
@@ -275,21 +286,64 @@ async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
         Some("node-a")
     );
 
-    // A pod bound by hand to a node without the device is refused at admission, the way
-    // the kubelet does it.
+    // A pod bound by hand to a node that never offered the resource is admitted without the
+    // device, the way the kubelet does it: its device manager skips a resource no plugin
+    // registered, and the fit predicate ignores extended resources the Node does not list
+    // (`removeMissingExtendedResources`, a documented caveat of the kubelet).
     let mut direct = broker_pod("direct");
     direct.spec.as_mut().unwrap().node_name = Some("node-b".into());
     pods.create(&PostParams::default(), &direct).await.unwrap();
-    let direct = pod_until(&client, "direct", "Failed", |p| phase(p) == "Failed").await;
-    let status = direct.status.unwrap();
-    assert_eq!(status.reason.as_deref(), Some("UnexpectedAdmissionError"));
-    assert!(
-        status
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("dowser.dev/x. Requested: 1, Available: 0"),
-        "{:?}",
-        status.message
+    let direct = pod_until(&client, "direct", "Running", |p| phase(p) == "Running").await;
+    assert_eq!(
+        direct.metadata.annotations.as_ref().unwrap()["fake-kubelet.dowser.dev/allocations"],
+        "{}",
+        "no device for a resource the node never offered"
+    );
+
+    // On a node whose plugin for the resource stopped, the kubelet keeps the devices in the
+    // capacity, none allocatable, for its grace period, then capacity 0 for good; a pod bound
+    // there by hand is then refused by the fit predicate, not by the device manager.
+    let node_c = cluster.fake_kubelet_with(
+        "node-c",
+        &[],
+        &[STATUS_EVERY_SECOND, &["--endpoint-stop-grace-period", "3"]].concat(),
+    );
+    let (c_devices, c_plugin) = start_plugin(&node_c, &["x-0"]);
+    node_until(&client, "node-c", "dowser.dev/x: 1", |n| {
+        allocatable(n, RESOURCE).as_deref() == Some("1")
+    })
+    .await;
+    // The plugin stops: its ListAndWatch stream ends.
+    drop(c_devices);
+    c_plugin.abort();
+    node_until(
+        &client,
+        "node-c",
+        "dowser.dev/x kept, none allocatable",
+        |n| {
+            capacity(n, RESOURCE).as_deref() == Some("1")
+                && allocatable(n, RESOURCE).as_deref() == Some("0")
+        },
+    )
+    .await;
+    node_until(
+        &client,
+        "node-c",
+        "dowser.dev/x: 0 after the grace period",
+        |n| {
+            capacity(n, RESOURCE).as_deref() == Some("0")
+                && allocatable(n, RESOURCE).as_deref() == Some("0")
+        },
+    )
+    .await;
+    let mut refused = broker_pod("refused");
+    refused.spec.as_mut().unwrap().node_name = Some("node-c".into());
+    pods.create(&PostParams::default(), &refused).await.unwrap();
+    let refused = pod_until(&client, "refused", "Failed", |p| phase(p) == "Failed").await;
+    let status = refused.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("OutOfdowser.dev/x"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Node didn't have enough resource: dowser.dev/x, requested: 1, used: 0, capacity: 0")
     );
 }
