@@ -514,7 +514,7 @@ impl DeviceManager {
         }
     }
 
-    /// `plugin/v1beta1/server.go` `Register` and `connectClient`: the version and resource
+    /// `plugin/v1beta1/server.go` `Register` and `handler.go` `connectClient`: the version and resource
     /// name are checked, the new client replaces the resource's client, the kubelet dials
     /// the plugin and asks its options (`manager.go` `PluginConnected`), and only then
     /// answers; the stream is followed in the background.
@@ -581,7 +581,7 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// `plugin/v1beta1/client.go` `Run` then `server.go` `runClient`: follows ListAndWatch;
+    /// `plugin/v1beta1/client.go` `Run` then `handler.go` `runClient`: follows ListAndWatch;
     /// when the stream ends, the resource's current client is disconnected — which, after a
     /// newer registration, is that newer client, as in the kubelet.
     async fn run_client(
