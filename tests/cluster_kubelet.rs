@@ -3,14 +3,22 @@
 
 mod common;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use common::cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND};
 use dowser::deviceplugin::{
     HEALTHY,
     plugin::{Allocator, PluginConfig, run},
     podresources::{
-        ListPodResourcesRequest, pod_resources_lister_client::PodResourcesListerClient,
+        GetPodResourcesRequest, ListPodResourcesRequest,
+        pod_resources_lister_client::PodResourcesListerClient,
     },
     v1beta1::{ContainerAllocateResponse, Device},
 };
@@ -28,8 +36,12 @@ const RESOURCE: &str = "dowser.dev/x";
 
 struct EnvAllocator;
 
+/// How many times a plugin's Allocate was called.
+static ALLOCATE_CALLS: AtomicUsize = AtomicUsize::new(0);
+
 impl Allocator for EnvAllocator {
     async fn allocate(&self, ids: &[String]) -> Result<ContainerAllocateResponse, tonic::Status> {
+        ALLOCATE_CALLS.fetch_add(1, Ordering::SeqCst);
         Ok(ContainerAllocateResponse {
             envs: [("X_DEVICE".to_string(), ids.join(","))].into(),
             ..Default::default()
@@ -139,6 +151,59 @@ fn broker_pod(name: &str) -> Pod {
         },
     }))
     .unwrap()
+}
+
+/// A pod on node-a asking for one device, whose container runs `command` (the fake
+/// kubelet's containers complete when it is `sleep N`).
+fn running_pod(name: &str, restart_policy: &str, command: &[&str]) -> Pod {
+    let mut pod = broker_pod(name);
+    let spec = pod.spec.as_mut().unwrap();
+    spec.restart_policy = Some(restart_policy.into());
+    spec.containers[0].command = Some(command.iter().map(|c| c.to_string()).collect());
+    pod
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| c.restart_count)
+        .sum()
+}
+
+/// Waits until a pod is deleted for good.
+async fn pod_gone(pods: &Api<Pod>, name: &str) {
+    for _ in 0..150 {
+        if pods.get_opt(name).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("pod {name} was not deleted");
+}
+
+/// What a kubelet's PodResources List says: (pod, resource, device ids).
+async fn holders(kubelet: &FakeKubelet) -> Vec<(String, String, Vec<String>)> {
+    let channel = dowser::deviceplugin::connect_unix(&kubelet.pod_resources_socket())
+        .await
+        .unwrap();
+    let listed = PodResourcesListerClient::new(channel)
+        .list(ListPodResourcesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    listed
+        .pod_resources
+        .into_iter()
+        .flat_map(|p| {
+            p.containers.into_iter().flat_map(move |c| {
+                let pod = p.name.clone();
+                c.devices
+                    .into_iter()
+                    .map(move |d| (pod.clone(), d.resource_name, d.device_ids))
+            })
+        })
+        .collect()
 }
 
 fn phase(pod: &Pod) -> String {
@@ -285,6 +350,74 @@ async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
         second.spec.as_ref().unwrap().node_name.as_deref(),
         Some("node-a")
     );
+
+    // Pods and containers as the kubelet runs them: a pod whose containers complete frees
+    // its device; a restarted container keeps its device and the plugin's earlier answer
+    // (no new Allocate); a deleted pod holds its device through its termination grace period
+    // (here a 3 s preStop hook), and PodResources lists it meanwhile.
+    pods.delete("second", &Default::default()).await.unwrap();
+    pod_gone(&pods, "second").await;
+    let calls = ALLOCATE_CALLS.load(Ordering::SeqCst);
+    pods.create(
+        &PostParams::default(),
+        &running_pod("job", "Never", &["sleep", "2"]),
+    )
+    .await
+    .unwrap();
+    pod_until(&client, "job", "Succeeded", |p| phase(p) == "Succeeded").await;
+    assert!(
+        !holders(&node_a).await.iter().any(|(p, _, _)| p == "job"),
+        "a completed pod is not active"
+    );
+    let mut crashy = running_pod("crashy", "Always", &["sleep", "1"]);
+    crashy.spec.as_mut().unwrap().containers[0].lifecycle =
+        Some(serde_json::from_value(json!({"preStop": {"sleep": {"seconds": 3}}})).unwrap());
+    pods.create(&PostParams::default(), &crashy).await.unwrap();
+    let restarted = pod_until(&client, "crashy", "Running after a restart", |p| {
+        phase(p) == "Running" && restarts(p) >= 1
+    })
+    .await;
+    assert_eq!(
+        ALLOCATE_CALLS.load(Ordering::SeqCst),
+        calls + 2,
+        "one Allocate for the completed pod, one for the restarting one"
+    );
+    let allocations: BTreeMap<String, serde_json::Value> = serde_json::from_str(
+        &restarted.metadata.annotations.as_ref().unwrap()["fake-kubelet.dowser.dev/allocations"],
+    )
+    .unwrap();
+    assert_eq!(allocations["broker"][0]["envs"]["X_DEVICE"], "x-0");
+    pods.delete("crashy", &Default::default()).await.unwrap();
+    pod_until(&client, "crashy", "terminating", |p| {
+        p.metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    let held = (
+        "crashy".to_string(),
+        RESOURCE.to_string(),
+        vec!["x-0".to_string()],
+    );
+    assert!(
+        holders(&node_a).await.contains(&held),
+        "a pod in its termination grace period holds its device"
+    );
+    let channel = dowser::deviceplugin::connect_unix(&node_a.pod_resources_socket())
+        .await
+        .unwrap();
+    let got = PodResourcesListerClient::new(channel)
+        .get(GetPodResourcesRequest {
+            pod_name: "crashy".into(),
+            pod_namespace: "default".into(),
+        })
+        .await
+        .expect("Get (KubeletPodResourcesGet is on by default in 1.35)")
+        .into_inner();
+    assert_eq!(
+        got.pod_resources.unwrap().containers[0].devices[0].device_ids,
+        ["x-0"]
+    );
+    pod_gone(&pods, "crashy").await;
+    assert!(!holders(&node_a).await.contains(&held));
 
     // A pod bound by hand to a node that never offered the resource is admitted without the
     // device, the way the kubelet does it: its device manager skips a resource no plugin
