@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         devices: devices.clone(),
         runtime,
         active,
+        sources_ready: Default::default(),
     }));
     let mut lister_task = tokio::spawn(lister);
     info!(node = %args.node_name, "fake kubelet running");

@@ -273,6 +273,8 @@ pub struct Kubelet {
     pub devices: Arc<DeviceManager>,
     pub runtime: Runtime,
     pub active: ActivePods,
+    /// Whether the first list of the node's pods is complete (`sourcesReady`).
+    pub sources_ready: std::sync::atomic::AtomicBool,
 }
 
 pub async fn run(kubelet: Kubelet) -> anyhow::Result<()> {
@@ -283,12 +285,34 @@ pub async fn run(kubelet: Kubelet) -> anyhow::Result<()> {
     // Pods this kubelet has finished with (failed admission, completed, stopped).
     let mut finished: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // The pods of a (re)list, to forget the ones deleted while the watch was down.
+    let mut listed: Option<BTreeSet<String>> = None;
     loop {
         tokio::select! {
             event = events.next() => {
                 let Some(event) = event else { return Ok(()) };
                 match event {
-                    Ok(Event::Apply(p) | Event::InitApply(p)) => {
+                    Ok(Event::Init) => listed = Some(BTreeSet::new()),
+                    Ok(Event::InitApply(p)) => {
+                        if let (Some(l), Some(uid)) = (listed.as_mut(), p.uid()) {
+                            l.insert(uid);
+                        }
+                        kubelet.sync(p, &mut tracked, &mut finished).await;
+                    }
+                    Ok(Event::InitDone) => {
+                        if let Some(l) = listed.take() {
+                            let gone: Vec<String> =
+                                tracked.keys().filter(|u| !l.contains(*u)).cloned().collect();
+                            for uid in gone {
+                                tracked.remove(&uid);
+                                kubelet.runtime.stopped(&uid);
+                            }
+                        }
+                        // `sourcesReady`: from now on devices of pods that are not active
+                        // are freed (`UpdateAllocatedDevices` does nothing before).
+                        kubelet.sources_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(Event::Apply(p)) => {
                         kubelet.sync(p, &mut tracked, &mut finished).await;
                     }
                     Ok(Event::Delete(p)) => {
@@ -300,7 +324,6 @@ pub async fn run(kubelet: Kubelet) -> anyhow::Result<()> {
                             finished.remove(&uid);
                         }
                     }
-                    Ok(_) => {}
                     Err(e) => warn!(error = %e, "pod watch error"),
                 }
             }
@@ -318,7 +341,12 @@ impl Kubelet {
             .collect();
         let uids: BTreeSet<String> = active.keys().cloned().collect();
         *self.active.lock().await = active;
-        self.devices.update_allocated(&uids).await;
+        if self
+            .sources_ready
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.devices.update_allocated(&uids).await;
+        }
     }
 
     fn api(&self, pod: &Pod) -> Api<Pod> {
@@ -386,7 +414,12 @@ impl Kubelet {
         // by pods no longer active are freed before the device manager allocates.
         let mut active: BTreeSet<String> = tracked.keys().cloned().collect();
         active.insert(uid.clone());
-        self.devices.update_allocated(&active).await;
+        if self
+            .sources_ready
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.devices.update_allocated(&active).await;
+        }
         match self.admit(&pod, &uid, tracked).await {
             Err((reason, message)) => {
                 info!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), %reason, %message, "admission failed");
