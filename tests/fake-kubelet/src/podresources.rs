@@ -40,11 +40,7 @@ impl Lister {
                     .get(&c.name)
                     .into_iter()
                     .flatten()
-                    .map(|a| ContainerDevices {
-                        resource_name: a.resource.clone(),
-                        device_ids: a.device_ids.clone(),
-                        topology: None,
-                    })
+                    .flat_map(|a| per_device(&a.resource, &a.device_ids))
                     .collect(),
                 ..Default::default()
             })
@@ -55,6 +51,18 @@ impl Lister {
             containers,
         }
     }
+}
+
+/// One entry per device, as the kubelet answers (`cm/container_manager.go`
+/// `containerDevicesFromResourceDeviceInstances`; no topology here).
+fn per_device(resource: &str, ids: &[String]) -> Vec<ContainerDevices> {
+    ids.iter()
+        .map(|id| ContainerDevices {
+            resource_name: resource.to_string(),
+            device_ids: vec![id.clone()],
+            topology: None,
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -82,12 +90,8 @@ impl PodResourcesLister for Lister {
             .devices
             .allocatable_devices()
             .await
-            .into_iter()
-            .map(|(resource_name, device_ids)| ContainerDevices {
-                resource_name,
-                device_ids,
-                topology: None,
-            })
+            .iter()
+            .flat_map(|(resource, ids)| per_device(resource, ids))
             .collect();
         Ok(Response::new(AllocatableResourcesResponse {
             devices,
