@@ -5,8 +5,14 @@
 //! Runs the release binaries given by DOWSER_BIN and DOWSER_FAKE_KUBELET; the devices are
 //! served in this process. No broker pods: the rows measure discovery and bookkeeping.
 //!
+//! With `--agent-memory-limit MiB` the first node's agent runs in a memory cgroup of its own
+//! (a child of this process's; cgroup v1 or v2) with that hard limit, as the DaemonSet's
+//! `resources.limits.memory` puts it in one: a row says its peak usage and whether the kernel
+//! had to reclaim or kill to keep it under the limit.
+//!
 //! Writes Markdown table rows (benchmark | dowser | peer | ratio) to `--rows`.
 //! Usage: bench_scale [--work DIR] [--rows FILE] [--nodes N] [--devices-per-node N]
+//!        [--agent-memory-limit MiB]
 
 mod support;
 
@@ -22,8 +28,15 @@ use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
 use kube::{Api, Client, api::ListParams};
 use support::{Proc, apply, env, status_kib};
 
-/// Units per simulated device address; addresses per node = devices / UNITS.
+/// Units per simulated device address, at least; addresses per node = devices / units.
 const UNITS: u32 = 4;
+/// Addresses per node at most (one /24 of loopback): more devices get more units each.
+const ADDRESSES: u32 = 250;
+
+/// Modbus units per address for `devices` on a node.
+fn units(devices: u32) -> u32 {
+    devices.div_ceil(ADDRESSES).max(UNITS)
+}
 const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
 /// How long the requests of a converged, unchanging cluster are counted (per minute in the row).
 const IDLE_SECONDS: u64 = 30;
@@ -31,6 +44,86 @@ const IDLE_SECONDS: u64 = 30;
 /// VmRSS in MiB.
 fn rss_mib(pid: u32) -> f64 {
     status_kib(pid, "VmRSS") as f64 / 1024.0
+}
+
+/// A memory cgroup with a hard limit, removed when dropped (once its processes are gone).
+struct MemoryCgroup {
+    dir: PathBuf,
+    v2: bool,
+    limit_mib: u64,
+}
+
+impl MemoryCgroup {
+    /// A child of this process's memory cgroup.
+    fn new(name: &str, limit_mib: u64) -> MemoryCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        // cgroup v1 lines are `id:controllers:path`, the v2 line `0::path`.
+        let v1 = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let controllers = parts.nth(1)?;
+            let path = parts.next()?;
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        });
+        let (dir, v2) = match v1 {
+            Some(path) => (format!("/sys/fs/cgroup/memory{path}"), false),
+            None => {
+                let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+                (format!("/sys/fs/cgroup{path}"), true)
+            }
+        };
+        let dir = PathBuf::from(dir).join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = (limit_mib * 1024 * 1024).to_string();
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(dir.join(file), &bytes).unwrap();
+        MemoryCgroup { dir, v2, limit_mib }
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+
+    /// Moves a process into the cgroup.
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    /// (peak usage in MiB, times the limit was hit, OOM kills).
+    fn figures(&self) -> (f64, u64, u64) {
+        let num = |s: &str| s.trim().parse::<u64>().unwrap_or(0);
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ').map(num))
+                .unwrap_or(0)
+        };
+        if self.v2 {
+            let events = self.read("memory.events");
+            (
+                num(&self.read("memory.peak")) as f64 / 1048576.0,
+                field(&events, "max"),
+                field(&events, "oom_kill"),
+            )
+        } else {
+            (
+                num(&self.read("memory.max_usage_in_bytes")) as f64 / 1048576.0,
+                num(&self.read("memory.failcnt")),
+                field(&self.read("memory.oom_control"), "oom_kill"),
+            )
+        }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 fn audit_lines(log: &Path) -> usize {
@@ -50,7 +143,7 @@ struct FakeNode {
 }
 
 /// A fake node `scale-<n>` with its kubelet, its agent and `devices` Modbus devices on
-/// 127.92.<n>.x:5020 (units 1..=UNITS each), found by Configuration `scale-<n>`.
+/// 127.92.<n>.x:5020 (units 1..=units(devices) each), found by Configuration `scale-<n>`.
 async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
     let name = format!("scale-{n}");
     let dir = work.join(&name);
@@ -70,10 +163,11 @@ async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
     while !dir.join("device-plugins/kubelet.sock").exists() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let addresses = devices.div_ceil(UNITS);
+    let units = units(devices);
+    let addresses = devices.div_ceil(units);
     let mut fleet = ListenerConfig::device(
         format!("127.92.{n}.1:5020").parse().unwrap(),
-        (1..=UNITS)
+        (1..=units)
             .map(|u| UnitConfig::identified(u as u8, "Acme", "PLC", "1.0"))
             .collect(),
     );
@@ -81,7 +175,7 @@ async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
     let served = serve(&fleet).await.unwrap();
     apply(&format!(
         "apiVersion: dowser.dev/v1alpha1\nkind: Configuration\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
-         discovery: {{modbus: {{targets: [\"127.92.{n}.1-127.92.{n}.{addresses}\"], ports: [5020], unitIds: [\"1-{UNITS}\"], intervalSeconds: 60}}}}\n  \
+         discovery: {{modbus: {{targets: [\"127.92.{n}.1-127.92.{n}.{addresses}\"], ports: [5020], unitIds: [\"1-{units}\"], intervalSeconds: 60}}}}\n  \
          nodeSelector: {{matchLabels: {{bench/node: {name}}}}}\n"
     ));
     let agent = Proc(
@@ -199,12 +293,14 @@ async fn main() {
         PathBuf::from("target/bench/scale.rows"),
     );
     let (mut node_count, mut per_node) = (10u32, 1000u32);
+    let mut memory_limit: Option<u64> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--work" => work = args.next().unwrap().into(),
             "--rows" => rows = args.next().unwrap().into(),
             "--nodes" => node_count = args.next().unwrap().parse().unwrap(),
             "--devices-per-node" => per_node = args.next().unwrap().parse().unwrap(),
+            "--agent-memory-limit" => memory_limit = Some(args.next().unwrap().parse().unwrap()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -212,7 +308,7 @@ async fn main() {
     let audit = PathBuf::from(env("DOWSER_AUDIT_LOG"));
     let client = Client::try_default().await.unwrap();
     let mut out = Vec::new();
-    let per_node_devices = per_node.div_ceil(UNITS) * UNITS;
+    let per_node_devices = per_node.div_ceil(units(per_node)) * units(per_node);
 
     let controller = Proc(
         Command::new(env("DOWSER_BIN"))
@@ -247,6 +343,13 @@ async fn main() {
     let from = audit_lines(&audit);
     let t0 = Instant::now();
     let mut nodes = vec![node(&work, 0, per_node).await];
+    // Moved before it has connected anywhere: its start-up is a few hundred KiB.
+    let cgroup = memory_limit.map(|limit| {
+        let cgroup =
+            MemoryCgroup::new(&format!("dowser-bench-agent-{}", std::process::id()), limit);
+        cgroup.enter(nodes[0].agent.0.id());
+        cgroup
+    });
     let want = per_node_devices as usize;
     let converged = converge(&client, &nodes, want, t0).await;
     let (agent_req, controller_req) = (
@@ -271,6 +374,15 @@ async fn main() {
     out.push(format!(
         "| scale, one node: apiserver requests by agent / controller while converging; per minute after (audit log, {IDLE_SECONDS} s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
     ));
+    if let Some(cgroup) = &cgroup {
+        let (peak, hit, killed) = cgroup.figures();
+        let alive = nodes[0].agent.0.try_wait().unwrap().is_none();
+        out.push(format!(
+            "| scale, one node, {reached} Instances: agent in a memory cgroup limited to {} MiB — peak usage (with the page cache it brought in) / limit hit / OOM kills / still running | {peak:.1} MiB / {hit} / {killed} / {} | - | - |",
+            cgroup.limit_mib,
+            if alive { "yes" } else { "no" }
+        ));
+    }
     if converged.is_err() || node_count < 2 {
         std::fs::write(&rows, out.join("\n") + "\n").unwrap();
         return;

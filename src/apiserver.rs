@@ -2,12 +2,32 @@
 //! what, and server-side apply bodies built from typed objects (the API version and kind
 //! come from the Rust type, never from a string written by hand).
 
+use std::time::Duration;
+
 use kube::{
     Api, Resource,
     api::{Patch, PatchParams},
+    runtime::watcher,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
+
+/// Backoff of every watch of the agent and the controller after an error: 0.5 s doubling
+/// up to 5 s, each wait stretched by up to as much again at random (a fleet of agents
+/// cut off together does not come back in step), back to 0.5 s as soon as an event flows.
+/// The watcher's default (up to 30 s, reset only after 2 min without an error) let a few
+/// errors in a row at start-up — a CRD not served yet, a watch cache still initialising —
+/// or an API server outage leave an agent blind for up to half a minute after the API
+/// server was back.
+pub fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
 
 /// The object does not exist (HTTP 404).
 pub fn is_not_found(e: &kube::Error) -> bool {
@@ -77,6 +97,28 @@ mod tests {
                 "status": {"a": 1},
             })
         );
+    }
+
+    #[test]
+    fn watches_back_off_to_five_seconds_and_start_over_once_events_flow() {
+        use kube::runtime::utils::Backoff;
+        let mut b = watch_backoff();
+        let bases = [500, 1000, 2000, 4000, 5000, 5000, 5000];
+        let waits: Vec<u128> = b
+            .by_ref()
+            .take(bases.len())
+            .map(|d| d.as_millis())
+            .collect();
+        for (wait, base) in waits.iter().zip(bases) {
+            assert!((base..2 * base).contains(wait), "{waits:?}");
+        }
+        b.reset();
+        assert!((500..1000).contains(&b.next().unwrap().as_millis()));
+        // Agents cut off together wait different times.
+        let firsts: std::collections::BTreeSet<u128> = (0..8)
+            .map(|_| watch_backoff().next().unwrap().as_millis())
+            .collect();
+        assert!(firsts.len() > 1, "{firsts:?}");
     }
 
     #[test]

@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use dowser_discovery_api::{
-    Device,
+    Device, DeviceSpec, Mount,
     env::{sanitize, with_hash},
 };
 use kube::{ResourceExt, api::ObjectMeta};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::{
     crd::{CONFIGURATION_LABEL, Configuration, Instance, InstanceSpec},
@@ -118,6 +119,52 @@ pub fn broker_env(
     env
 }
 
+/// Everything that decides what `Allocate` hands a broker for one device, but the values
+/// of the resolved properties, which only the agent knows: they are stood for by their
+/// version on the broker's node ([`crate::crd::NodeDiscoveryStatus::properties_version`]).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Given<'a> {
+    device_properties: &'a BTreeMap<String, String>,
+    devices: &'a [DeviceSpec],
+    mounts: &'a [Mount],
+    broker_properties: &'a BTreeMap<String, String>,
+    properties_version: Option<&'a str>,
+}
+
+/// A short hash of what a broker is given for one device: its environment ([`broker_env`]
+/// of the device's properties and the Configuration's `brokerProperties`), its device nodes
+/// and mounts, and `properties_version`, the version of the Configuration's resolved
+/// properties on the broker's node (`None` where it does not count).
+///
+/// The kubelet keeps a container's `Allocate` answer for all its restarts, so a broker sees
+/// a change of these only in a new pod: the controller stamps each broker with this hash
+/// and replaces the broker when it changes.
+pub fn given_hash(
+    device: &InstanceSpec,
+    broker_properties: &BTreeMap<String, String>,
+    properties_version: Option<&str>,
+) -> String {
+    let given = Given {
+        device_properties: &device.properties,
+        devices: &device.devices,
+        mounts: &device.mounts,
+        broker_properties,
+        properties_version,
+    };
+    short_hash(&given)
+}
+
+/// Twelve hex digits of the SHA-256 of `value`'s JSON: a version to compare, not a secret.
+pub fn short_hash<T: Serialize>(value: &T) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    Sha256::digest(json)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +183,69 @@ mod tests {
         assert_eq!(env["LOG_LEVEL"], "debug");
         assert_eq!(env["LOG_LEVEL_ABC123"], "debug");
         assert_eq!(env.len(), 4);
+    }
+
+    fn spec(properties: &[(&str, &str)]) -> InstanceSpec {
+        InstanceSpec {
+            configuration_name: "plc".into(),
+            device_id: "modbus+tcp://10.0.0.1:502/1".into(),
+            shared: true,
+            capacity: 1,
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            devices: vec![],
+            mounts: vec![],
+        }
+    }
+
+    #[test]
+    fn what_a_broker_is_given_changes_its_hash_and_nothing_else_does() {
+        let device = spec(&[("MODBUS_VENDOR_NAME", "Acme")]);
+        let broker: BTreeMap<String, String> = [("POLL_MS".into(), "250".into())].into();
+        let base = given_hash(&device, &broker, Some("v1"));
+        assert_eq!(base.len(), 12);
+        assert_eq!(given_hash(&device, &broker, Some("v1")), base);
+
+        // The device is unchanged when only what no broker gets changes.
+        let mut same = device.clone();
+        same.capacity = 3;
+        same.shared = false;
+        assert_eq!(given_hash(&same, &broker, Some("v1")), base);
+
+        let vendor = spec(&[("MODBUS_VENDOR_NAME", "Bcme")]);
+        let mut node = device.clone();
+        node.devices = vec![DeviceSpec {
+            container_path: "/dev/ttyUSB0".into(),
+            host_path: "/dev/ttyUSB1".into(),
+            permissions: "rw".into(),
+        }];
+        let mut mounted = device.clone();
+        mounted.mounts = vec![Mount {
+            container_path: "/run/dev".into(),
+            host_path: "/run/dev".into(),
+            read_only: true,
+        }];
+        let other_broker: BTreeMap<String, String> = [("POLL_MS".into(), "500".into())].into();
+        for (what, hash) in [
+            (
+                "a device property",
+                given_hash(&vendor, &broker, Some("v1")),
+            ),
+            ("a device node", given_hash(&node, &broker, Some("v1"))),
+            ("a mount", given_hash(&mounted, &broker, Some("v1"))),
+            (
+                "brokerProperties",
+                given_hash(&device, &other_broker, Some("v1")),
+            ),
+            (
+                "the properties' version",
+                given_hash(&device, &broker, Some("v2")),
+            ),
+            ("no properties' version", given_hash(&device, &broker, None)),
+        ] {
+            assert_ne!(hash, base, "{what}");
+        }
     }
 }

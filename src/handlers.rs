@@ -175,4 +175,44 @@ mod tests {
         let snapshot = stream.next().await.unwrap().unwrap();
         assert_eq!(snapshot.devices()[0].id, "10.0.7.1");
     }
+
+    /// A handler that authenticates: it needs a user name and password to find anything.
+    struct Login;
+
+    impl AnyHandler for Login {
+        fn start(
+            &self,
+            _details: serde_json::Value,
+            properties: Properties,
+        ) -> Result<SnapshotStream, DiscoveryError> {
+            let login = properties.user_password()?.ok_or_else(|| {
+                DiscoveryError::Unavailable("this handler needs USERNAME and PASSWORD".into())
+            })?;
+            let device = Device {
+                id: format!("as {}", login.username),
+                ..Device::default()
+            };
+            Ok(futures::stream::iter([Ok(Snapshot::new(vec![device]))]).boxed())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_gets_the_resolved_properties() {
+        let registry = Registry::empty();
+        registry.register("modbus", Arc::new(Login));
+        let discovery = modbus();
+        let selected = discovery.selected().unwrap();
+        let only_user: Properties = [("USERNAME", "operator")].into_iter().collect();
+        let refused = registry.discover(selected, only_user).err().unwrap();
+        assert_eq!(
+            refused.to_string(),
+            "property PASSWORD is not set: add it to the Configuration's spec.properties"
+        );
+        let both: Properties = [("USERNAME", "operator"), ("PASSWORD", "pw")]
+            .into_iter()
+            .collect();
+        let mut stream = registry.discover(selected, both).unwrap();
+        let snapshot = stream.next().await.unwrap().unwrap();
+        assert_eq!(snapshot.devices()[0].id, "as operator");
+    }
 }

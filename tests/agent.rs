@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 use common::{
     agent::Agent,
     eventually,
-    plant::{Plant, device, modbus_config, nodes_of, phase, pod},
+    plant::{Plant, bound_pod, device, modbus_config, nodes_of, phase, pod},
 };
 use dowser::crd::{Configuration, Instance};
 use dowser_sim::modbus::UnitConfig;
@@ -395,4 +395,189 @@ async fn a_local_device_becomes_an_instance_of_its_node_only() {
             "{other} offers the local device"
         );
     }
+}
+
+/// The resources a kubelet offers a device id through (its PodResources
+/// GetAllocatableResources).
+async fn resources_of(kubelet: &common::cluster::FakeKubelet, device: &str) -> Vec<String> {
+    let mut out: Vec<String> = common::outage::kubelet_devices(kubelet)
+        .await
+        .into_iter()
+        .filter(|(_, ids)| ids.iter().any(|d| d == device))
+        .map(|(r, _)| r)
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_hands_a_slot_out_once_and_keeps_offering_it_when_the_kubelet_drops_its_stream() {
+    let _serial = common::serial().await;
+    let cluster = common::cluster::Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let kubelet = cluster.fake_kubelet("node-a", &[]);
+    let mut first = Agent::start(&cluster, &kubelet);
+    // Both agents of this test log there.
+    let agent_log = kubelet.root.join("agent.log");
+    let logs = || {
+        format!(
+            "--- agents ---\n{}\n--- kubelet ---\n{}",
+            std::fs::read_to_string(&agent_log).unwrap_or_default(),
+            cluster.kubelet_log("node-a")
+        )
+    };
+    let sim = device("127.0.0.1:0").await;
+    common::plant::apply(&client, modbus_config("press", sim.addr.port(), None)).await;
+    let instance = common::settle(90, "the Instance of node-a", logs, || async {
+        let list = common::plant::instances(&client, "press").await;
+        if list.len() == 1 && nodes_of(&list[0]) == ["node-a"] {
+            Ok(list[0].clone())
+        } else {
+            Err(format!(
+                "{:?}",
+                list.iter().map(nodes_of).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
+    // Capacity 1: one slot, offered through the Instance's and the Configuration's resource.
+    let slot = dowser::agent::slots::device_id(&instance.name_any(), 0);
+    let resources = common::settle(
+        60,
+        "the slot offered through two resources",
+        logs,
+        || async {
+            let r = resources_of(&kubelet, &slot).await;
+            if r.len() == 2 {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let allocatable = |resource: String| {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get("node-a").await.ok()?;
+            n.status?.allocatable?.get(&resource).map(|q| q.0.clone())
+        }
+    };
+
+    // A second agent on the node registers the same resources (as when a rolling update
+    // starts the new agent before the old one is gone); then the first one dies. An older
+    // stream of a resource that ends makes the kubelet disconnect the resource's current
+    // client (kubelet 1.35 `runClient`): the kubelet ends the second agent's stream without
+    // restarting, and the second agent must register again.
+    let registered = || {
+        std::fs::read_to_string(&agent_log)
+            .unwrap_or_default()
+            .matches("registered with the kubelet")
+            .count()
+    };
+    let before = registered();
+    let _second = Agent::start(&cluster, &kubelet);
+    common::settle(
+        60,
+        "the second agent registered both resources",
+        logs,
+        || async {
+            let n = registered() - before;
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} registrations"))
+            }
+        },
+    )
+    .await;
+    first.kill9();
+    // The kubelet reads the end of the first agent's streams at once; the test looks after.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    common::settle(60, "the resources back with their device", logs, || async {
+        let r = resources_of(&kubelet, &slot).await;
+        let a = [
+            allocatable(resources[0].clone()).await,
+            allocatable(resources[1].clone()).await,
+        ];
+        if r == resources && a.iter().all(|a| a.as_deref() == Some("1")) {
+            Ok(())
+        } else {
+            Err(format!("offered through {r:?}; allocatable {a:?}"))
+        }
+    })
+    .await;
+
+    // Two pods, one through each resource, admitted side by side: one gets the slot, the
+    // kubelet refuses the other.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, resource) in [("via-one", &resources[0]), ("via-other", &resources[1])] {
+        pods.create(
+            &PostParams::default(),
+            &bound_pod(name, "node-a", Some(resource)),
+        )
+        .await
+        .unwrap();
+    }
+    let phases = || async {
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        let by_name: BTreeMap<String, (String, String, String)> = list
+            .iter()
+            .map(|p| {
+                let s = p.status.clone().unwrap_or_default();
+                (
+                    p.name_any(),
+                    (
+                        phase(p),
+                        s.reason.unwrap_or_default(),
+                        s.message.unwrap_or_default(),
+                    ),
+                )
+            })
+            .collect();
+        Some(by_name)
+    };
+    let settled = common::settle(60, "one pod Running, one refused", logs, || async {
+        let Some(p) = phases().await else {
+            return Err("no pods listed".to_string());
+        };
+        let running = p.values().filter(|(ph, _, _)| ph == "Running").count();
+        assert!(
+            running < 2,
+            "both pods Running on one slot: {p:?}\n{}",
+            logs()
+        );
+        let failed = p.values().filter(|(ph, _, _)| ph == "Failed").count();
+        if running == 1 && failed == 1 {
+            Ok(p)
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    let (_, reason, message) = settled
+        .values()
+        .find(|(ph, _, _)| ph == "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(reason, "UnexpectedAdmissionError", "{settled:?}");
+    // Refused by the agent (the slot is held through the other resource) or, once the slot
+    // is reported Unhealthy there, by the kubelet's device manager.
+    assert!(
+        message.contains("is in use on node node-a: a pod holds it through")
+            || message.contains("requested number of devices unavailable")
+            || message.contains("cannot allocate unhealthy devices"),
+        "the refusal does not say why: {message}"
+    );
+    eprintln!("the pod that did not get the slot: {message}");
+    // And it stays that way.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = phases().await.unwrap();
+    assert_eq!(
+        after.values().filter(|(ph, _, _)| ph == "Running").count(),
+        1,
+        "{after:?}"
+    );
 }

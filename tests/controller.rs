@@ -413,3 +413,239 @@ async fn job_brokers_run_once_per_device_and_per_spec() {
     })
     .await;
 }
+
+/// A simulated Modbus device at `listen` whose unit 1 says it is made by `vendor`. The
+/// address may be one a device just left: its socket closes once its task has stopped.
+async fn device_of(listen: &str, vendor: &str) -> dowser_sim::modbus::RunningListener {
+    use dowser_sim::modbus::{ListenerConfig, UnitConfig, serve};
+    let config = ListenerConfig::device(
+        listen.parse().unwrap(),
+        vec![UnitConfig::identified(1, vendor, "PLC-100", "1.2")],
+    );
+    eventually(10, &format!("a device listening on {listen}"), || async {
+        serve(&config).await.ok().map(|mut l| l.remove(0))
+    })
+    .await
+}
+
+/// The environment the broker container of a pod got, as the fake kubelet recorded it.
+fn broker_env(pod: &Pod) -> serde_json::Value {
+    let allocations: serde_json::Value = pod
+        .annotations()
+        .get("fake-kubelet.dowser.dev/allocations")
+        .map(|a| serde_json::from_str(a).unwrap())
+        .unwrap_or_default();
+    allocations["broker"][0]["envs"].clone()
+}
+
+/// The one Running broker of `config`, once it is the only broker pod left and `check`
+/// accepts its environment.
+async fn sole_broker(
+    pods: &Api<Pod>,
+    config: &str,
+    what: &str,
+    logs: impl Fn() -> String,
+    check: impl Fn(&Pod) -> bool,
+) -> Pod {
+    common::settle(90, what, logs, || async {
+        let all = common::plant::broker_pods(pods, config)
+            .await
+            .ok_or("the API server does not answer")?;
+        let listed: Vec<String> = all
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {} {}",
+                    p.name_any(),
+                    p.uid().unwrap_or_default(),
+                    phase(p),
+                    broker_env(p)
+                )
+            })
+            .collect();
+        let every = pods
+            .list(&ListParams::default().labels(&format!("dowser.dev/configuration={config}")))
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        match all.as_slice() {
+            [one] if every.len() == 1 && phase(one) == "Running" && check(one) => Ok(one.clone()),
+            _ => Err(format!(
+                "broker pods: {listed:?} ({} with those going away)",
+                every.len()
+            )),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_are_replaced_when_what_they_were_given_changes() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let logs = || format!("--- controller ---\n{}\n{}", controller.log(), plant.logs());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(plant.client.clone(), "default");
+    let first_password = "first-Pw-9c1f04";
+    let second_password = "second-Pw-7d2e55";
+    let secret = |password: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "plc-login", "namespace": "default"},
+            "stringData": {"password": password},
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&Default::default(), &secret(first_password))
+        .await
+        .unwrap();
+    let sim = device_of("127.0.0.1:0", "Acme").await;
+    let port = sim.addr.port();
+    let mut config = with_broker(modbus_config("given", port, None), 1);
+    config["spec"]["nodeSelector"] = json!({"matchLabels": {"kubernetes.io/hostname": "node-a"}});
+    config["spec"]["properties"] = json!([{"name": "PLC_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "plc-login", "key": "password"}}}]);
+    plant.apply(config.clone()).await;
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let first = sole_broker(&pods, "given", "a broker for the Acme device", logs, |p| {
+        broker_env(p)["MODBUS_VENDOR_NAME"] == "Acme"
+    })
+    .await;
+
+    // A change that gives the broker nothing new (the grace period; the agent discovers
+    // again) leaves it running.
+    config["spec"]["offlineGracePeriodSeconds"] = json!(5);
+    plant.apply(config.clone()).await;
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    let generation = configs.get("given").await.unwrap().metadata.generation;
+    eventually(60, "the controller saw the new generation", || async {
+        let status = configs.get("given").await.ok()?.status?;
+        (status.observed_generation == generation).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let still = sole_broker(&pods, "given", "the broker still there", logs, |_| true).await;
+    assert_eq!(still.uid(), first.uid(), "replaced for nothing\n{}", logs());
+
+    // The device comes back on the same address (the same device id) with other details:
+    // its broker is replaced by one that gets them, the old one is gone.
+    drop(sim);
+    let sim = device_of(&format!("127.0.0.1:{port}"), "Bcme").await;
+    let second = sole_broker(&pods, "given", "a broker for the Bcme device", logs, |p| {
+        broker_env(p)["MODBUS_VENDOR_NAME"] == "Bcme"
+    })
+    .await;
+    assert_ne!(second.uid(), first.uid());
+
+    // The Secret-backed property reaches the broker, plain and with the Instance hash, as
+    // a reference to the Secret's key that the kubelet reads for the broker.
+    let instance = plant.instances("given").await.remove(0);
+    let hash = instance
+        .name_any()
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_uppercase();
+    let reference =
+        json!({"secretKeyRef": {"name": "plc-login", "key": "password", "optional": false}});
+    let env = serde_json::to_value(&second.spec.as_ref().unwrap().containers[0].env).unwrap();
+    for name in ["PLC_PASSWORD".to_string(), format!("PLC_PASSWORD_{hash}")] {
+        let var = env
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == name.as_str()));
+        assert_eq!(
+            var.map(|v| &v["valueFrom"]),
+            Some(&reference),
+            "{name} in {env}"
+        );
+    }
+
+    // A new value in the Secret replaces the broker with one that gets it.
+    secrets
+        .replace("plc-login", &Default::default(), &{
+            let mut s = secret(second_password);
+            s.metadata.resource_version =
+                secrets.get("plc-login").await.unwrap().resource_version();
+            s
+        })
+        .await
+        .unwrap();
+    let third = sole_broker(
+        &pods,
+        "given",
+        "a broker made after the new password",
+        logs,
+        |p| p.uid() != second.uid(),
+    )
+    .await;
+    let env_of =
+        |p: &Pod| serde_json::to_value(&p.spec.as_ref().unwrap().containers[0].env).unwrap();
+    assert_eq!(env_of(&third), env);
+    drop(sim);
+
+    // Neither value is in any Instance, Pod, Event, log or metric.
+    let instances = serde_json::to_string(&plant.instances("given").await).unwrap();
+    let all_pods =
+        serde_json::to_string(&pods.list(&ListParams::default()).await.unwrap()).unwrap();
+    let events: Api<Event> = Api::namespaced(plant.client.clone(), "default");
+    let events =
+        serde_json::to_string(&events.list(&ListParams::default()).await.unwrap()).unwrap();
+    let configuration = serde_json::to_string(&configs.get("given").await.unwrap()).unwrap();
+    let mut metrics = controller.get("/metrics").1;
+    for agent in &plant.agents {
+        metrics.push_str(&agent.get("/metrics").1);
+    }
+    let places = [
+        ("Instances", instances),
+        ("Pods", all_pods),
+        ("Events", events),
+        ("the Configuration", configuration),
+        ("logs", logs()),
+        ("metrics", metrics),
+    ];
+    for password in [first_password, second_password] {
+        for (place, text) in &places {
+            assert!(!text.contains(password), "{password} is in {place}");
+        }
+    }
+
+    // The Secret is deleted and node-a's agent restarts (kill -9): it cannot read the
+    // property and says so, and the broker is left as it is.
+    secrets
+        .delete("plc-login", &Default::default())
+        .await
+        .unwrap();
+    let agent_a = &plant.agents[0];
+    assert_eq!(agent_a.node, "node-a");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &agent_a.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let restarted = common::agent::Agent::start(&plant.cluster, &plant.kubelets[0]);
+    eventually(60, "the restarted agent reported its node", || async {
+        // Once it serves its health endpoint.
+        std::net::TcpStream::connect(restarted.health).ok()?;
+        let (_, metrics) = restarted.get("/metrics");
+        let writes = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("dowser_agent_api_writes_total "))?;
+        (writes.trim() != "0").then_some(())
+    })
+    .await;
+    let node_a = configs.get("given").await.unwrap().status.unwrap().nodes;
+    let node_a = node_a.iter().find(|n| n.node == "node-a").unwrap();
+    assert!(
+        node_a
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("Secret \"plc-login\"")),
+        "{node_a:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let kept = sole_broker(&pods, "given", "the broker kept", logs, |_| true).await;
+    assert_eq!(kept.uid(), third.uid(), "replaced\n{}", logs());
+}

@@ -11,8 +11,10 @@ use common::{
     cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND},
     controller::ControllerProcess,
     eventually, free_addr,
-    outage::{self, Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_holders},
-    plant::{apply, broker_pods, device, modbus_configuration, nodes_of, phase, try_instances},
+    outage::{self, Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_devices, kubelet_holders},
+    plant::{
+        apply, bound_pod, broker_pods, device, modbus_configuration, nodes_of, phase, try_instances,
+    },
     readme, settle, workloads,
 };
 use dowser::crd::{INSTANCE_LABEL, Instance};
@@ -85,6 +87,15 @@ fn running_broker<'a>(brokers: &'a [(String, Pod)], instance: &Instance) -> Opti
         .iter()
         .find(|(i, p)| *i == instance.name_any() && phase(p) == "Running")
         .map(|(_, p)| p)
+}
+
+/// Whether a kubelet can allocate a device of a resource (its PodResources
+/// GetAllocatableResources, which lists healthy devices only).
+async fn serves(kubelet: &FakeKubelet, resource: &str) -> bool {
+    kubelet_devices(kubelet)
+        .await
+        .iter()
+        .any(|(r, ids)| r == resource && !ids.is_empty())
 }
 
 /// Whether a kubelet holds a device of a resource for a pod, as its PodResources List says
@@ -418,6 +429,40 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
 
 /// Names (`kind/name`, with the namespace when there is one) of objects of these kinds,
 /// in every namespace, that match `keep`.
+/// For a timeout message: whether a Running pod of a kind is there, else the pods there
+/// are and why they are not Running.
+fn missing(kind: &str, running: bool, pods: &[Pod]) -> String {
+    if running {
+        return format!("{kind}: Running");
+    }
+    let why: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            let unscheduled = status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.status != "True")
+                .map(|c| format!("{} {}", c.type_, c.message.unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{} on {:?}: {} {}",
+                p.name_any(),
+                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                phase(p),
+                unscheduled
+            )
+        })
+        .collect();
+    if why.is_empty() {
+        format!("{kind}: MISSING, none created")
+    } else {
+        format!("{kind}: MISSING, have {why:?}")
+    }
+}
+
 fn objects(
     cluster: &Cluster,
     kinds: &str,
@@ -491,25 +536,36 @@ async fn uninstall_leaves_nothing_behind() {
             .map(|l| l.items)
             .unwrap_or_default()
     };
-    let job_pod = eventually(
+    let job_pod = settle(
         90,
         "a broker Running, a Job's pod Running, Services",
+        || workloads.logs(),
         || async {
-            let broker = pods
+            let brokers = pods
                 .list(&ListParams::default().labels("dowser.dev/slot"))
                 .await
-                .ok()?
-                .items
-                .iter()
-                .any(|p| phase(p) == "Running");
-            let job_pod = job_pods()
-                .await
-                .into_iter()
-                .find(|p| phase(p) == "Running")?;
+                .map_err(|e| format!("cannot list broker pods: {e}"))?
+                .items;
+            let jobs = job_pods().await;
             let services = objects(&cluster, "services", |o| {
                 o["metadata"]["labels"]["dowser.dev/configuration"].is_string()
             });
-            (broker && services.len() == 2).then_some(job_pod)
+            let broker = brokers.iter().any(|p| phase(p) == "Running");
+            let job_pod = jobs.iter().find(|p| phase(p) == "Running");
+            match job_pod {
+                Some(p) if broker && services.len() == 2 => Ok(p.clone()),
+                _ => Err(format!(
+                    "{}; {}; {}; Instances: {}",
+                    missing("broker pod", broker, &brokers),
+                    missing("Job pod", job_pod.is_some(), &jobs),
+                    if services.len() == 2 {
+                        "Services: both".to_string()
+                    } else {
+                        format!("Services: MISSING, have {services:?}")
+                    },
+                    objects(&cluster, "instances", |_| true).join(", "),
+                )),
+            }
         },
     )
     .await;
@@ -614,4 +670,129 @@ async fn uninstall_leaves_nothing_behind() {
     );
     assert!(left.is_empty(), "left after the uninstall: {left:?}");
     eprintln!("uninstall: the README's commands took {uninstall_seconds:.1} s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_api_server_does_not_stall_admission_on_the_node() {
+    let _serial = common::serial().await;
+    let cluster = Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let node_a = cluster.fake_kubelet("node-a", &[]);
+    let direct = cluster.service_account_kubeconfig("dowser-agent");
+    let proxy = Proxy::start(outage::server_addr(&direct)).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let via = outage::kubeconfig_via(
+        &direct,
+        proxy.addr,
+        &scratch.path().join("agent.kubeconfig"),
+    );
+    let agent = ProxiedAgent::start(&node_a, &via);
+    let logs = || {
+        format!(
+            "--- agent ---\n{}\n--- kubelet ---\n{}",
+            agent.log(),
+            cluster.kubelet_log("node-a")
+        )
+    };
+    let plc = device("127.0.0.1:0").await;
+    apply(
+        &client,
+        modbus_configuration("press", &[plc.addr.port()], 1000),
+    )
+    .await;
+    let instance = eventually(60, "the Instance of node-a", || async {
+        let list = try_instances(&client, "press").await?;
+        (list.len() == 1 && nodes_of(&list[0]) == ["node-a"]).then(|| list[0].clone())
+    })
+    .await;
+    let wanted = resource(&instance);
+    settle(60, "the device offered", logs, || async {
+        if serves(&node_a, &wanted).await {
+            Ok(())
+        } else {
+            Err(format!("{:?}", kubelet_devices(&node_a).await))
+        }
+    })
+    .await;
+
+    // The agent's connection to the API server hangs: a pod for the device needs a claim
+    // written, and the kubelet admits pods one at a time.
+    proxy.set(Link::Blackholed);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(
+        &Default::default(),
+        &bound_pod("needs-a-claim", "node-a", Some(&wanted)),
+    )
+    .await
+    .unwrap();
+    pods.create(&Default::default(), &bound_pod("plain", "node-a", None))
+        .await
+        .unwrap();
+    let status = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get(name).await.map_err(|e| e.to_string())?;
+            let s = p.status.clone().unwrap_or_default();
+            Ok::<_, String>((
+                phase(&p),
+                s.reason.unwrap_or_default(),
+                s.message.unwrap_or_default(),
+            ))
+        }
+    };
+    // Allocate gives up and says why; the pod behind it is admitted.
+    let (_, reason, message) = settle(60, "the pod that needs a claim refused", logs, || async {
+        let s = status("needs-a-claim").await?;
+        if s.0 == "Failed" {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    assert_eq!(reason, "UnexpectedAdmissionError");
+    assert!(
+        message.contains("the API server did not answer within 5s"),
+        "the refusal does not say what happened: {message}\n{}",
+        logs()
+    );
+    eprintln!("admission while the API server did not answer: {message}");
+    settle(60, "the plain pod Running", logs, || async {
+        let s = status("plain").await?;
+        if s.0 == "Running" {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+
+    // The link back: a pod for the device is admitted, its slot claimed by node-a.
+    proxy.set(Link::Open);
+    pods.create(
+        &Default::default(),
+        &bound_pod("after", "node-a", Some(&wanted)),
+    )
+    .await
+    .unwrap();
+    settle(90, "a pod for the device Running", logs, || async {
+        let s = status("after").await?;
+        if s.0 == "Running" {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    let slots = try_instances(&client, "press").await.unwrap()[0]
+        .status
+        .clone()
+        .unwrap()
+        .slots;
+    assert_eq!(
+        slots,
+        std::collections::BTreeMap::from([("0".to_string(), "node-a".to_string())])
+    );
+    drop(plc);
 }

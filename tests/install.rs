@@ -202,6 +202,34 @@ fn kustomize_and_helm_grant_the_same_rules() {
     assert_eq!(binding["metadata"]["namespace"], "default");
 }
 
+/// Requests and limits: the chart's defaults are the kustomize base's, whose agent limit
+/// comes from the README's measurements (section "Memory and supported devices").
+#[test]
+fn kustomize_and_helm_set_the_same_resources() {
+    let base = kustomize();
+    let helm = chart(&[]);
+    for (kind, name) in [
+        ("DaemonSet", "dowser-agent"),
+        ("Deployment", "dowser-controller"),
+    ] {
+        assert_eq!(
+            container(find(&base, kind, name))["resources"],
+            container(find(&helm, kind, name))["resources"],
+            "{kind} {name}"
+        );
+    }
+    let limit =
+        container(find(&base, "DaemonSet", "dowser-agent"))["resources"]["limits"]["memory"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("limited to {limit}")),
+        "the README's memory section does not state the agent's limit {limit}"
+    );
+}
+
 /// The chart keeps its own list of handlers (`dowser.handlers` in `_helpers.tpl`, with a
 /// `handlers.<name>` value each): it must be the binary's, in the binary's order.
 #[test]
@@ -599,10 +627,15 @@ fn check_identities(cluster: &Cluster) {
             ("create", "pods", "default", false),
             ("get", "pods", "default", false),
             ("create", "pods/exec", "default", false),
+            // Nodes: read, and only their status patched (stale dowser.dev/ resources
+            // removed by a JSON patch); never updated, deleted or labelled.
+            ("patch", "nodes/status", "", true),
+            ("update", "nodes/status", "", false),
             ("patch", "nodes", "", false),
-            ("patch", "nodes/status", "", false),
+            ("update", "nodes", "", false),
             ("delete", "nodes", "", false),
             ("get", "nodes", "", false),
+            ("create", "nodes", "", false),
             // Configurations belong to their authors.
             ("create", "configurations.dowser.dev", "default", false),
             ("patch", "configurations.dowser.dev", "default", false),

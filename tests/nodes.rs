@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -514,4 +514,164 @@ async fn hostile_devices_of_every_protocol_at_once_leave_the_agent_healthy_and_b
     assert_eq!(device_ids(&client, "plcs").await, want_modbus);
     assert_eq!(device_ids(&client, "servers").await, want_opcua);
     assert_eq!(counter(&agent, "dowser_agent_discovery_errors_total"), 0);
+}
+
+/// The `dowser.dev/` entries of a Node: name → (capacity, allocatable).
+fn dowser_resources(node: &Node) -> BTreeMap<String, (Option<String>, Option<String>)> {
+    let mut out: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    let status = node.status.clone().unwrap_or_default();
+    for (name, q) in status.capacity.unwrap_or_default() {
+        if name.starts_with("dowser.dev/") {
+            out.entry(name).or_default().0 = Some(q.0);
+        }
+    }
+    for (name, q) in status.allocatable.unwrap_or_default() {
+        if name.starts_with("dowser.dev/") {
+            out.entry(name).or_default().1 = Some(q.0);
+        }
+    }
+    out
+}
+
+/// Devices that come and go by the thousand (BLE and mDNS churn) leave nothing on the Node:
+/// a kubelet never removes a device-plugin resource (it sets a forgotten one to 0 and keeps
+/// it), so the agent removes the entries whose plugins are gone, and the Node carries only
+/// live resources again. The fake kubelet forgets a stopped plugin after 5 s instead of the
+/// kubelet's 5 minutes and posts its status every second; the agent looks every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_devices_that_come_and_go_leave_only_live_resources_on_the_node() {
+    use dowser_sim::modbus::{ListenerConfig, serve};
+    let _serial = common::serial().await;
+    // 1,000 devices: 250 addresses × unit ids 1-4; and one device that stays.
+    let mut fleet = ListenerConfig::device(
+        "127.201.19.1:15020".parse().unwrap(),
+        (1..=4)
+            .map(|u| UnitConfig::identified(u, "Acme", "BLE-ish", "1.0"))
+            .collect(),
+    );
+    fleet.count = 250;
+    let churn = serve(&fleet).await.unwrap();
+    let stays = device("127.0.0.1:0").await;
+
+    let cluster = Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let kubelet = cluster.fake_kubelet_with(
+        "node-a",
+        &[],
+        &[
+            "--node-status-update-frequency",
+            "1",
+            "--endpoint-stop-grace-period",
+            "5",
+        ],
+    );
+    let agent = Agent::start_with(
+        &cluster,
+        &kubelet,
+        "info,kube=warn",
+        &["--node-status-sweep-seconds", "1"],
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let logs = || {
+        let log = agent.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        format!(
+            "--- agent (last lines)\n{}\n--- kubelet\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            cluster
+                .kubelet_log("node-a")
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+    apply(
+        &client,
+        json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Configuration",
+            "metadata": {"name": "churn", "namespace": "default"},
+            "spec": {
+                "discovery": {"modbus": {
+                    "targets": ["127.201.19.1-127.201.19.250"],
+                    "ports": [15020],
+                    "unitIds": ["1-4"],
+                    "intervalSeconds": 2,
+                    "requestTimeoutMs": 500,
+                }},
+                "capacity": 1,
+                "offlineGracePeriodSeconds": 2,
+            },
+        }),
+    )
+    .await;
+    apply(&client, modbus_config("stays", stays.addr.port(), None)).await;
+
+    // 1,000 device resources, the churn Configuration's, and the two of the device that stays.
+    settle(
+        300,
+        "1,003 dowser.dev/ resources allocatable",
+        logs,
+        || async {
+            let node = nodes.get("node-a").await.map_err(|e| e.to_string())?;
+            let live = dowser_resources(&node)
+                .values()
+                .filter(|(_, a)| a.as_deref().is_some_and(|a| a != "0"))
+                .count();
+            (live == 1003)
+                .then_some(())
+                .ok_or(format!("{live} allocatable"))
+        },
+    )
+    .await;
+    assert_eq!(instances(&client, "churn").await.len(), 1000);
+
+    // The devices go: their Instances after the offline grace period, their plugins with them.
+    let gone = Instant::now();
+    drop(churn);
+    settle(300, "the 1,000 Instances deleted", logs, || async {
+        let left = instances(&client, "churn").await.len();
+        (left == 0).then_some(()).ok_or(format!("{left} Instances"))
+    })
+    .await;
+    let deleted = gone.elapsed().as_secs_f64();
+    // Their plugins stopped with them. The kubelet forgets a stopped plugin only after its
+    // grace period (5 s here) and writes back, meanwhile, what it still tracks: judge once it
+    // has forgotten the last ones and posted its status since.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let api = &nodes;
+    let clean = move |what: &'static str| async move {
+        let node = api.get("node-a").await.map_err(|e| e.to_string())?;
+        let resources = dowser_resources(&node);
+        let stale = resources
+            .values()
+            .filter(|(_, a)| a.as_deref() != Some("1"))
+            .count();
+        (resources.len() == 2 && stale == 0)
+            .then_some(())
+            .ok_or(format!(
+                "{what}: {} dowser.dev/ resources, {stale} of them not allocatable",
+                resources.len()
+            ))
+    };
+    settle(
+        300,
+        "only the resources of the device that stays on the node",
+        logs,
+        || clean("on the node"),
+    )
+    .await;
+    eprintln!(
+        "1,000 devices gone → Instances deleted after {deleted:.1} s, only live resources on the node after {:.1} s",
+        gone.elapsed().as_secs_f64()
+    );
+    // And stays so: the kubelet's next posts write none of them back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    clean("3 s later").await.unwrap();
+    // What stays is the device that stays: its Instance's resource and its Configuration's.
+    assert_eq!(instances(&client, "stays").await.len(), 1);
+    drop(stays);
 }

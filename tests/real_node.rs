@@ -270,6 +270,14 @@ impl RealNode {
             "dowser-agent-properties",
             "--ignore-not-found",
         ]);
+        let _ = self.kubectl(&[
+            "-n",
+            "default",
+            "delete",
+            "secret",
+            "plc-login",
+            "--ignore-not-found",
+        ]);
     }
 }
 
@@ -432,7 +440,12 @@ fn instance_of(node: &RealNode, configuration: &str) -> Result<Value, String> {
 /// Installed dowser + the plant + a Configuration: waits until the broker reads the PLC and
 /// returns the Instance's name and the broker.
 fn broker_reads_the_plc(node: &RealNode, name: &str, plant: &Plant) -> (String, BrokerPod) {
-    node.kubectl_stdin(&["apply", "-f", "-"], &configuration(name, plant));
+    broker_of(node, name, plant, &configuration(name, plant))
+}
+
+/// [`broker_reads_the_plc`] with the Configuration `yaml`.
+fn broker_of(node: &RealNode, name: &str, plant: &Plant, yaml: &str) -> (String, BrokerPod) {
+    node.kubectl_stdin(&["apply", "-f", "-"], yaml);
     let instance = wait_for("an Instance for the simulated PLC", MINUTES(2), || {
         instance_of(node, name)
     });
@@ -515,10 +528,75 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
     node.clean();
     node.run_readme_block(&readme_block("helm install"));
     rollout(node);
+    // A resource of a device gone long ago, as the kubelet leaves it for good once its device
+    // manager has forgotten the plugin: 0 in capacity and allocatable.
+    let forgotten = "dowser.dev/plc-gone-0123456789ab";
+    node.kubectl_ok(&[
+        "patch",
+        "node",
+        node.name(),
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &serde_json::json!({"status": {
+            "capacity": {forgotten: "0"},
+            "allocatable": {forgotten: "0"},
+        }})
+        .to_string(),
+    ]);
 
     let plant = Plant::start(node.host_ip(), &REGISTERS);
-    let (instance, broker) = broker_reads_the_plc(node, "plc-helm", &plant);
+    // With a property from a Secret, which the broker's container gets from the kubelet.
+    let password = "plc-Pw-41d3c9";
+    node.kubectl_ok(&[
+        "-n",
+        "default",
+        "create",
+        "secret",
+        "generic",
+        "plc-login",
+        &format!("--from-literal=password={password}"),
+    ]);
+    let yaml = configuration("plc-helm", &plant).replace(
+        "  capacity: 1\n",
+        "  capacity: 1\n  properties:\n    - name: PLC_PASSWORD\n      \
+         valueFrom: {secretKeyRef: {name: plc-login, key: password}}\n",
+    );
+    let (instance, broker) = broker_of(node, "plc-helm", &plant, &yaml);
     let resource = format!("dowser.dev/{instance}");
+    let container = broker.container_id.trim_start_matches("containerd://");
+    let info: Value = serde_json::from_str(&node.node_sh(
+        "exec",
+        &["ctr", "-n", "k8s.io", "containers", "info", container],
+    ))
+    .expect("ctr containers info prints JSON");
+    let env: Vec<&str> = info["Spec"]["process"]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let hash = instance.rsplit('-').next().unwrap().to_uppercase();
+    for name in ["PLC_PASSWORD".to_string(), format!("PLC_PASSWORD_{hash}")] {
+        let wanted = format!("{name}={password}");
+        assert!(
+            env.contains(&wanted.as_str()),
+            "{name} in the broker's environment: {:?}",
+            env.iter().map(|e| e.split('=').next()).collect::<Vec<_>>()
+        );
+    }
+    // The agent removes it (its sweep runs every minute).
+    wait_for(
+        &format!("{forgotten} removed from the Node"),
+        MINUTES(2),
+        || match (
+            node.node_resource("capacity", forgotten),
+            node.node_resource("allocatable", forgotten),
+        ) {
+            (None, None) => Ok(()),
+            other => Err(format!("capacity, allocatable: {other:?}")),
+        },
+    );
 
     // The device goes away: after the grace period the Instance and its broker go.
     drop(plant);
@@ -548,6 +626,13 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
         capacity.as_deref(),
         Some("1"),
         "the kubelet keeps a stopped plugin's capacity for its grace period"
+    );
+    // The kubelet posted its status since (allocatable 0 above) and did not write the removed
+    // resource back: it writes only what its device manager tracks.
+    assert_eq!(
+        node.node_resource("capacity", forgotten),
+        None,
+        "a removed resource came back"
     );
     assert!(
         !node.plugin_sockets().keys().any(|s| s.contains(&instance)),

@@ -14,7 +14,7 @@ use kube::{
 };
 use serde::Serialize;
 use tokio::sync::Mutex;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::metrics::Metrics;
 use crate::{
@@ -36,7 +36,7 @@ struct SpecPart<'a> {
     spec: &'a InstanceSpec,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Part {
     joined: bool,
     claims: BTreeSet<u32>,
@@ -60,6 +60,13 @@ pub struct NodeInstances {
 pub enum ClaimError {
     #[error("slot {slot} of {instance} is claimed by another node")]
     Taken { instance: String, slot: u32 },
+    #[error("slots {slots:?} of {instance} not claimed: the API server did not answer within {}s ({waiting})", deadline.as_secs())]
+    TimedOut {
+        instance: String,
+        slots: Vec<u32>,
+        deadline: std::time::Duration,
+        waiting: &'static str,
+    },
     #[error(transparent)]
     Api(#[from] kube::Error),
 }
@@ -206,34 +213,65 @@ impl NodeInstances {
         Ok(())
     }
 
-    /// Claims slots for a pod being admitted here. Fails if another node claims one of them.
+    /// Claims slots for a pod being admitted here. Fails if another node claims one of them,
+    /// or if the claim is not recorded within `deadline` (waiting for another write of the
+    /// Instance included): the kubelet waits on this, and admits nothing else meanwhile.
     pub async fn claim(
-        &self,
+        self: &Arc<Self>,
         namespace: &str,
         name: &str,
         slots: &[u32],
+        deadline: std::time::Duration,
     ) -> Result<(), ClaimError> {
+        let until = tokio::time::Instant::now() + deadline;
+        let timed_out = |waiting| ClaimError::TimedOut {
+            instance: format!("{namespace}/{name}"),
+            slots: slots.to_vec(),
+            deadline,
+            waiting,
+        };
         let api: Api<Instance> = Api::namespaced(self.client.clone(), namespace);
         let part = self.part(namespace, name);
-        let mut part = part.lock().await;
-        let before = part.claims.clone();
-        part.claims.extend(slots);
-        if part.claims == before {
+        let mut part = tokio::time::timeout_at(until, part.lock())
+            .await
+            .map_err(|_| timed_out("an earlier write of the Instance is still waiting for it"))?;
+        let mut wanted = part.clone();
+        wanted.claims.extend(slots);
+        if wanted.claims == part.claims {
             return Ok(());
         }
+        match tokio::time::timeout_at(until, self.apply_status(&api, name, &wanted)).await {
+            Ok(Ok(())) => {
+                *part = wanted;
+                Ok(())
+            }
+            Ok(Err(e)) if is_conflict(&e) => Err(ClaimError::Taken {
+                instance: name.to_string(),
+                slot: slots.first().copied().unwrap_or_default(),
+            }),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                // The claim may have reached the API server all the same: once it answers
+                // again, this node's part is stated again without it, so that no slot stays
+                // claimed for a pod the kubelet refused.
+                drop(part);
+                let me = self.clone();
+                let (ns, name) = (namespace.to_string(), name.to_string());
+                tokio::spawn(async move { me.restate(&ns, &name).await });
+                Err(timed_out("no answer to the claim"))
+            }
+        }
+    }
+
+    /// Applies this node's part of an Instance as it stands.
+    async fn restate(&self, namespace: &str, name: &str) {
+        let api: Api<Instance> = Api::namespaced(self.client.clone(), namespace);
+        let part = self.part(namespace, name);
+        let part = part.lock().await;
         match self.apply_status(&api, name, &part).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_conflict(&e) => {
-                part.claims = before;
-                Err(ClaimError::Taken {
-                    instance: name.to_string(),
-                    slot: slots.first().copied().unwrap_or_default(),
-                })
-            }
-            Err(e) => {
-                part.claims = before;
-                Err(e.into())
-            }
+            Ok(()) => debug!(instance = %name, "claims stated again after an unanswered claim"),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => warn!(instance = %name, error = %e, "cannot state the claims again"),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod instances;
 mod metrics;
+pub mod node_status;
 mod plugins;
 pub mod presence;
 pub mod selector;
@@ -52,6 +53,10 @@ pub struct AgentArgs {
     /// How often the kubelet's PodResources is read, in seconds.
     #[arg(long, default_value_t = 5)]
     pub pod_resources_interval_seconds: u64,
+    /// How often this node's status is checked for `dowser.dev/` resources the kubelet has
+    /// forgotten (left at 0), which are then removed, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub node_status_sweep_seconds: u64,
     /// The discovery handlers this node runs, comma-separated (default: every handler built
     /// into this binary). The node refuses a Configuration of another handler and says so
     /// in the Configuration's status.
@@ -141,14 +146,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     let (instance_store, instance_writer) = reflector::store();
     let (config_tx, mut config_events) = mpsc::unbounded_channel::<()>();
     let (instance_tx, mut instance_events) = mpsc::unbounded_channel::<()>();
-    let (node_tx, mut node_events) = mpsc::unbounded_channel::<BTreeMap<String, String>>();
+    let (node_tx, mut node_events) =
+        mpsc::unbounded_channel::<(BTreeMap<String, String>, node_status::Entries)>();
     let watches = [
         tokio::spawn(forward(
             watcher(
                 Api::<Configuration>::all(client.clone()),
                 watcher::Config::default(),
             )
-            .default_backoff()
+            .backoff(crate::apiserver::watch_backoff())
             .modify(forget_managed_fields)
             .reflect(config_writer)
             .touched_objects()
@@ -161,7 +167,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
                 Api::<Instance>::all(client.clone()),
                 watcher::Config::default(),
             )
-            .default_backoff()
+            .backoff(crate::apiserver::watch_backoff())
             .modify(forget_managed_fields)
             .reflect(instance_writer)
             .touched_objects()
@@ -174,9 +180,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
                 Api::<Node>::all(client.clone()),
                 watcher::Config::default().fields(&format!("metadata.name={node}")),
             )
-            .default_backoff()
+            .backoff(crate::apiserver::watch_backoff())
             .touched_objects()
-            .map(|r| r.map(|n| n.labels().clone())),
+            .map(|r| r.map(|n| (n.labels().clone(), node_status::entries(&n)))),
             node_tx,
             "node",
         )),
@@ -185,6 +191,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     // Nothing is decided before the caches hold what the cluster has: a restarted agent
     // adopts its Instances and slots instead of recreating them.
     let mut node_labels: BTreeMap<String, String> = BTreeMap::new();
+    let mut node_resources = node_status::Entries::new();
     config_store.wait_until_ready().await?;
     instance_store.wait_until_ready().await?;
     let part = Arc::new(instances::NodeInstances::new(
@@ -222,6 +229,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     let mut pod_resources = tokio::time::interval(Duration::from_secs(
         args.pod_resources_interval_seconds.max(1),
     ));
+    let mut node_sweep =
+        tokio::time::interval(Duration::from_secs(args.node_status_sweep_seconds.max(1)));
+    node_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut dirty = true;
     loop {
@@ -239,7 +249,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         }
         tokio::select! {
             Some(()) = config_events.recv() => dirty = true,
-            Some(labels) = node_events.recv() => {
+            Some((labels, resources)) = node_events.recv() => {
+                node_resources = resources;
                 if labels != node_labels {
                     node_labels = labels;
                     dirty = true;
@@ -251,6 +262,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
             }
             Some(()) = changed_rx.recv() => plugins.sync().await,
             _ = pod_resources.tick() => plugins.check_pod_resources().await,
+            _ = node_sweep.tick() => {
+                let served = plugins.served().await;
+                let removed = node_status::sweep(
+                    &client, &node, &node_resources, &served, &args.pod_resources_socket,
+                )
+                .await;
+                if removed > 0 {
+                    // Not read again before the watch reports the patched status.
+                    node_resources.clear();
+                }
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

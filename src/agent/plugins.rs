@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{
     instances::{ClaimError, NodeInstances},
-    slots::{self, Releaser},
+    slots::{self, HeldElsewhere, Holders, Releaser},
 };
 use crate::{
     crd::{Configuration, Instance},
@@ -57,8 +57,9 @@ pub struct Plugins {
     configurations: Store<Configuration>,
     part: Arc<NodeInstances>,
     running: Mutex<BTreeMap<String, Running>>,
-    /// device id → resource through which a pod on this node holds it (PodResources).
-    held: Mutex<BTreeMap<String, String>>,
+    /// Which resource holds each slot here: taken at Allocate, confirmed and freed by
+    /// PodResources. One lock, never held across an await.
+    holders: std::sync::Mutex<Holders>,
     releaser: Mutex<Releaser>,
     /// Changes when the kubelet restarts (one watch of its socket for all plugins).
     kubelet: watch::Receiver<Option<crate::deviceplugin::KubeletSocket>>,
@@ -82,7 +83,7 @@ impl Plugins {
             configurations,
             part,
             running: Mutex::new(BTreeMap::new()),
-            held: Mutex::new(BTreeMap::new()),
+            holders: std::sync::Mutex::new(Holders::default()),
             releaser: Mutex::new(Releaser::default()),
             kubelet: crate::deviceplugin::kubelet_restarts(&dir),
             dir,
@@ -113,7 +114,7 @@ impl Plugins {
             .into_iter()
             .map(|(ns, name, _)| (ns, name))
             .collect();
-        let held = self.held.lock().await.clone();
+        let holders = self.holders.lock().expect("holders lock").clone();
         let mut desired: BTreeMap<String, (Kind, Vec<v1beta1::Device>)> = BTreeMap::new();
         for instance in self.offered(&claims) {
             let ns = instance.namespace().unwrap_or_default();
@@ -129,7 +130,7 @@ impl Plugins {
             let config_resource = naming::configuration_resource(&instance.spec.configuration_name);
             let device = |slot: u32, resource: &str| {
                 let id = slots::device_id(&name, slot);
-                let taken_elsewhere = held.get(&id).is_some_and(|r| r != resource);
+                let taken_elsewhere = holders.holder(&id).is_some_and(|r| r != resource);
                 let healthy = mine.contains(&slot) && !taken_elsewhere;
                 v1beta1::Device {
                     id,
@@ -268,8 +269,11 @@ impl Plugins {
             Instant::now(),
             self.release_grace,
         );
-        let changed = *self.held.lock().await != held;
-        *self.held.lock().await = held;
+        let changed = self.holders.lock().expect("holders lock").observe(
+            &held,
+            Instant::now(),
+            self.release_grace,
+        );
         for (name, slot) in &release {
             if let Some((ns, _, _)) = claims.iter().find(|(_, n, s)| n == name && s == slot) {
                 info!(instance = %name, slot, "no pod holds the slot any more: released");
@@ -296,9 +300,21 @@ impl Plugins {
             .into_iter()
             .find(|c| c.name_any() == name && c.namespace().as_deref() == Some(namespace))
     }
+
+    /// The resources of the plugins running now.
+    pub async fn served(&self) -> BTreeSet<String> {
+        self.running.lock().await.keys().cloned().collect()
+    }
 }
 
-/// Allocate for one plugin: claims the slots, then hands out the devices' environment.
+/// How long `Allocate` waits for the API server to record a claim. The kubelet admits pods
+/// one at a time and puts no deadline on `Allocate`: without this bound one unanswered
+/// write would stall the admission of every pod on the node. A few seconds is far above a
+/// healthy write (milliseconds) and far below what a stalled node costs.
+pub const CLAIM_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Allocate for one plugin: takes the slots on this node, claims them, then hands out the
+/// devices' environment.
 struct SlotAllocator {
     plugins: std::sync::Weak<Plugins>,
     kind: Kind,
@@ -311,11 +327,6 @@ impl Allocator for SlotAllocator {
             .plugins
             .upgrade()
             .ok_or_else(|| Status::unavailable("the agent is shutting down"))?;
-        let namespace = match &self.kind {
-            Kind::Instance { namespace, .. } | Kind::Configuration { namespace, .. } => {
-                namespace.clone()
-            }
-        };
         let mut by_instance: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for id in device_ids {
             let (instance, slot) = slots::parse_device_id(id)
@@ -325,6 +336,55 @@ impl Allocator for SlotAllocator {
                 .or_default()
                 .push(slot);
         }
+        // The slots are this resource's before anything else happens: a pod admitted through
+        // the other resource meanwhile is refused here, not handed the same slot.
+        let taken = plugins
+            .holders
+            .lock()
+            .expect("holders lock")
+            .take(&self.resource, device_ids, Instant::now())
+            .map_err(|held| self.refusal(&plugins, &held))?;
+        let result = self.allocate_held(&plugins, by_instance).await;
+        if result.is_err() {
+            plugins
+                .holders
+                .lock()
+                .expect("holders lock")
+                .give_back(&taken);
+        } else {
+            plugins.part.metrics().allocated();
+            // The other resource reports the slots Unhealthy now, not after the next
+            // PodResources poll. Not awaited: a sync waits for every Instance's part, which a
+            // write to an unanswering API server may hold.
+            let me = plugins.clone();
+            tokio::spawn(async move { me.sync().await });
+        }
+        result
+    }
+}
+
+impl SlotAllocator {
+    fn refusal(&self, plugins: &Plugins, held: &HeldElsewhere) -> Status {
+        let (instance, slot) = slots::parse_device_id(&held.device).unwrap_or((&held.device, 0));
+        Status::failed_precondition(format!(
+            "slot {slot} of {instance} is in use on node {}: a pod holds it through {} \
+             (requested through {})",
+            plugins.node, held.resource, self.resource
+        ))
+    }
+
+    /// Claims the slots (bounded by [`CLAIM_DEADLINE`]) and hands out their environment,
+    /// device nodes and mounts.
+    async fn allocate_held(
+        &self,
+        plugins: &Plugins,
+        by_instance: BTreeMap<String, Vec<u32>>,
+    ) -> Result<ContainerAllocateResponse, Status> {
+        let namespace = match &self.kind {
+            Kind::Instance { namespace, .. } | Kind::Configuration { namespace, .. } => {
+                namespace.clone()
+            }
+        };
         let mut response = ContainerAllocateResponse::default();
         for (name, wanted) in by_instance {
             let instance = plugins
@@ -345,11 +405,12 @@ impl Allocator for SlotAllocator {
             }
             plugins
                 .part
-                .claim(&namespace, &name, &wanted)
+                .claim(&namespace, &name, &wanted, CLAIM_DEADLINE)
                 .await
                 .map_err(|e| match e {
                     ClaimError::Taken { .. } => Status::already_exists(e.to_string()),
-                    ClaimError::Api(e) => {
+                    ClaimError::TimedOut { .. } => Status::unavailable(e.to_string()),
+                    ClaimError::Api(_) => {
                         Status::unavailable(format!("cannot claim the slot: {e}"))
                     }
                 })?;
@@ -379,9 +440,6 @@ impl Allocator for SlotAllocator {
                 }));
             info!(resource = %self.resource, instance = %name, slots = ?wanted, "allocated");
         }
-        plugins.part.metrics().allocated();
-        let me = plugins.clone();
-        tokio::spawn(async move { me.sync().await });
         Ok(response)
     }
 }

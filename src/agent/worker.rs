@@ -70,6 +70,8 @@ impl Shared {
 struct Health {
     devices: usize,
     error: Option<String>,
+    /// The version of the properties resolved last ([`properties_version`]).
+    properties_version: Option<String>,
 }
 
 /// Why `spec.properties` could not be resolved.
@@ -144,6 +146,10 @@ struct Worker {
     /// The Instance of each device in `presence`, computed once per device.
     ids: BTreeMap<String, InstanceId>,
     last_health: Option<Health>,
+    /// The version of the properties the handler runs with (none before they resolve).
+    properties_version: Option<String>,
+    /// Whether the error reported last is that the properties could not be resolved.
+    properties_failed: bool,
     /// Devices gone whose Instance this node failed to leave (the API server was away), with
     /// that Instance's name: retried on every scan until the write goes through.
     unleft: BTreeMap<String, String>,
@@ -151,6 +157,13 @@ struct Worker {
 
 impl Worker {
     fn new(shared: Arc<Shared>, config: Arc<Configuration>, shared_devices: bool) -> Self {
+        // What this node reported before a restart stands until the properties resolve: if
+        // they cannot, the brokers here keep running as they are.
+        let properties_version = config
+            .status
+            .as_ref()
+            .and_then(|s| s.nodes.iter().find(|n| n.node == shared.node))
+            .and_then(|n| n.properties_version.clone());
         Self {
             namespace: config.namespace().unwrap_or_default(),
             name: config.name_any(),
@@ -161,6 +174,8 @@ impl Worker {
             presence: Presence::default(),
             ids: BTreeMap::new(),
             last_health: None,
+            properties_version,
+            properties_failed: false,
             unleft: BTreeMap::new(),
         }
     }
@@ -205,12 +220,23 @@ impl Worker {
         stop: &mut oneshot::Receiver<Stop>,
     ) -> Next {
         let properties = match resolve_properties(&self.shared.client, &self.config).await {
-            Ok(p) => p,
-            Err(e) => {
-                let health = Health {
-                    devices: self.presence.len(),
-                    error: Some(e.to_string()),
+            Ok((properties, version)) => {
+                // Said before any Instance is written with them: the controller replaces
+                // the brokers of this node, which then get the new values.
+                self.properties_version = Some(version);
+                // A property error is over; any other stands until a round says otherwise.
+                let error = match &self.last_health {
+                    Some(h) if !self.properties_failed => h.error.clone(),
+                    _ => None,
                 };
+                self.properties_failed = false;
+                let health = self.health(error);
+                self.report_if_changed(health).await;
+                properties
+            }
+            Err(e) => {
+                self.properties_failed = true;
+                let health = self.health(Some(e.to_string()));
                 self.report_if_changed(health).await;
                 return tokio::select! {
                     Some(()) = refs_changed.recv() => Next::Restart,
@@ -253,10 +279,7 @@ impl Worker {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 self.shared.metrics.discovery_error();
-                let health = Health {
-                    devices: self.presence.len(),
-                    error: Some(e.to_string()),
-                };
+                let health = self.health(Some(e.to_string()));
                 self.report_if_changed(health).await;
                 return;
             }
@@ -283,10 +306,7 @@ impl Worker {
             .collect();
         self.write_all(&unlisted).await;
         self.retry_leaves().await;
-        let health = Health {
-            devices: self.presence.len(),
-            error: None,
-        };
+        let health = self.health(None);
         self.report_if_changed(health).await;
     }
 
@@ -316,11 +336,17 @@ impl Worker {
             }
             self.shared.wake_plugins();
         }
-        let health = Health {
-            devices: self.presence.len(),
-            error: self.last_health.as_ref().and_then(|h| h.error.clone()),
-        };
+        let health = self.health(self.last_health.as_ref().and_then(|h| h.error.clone()));
         self.report_if_changed(health).await;
+    }
+
+    /// This node's discovery health now, with `error`.
+    fn health(&self, error: Option<String>) -> Health {
+        Health {
+            devices: self.presence.len(),
+            error,
+            properties_version: self.properties_version.clone(),
+        }
     }
 
     /// Writes this node's health to the Configuration, unless it is what was written last.
@@ -475,6 +501,7 @@ async fn report(shared: &Shared, config: &Configuration, health: &Health) {
         node: shared.node.clone(),
         devices: u32::try_from(health.devices).unwrap_or(u32::MAX),
         error: health.error.clone(),
+        properties_version: health.properties_version.clone(),
         last_change: Some(Time(Timestamp::now())),
     };
     if let Err(e) = apply_node_status(shared, config, Some(entry)).await {
@@ -487,6 +514,7 @@ pub async fn report_refusal(shared: &Shared, config: &Configuration, why: &str) 
     let health = Health {
         devices: 0,
         error: Some(why.to_string()),
+        properties_version: None,
     };
     report(shared, config, &health).await;
 }
@@ -498,38 +526,62 @@ async fn clear_report(shared: &Shared, config: &Configuration) {
     }
 }
 
+/// The version of a Configuration's resolved properties, from where each came from: a
+/// literal (the value, which the spec shows anyway), or a Secret or ConfigMap key with the
+/// resourceVersion of that object (`None`: it does not exist). Never from a value read from
+/// a Secret or ConfigMap: the version is written to the Configuration's status, which more
+/// people may read than the Secret.
+fn properties_version(sources: &[(&str, String)]) -> String {
+    crate::device_instance::short_hash(&sources)
+}
+
 /// Resolves `spec.properties` from literals, Secrets and ConfigMaps of the Configuration's
-/// namespace. The error says which key is missing.
+/// namespace, with their version ([`properties_version`]). The error says which key is
+/// missing.
 async fn resolve_properties(
     client: &Client,
     config: &Configuration,
-) -> Result<Properties, PropertyError> {
+) -> Result<(Properties, String), PropertyError> {
     let ns = config.namespace().unwrap_or_default();
     let mut props = Properties::new();
+    let mut sources = Vec::new();
     for p in &config.spec.properties {
         if let Some(v) = &p.value {
             props.insert(p.name.clone(), v.clone());
+            sources.push((p.name.as_str(), format!("value {v}")));
             continue;
         }
         let Some(from) = &p.value_from else { continue };
-        let (kind, name, key, optional, value) = if let Some(r) = &from.secret_key_ref {
+        let (kind, name, key, optional, found) = if let Some(r) = &from.secret_key_ref {
             let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            let found = api.get_opt(&r.name).await;
-            let value = found.map(|s| {
-                s.and_then(|s| s.data)
-                    .and_then(|d| d.get(&r.key).cloned())
-                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            let found = api.get_opt(&r.name).await.map(|s| {
+                s.map(|s| {
+                    let value = s
+                        .data
+                        .and_then(|d| d.get(&r.key).cloned())
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+                    (s.metadata.resource_version, value)
+                })
             });
-            ("Secret", &r.name, &r.key, r.optional, value)
+            ("Secret", &r.name, &r.key, r.optional, found)
         } else if let Some(r) = &from.config_map_key_ref {
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-            let found = api.get_opt(&r.name).await;
-            let value = found.map(|c| c.and_then(|c| c.data).and_then(|d| d.get(&r.key).cloned()));
-            ("ConfigMap", &r.name, &r.key, r.optional, value)
+            let found = api.get_opt(&r.name).await.map(|c| {
+                c.map(|c| {
+                    let value = c.data.and_then(|d| d.get(&r.key).cloned());
+                    (c.metadata.resource_version, value)
+                })
+            });
+            ("ConfigMap", &r.name, &r.key, r.optional, found)
         } else {
             continue;
         };
-        match value {
+        let version = match &found {
+            Ok(Some((Some(v), _))) => v.as_str(),
+            _ => "none",
+        };
+        sources.push((p.name.as_str(), format!("{kind} {name} {key} {version}")));
+        match found.map(|f| f.and_then(|(_, value)| value)) {
             Ok(Some(v)) => {
                 props.insert(p.name.clone(), v);
             }
@@ -551,7 +603,7 @@ async fn resolve_properties(
             }
         }
     }
-    Ok(props)
+    Ok((props, properties_version(&sources)))
 }
 
 /// Watches the Secrets and ConfigMaps the properties name; any change is signalled.
@@ -582,12 +634,12 @@ fn watch_references(
             let mut first = true;
             let mut versions = match kind {
                 "Secret" => watcher(Api::<Secret>::namespaced(client, &ns), cfg)
-                    .default_backoff()
+                    .backoff(crate::apiserver::watch_backoff())
                     .touched_objects()
                     .map(|r| r.ok().and_then(|o| o.resource_version()))
                     .boxed(),
                 _ => watcher(Api::<ConfigMap>::namespaced(client, &ns), cfg)
-                    .default_backoff()
+                    .backoff(crate::apiserver::watch_backoff())
                     .touched_objects()
                     .map(|r| r.ok().and_then(|o| o.resource_version()))
                     .boxed(),
@@ -615,6 +667,36 @@ impl Drop for WatcherGuard {
     fn drop(&mut self) {
         for t in &self.0 {
             t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::properties_version;
+
+    #[test]
+    fn the_properties_version_follows_their_sources() {
+        let secret = |rv: &str| ("PASSWORD", format!("Secret login pw {rv}"));
+        let literal = |v: &str| ("SITE", format!("value {v}"));
+        let base = properties_version(&[secret("41"), literal("north")]);
+        assert_eq!(base, properties_version(&[secret("41"), literal("north")]));
+        for (what, other) in [
+            (
+                "the Secret changed",
+                properties_version(&[secret("42"), literal("north")]),
+            ),
+            (
+                "a literal changed",
+                properties_version(&[secret("41"), literal("south")]),
+            ),
+            (
+                "the Secret is gone",
+                properties_version(&[secret("none"), literal("north")]),
+            ),
+            ("a property less", properties_version(&[secret("41")])),
+        ] {
+            assert_ne!(other, base, "{what}");
         }
     }
 }

@@ -216,6 +216,11 @@ impl<'a> Executor<'a> {
                 "BrokerUpdated",
                 format!("broker {pod} restarts with the new broker spec"),
             ),
+            Removal::NewDetails => (
+                EventType::Normal,
+                "BrokerUpdated",
+                format!("broker {pod} restarts with its device's new details"),
+            ),
             Removal::Failed { wait } => (
                 EventType::Warning,
                 "BrokerFailed",

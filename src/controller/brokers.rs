@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use crate::naming;
+use crate::{device_instance, naming};
+use dowser_discovery_api::env::{sanitize, with_hash};
 use k8s_openapi::{
     api::{
         batch::v1::Job,
         core::v1::{
-            Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-            PodSpec, ResourceRequirements, Service, ServiceSpec,
+            Affinity, ConfigMapKeySelector, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
+            NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, ResourceRequirements,
+            SecretKeySelector, Service, ServiceSpec,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
@@ -25,6 +27,9 @@ pub const SLOT_LABEL: &str = "dowser.dev/slot";
 pub const SPEC_HASH: &str = "dowser.dev/spec-hash";
 /// Annotation with the node a broker pod was placed on.
 pub const NODE_ANNOTATION: &str = "dowser.dev/node";
+/// Annotation with the hash of what a broker pod or Job is given for its device
+/// ([`device_instance::given_hash`]).
+pub const GIVEN_HASH: &str = "dowser.dev/given-hash";
 
 /// Short hash of any serialisable spec (a change rolls the brokers).
 pub fn spec_hash<T: serde::Serialize>(spec: &T) -> String {
@@ -55,6 +60,27 @@ pub fn is_slot_broker(pod: &Pod) -> bool {
             .any(|o| o.kind == "Job" && o.api_version == "batch/v1")
 }
 
+/// The version of the Configuration's resolved properties that the agent of `node` reported.
+pub fn properties_version<'a>(config: &'a Configuration, node: &str) -> Option<&'a str> {
+    config
+        .status
+        .as_ref()?
+        .nodes
+        .iter()
+        .find(|n| n.node == node)?
+        .properties_version
+        .as_deref()
+}
+
+/// Whether a broker was given something else than a broker made now would be. A broker
+/// made before brokers were stamped (no hash) is not replaced for it.
+pub fn given_changed<K: Resource>(current: &K, wanted: &K) -> bool {
+    fn hash<K: Resource>(o: &K) -> Option<&String> {
+        o.meta().annotations.as_ref()?.get(GIVEN_HASH)
+    }
+    matches!((hash(current), hash(wanted)), (Some(c), Some(w)) if c != w)
+}
+
 /// The name of the broker pod of a slot.
 pub fn pod_name(instance: &str, slot: u32) -> String {
     format!("{instance}-{slot}")
@@ -81,8 +107,53 @@ fn request_device(spec: &mut PodSpec, instance: &str) {
     }
 }
 
-/// The broker pod of one slot of an Instance, pinned to `node` (and annotated with it),
-/// asking for one of the Instance's devices in its first container.
+/// The Configuration's `properties` as environment variables of the container of a broker
+/// that holds the device, named like the device's own: each plain and suffixed with the
+/// Instance hash. A literal is given as it is; a Secret or ConfigMap key is given as a
+/// reference to that key (`valueFrom`), which the kubelet reads for the broker in its own
+/// namespace, the Configuration's: the value never passes through dowser, and no pod but
+/// the brokers gets it (a pod that asks for a device itself gets the device's environment
+/// only). A variable the container sets itself is left to it; the device's environment
+/// from `Allocate` (its properties, `brokerProperties`) comes after, and wins a clash.
+fn give_properties(spec: &mut PodSpec, config: &Configuration, instance: &str) {
+    let hash = instance.rsplit('-').next().unwrap_or_default();
+    let Some(first) = spec.containers.first_mut() else {
+        return;
+    };
+    let env = first.env.get_or_insert_with(Vec::new);
+    for p in &config.spec.properties {
+        let value_from = p.value_from.as_ref().map(|from| EnvVarSource {
+            secret_key_ref: from.secret_key_ref.as_ref().map(|r| SecretKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional: Some(r.optional),
+            }),
+            config_map_key_ref: from
+                .config_map_key_ref
+                .as_ref()
+                .map(|r| ConfigMapKeySelector {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    optional: Some(r.optional),
+                }),
+            ..EnvVarSource::default()
+        });
+        let name = sanitize(&p.name);
+        for name in [with_hash(&name, hash), name] {
+            if env.iter().all(|e| e.name != name) {
+                env.push(EnvVar {
+                    name,
+                    value: p.value.clone(),
+                    value_from: value_from.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// The broker pod of one slot of an Instance, pinned to `node` (and annotated with it and
+/// with what it is given there), asking for one of the Instance's devices in its first
+/// container.
 pub fn broker_pod(
     config: &Configuration,
     instance: &Instance,
@@ -93,6 +164,7 @@ pub fn broker_pod(
     let name = instance.name_any();
     let mut spec = spec.clone();
     request_device(&mut spec, &name);
+    give_properties(&mut spec, config, &name);
     let pin = NodeSelectorTerm {
         match_fields: Some(vec![NodeSelectorRequirement {
             key: "metadata.name".into(),
@@ -119,6 +191,14 @@ pub fn broker_pod(
                 [
                     (SPEC_HASH.to_string(), spec_hash(&config.spec.broker_spec)),
                     (NODE_ANNOTATION.to_string(), node.to_string()),
+                    (
+                        GIVEN_HASH.to_string(),
+                        device_instance::given_hash(
+                            &instance.spec,
+                            &config.spec.broker_properties,
+                            properties_version(config, node),
+                        ),
+                    ),
                 ]
                 .into(),
             ),
@@ -131,7 +211,8 @@ pub fn broker_pod(
 }
 
 /// The Job that runs once for an Instance, named after the spec it runs, so that a new
-/// spec makes a new Job. Its pod asks for one device of the Instance, so it lands on a node
+/// spec makes a new Job, and stamped with what it is given, so that a device whose details
+/// changed gets a new run. Its pod asks for one device of the Instance, so it lands on a node
 /// that can reach the device and gets the device's environment.
 pub fn broker_job(
     config: &Configuration,
@@ -140,9 +221,13 @@ pub fn broker_job(
 ) -> Job {
     let name = instance.name_any();
     let hash = spec_hash(spec);
+    // A Job runs once for what its device is; its pods are new pods, which get the current
+    // values of the properties, so a new version of those does not run it again.
+    let given = device_instance::given_hash(&instance.spec, &config.spec.broker_properties, None);
     let mut spec = spec.clone();
     if let Some(pod) = spec.template.spec.as_mut() {
         request_device(pod, &name);
+        give_properties(pod, config, &name);
     }
     let mut template_labels = spec
         .template
@@ -160,7 +245,13 @@ pub fn broker_job(
             name: Some(format!("{}-{hash}", truncate(&name, 52))),
             namespace: instance.namespace(),
             labels: Some(labels(&config.name_any(), Some(&name))),
-            annotations: Some([(SPEC_HASH.to_string(), hash)].into()),
+            annotations: Some(
+                [
+                    (SPEC_HASH.to_string(), hash),
+                    (GIVEN_HASH.to_string(), given),
+                ]
+                .into(),
+            ),
             owner_references: owner(instance).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
@@ -248,5 +339,74 @@ mod tests {
             "Job",
         );
         assert!(!is_slot_broker(&copied));
+    }
+
+    #[test]
+    fn brokers_get_the_properties_as_references_never_as_values() {
+        let config: Configuration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dowser.dev/v1alpha1", "kind": "Configuration",
+            "metadata": {"name": "plc", "namespace": "ns"},
+            "spec": {
+                "discovery": {"modbus": {"targets": ["10.0.7.3"]}},
+                "properties": [
+                    {"name": "PLC_USER", "value": "operator"},
+                    {"name": "PLC_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "login", "key": "pw"}}},
+                    {"name": "SITE", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "id", "optional": true}}},
+                    {"name": "MINE", "value": "from the Configuration"},
+                ],
+                "brokerSpec": {"brokerPodSpec": {"containers": [
+                    {"name": "broker", "image": "b", "env": [{"name": "MINE", "value": "the broker's"}]},
+                    {"name": "sidecar", "image": "s"},
+                ]}},
+            },
+        }))
+        .unwrap();
+        let instance: Instance = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "plc-0a1b2c3d4e5f", "namespace": "ns"},
+            "spec": {"configurationName": "plc", "deviceId": "d", "shared": true, "capacity": 1},
+        }))
+        .unwrap();
+        let spec = config
+            .spec
+            .broker_spec
+            .clone()
+            .unwrap()
+            .broker_pod_spec
+            .unwrap();
+        let pod = broker_pod(&config, &instance, &spec, 0, "node-a");
+        let containers = &pod.spec.as_ref().unwrap().containers;
+        let env = serde_json::to_value(&containers[0].env).unwrap();
+        assert_eq!(
+            env,
+            serde_json::json!([
+                {"name": "MINE", "value": "the broker's"},
+                {"name": "PLC_USER_0A1B2C3D4E5F", "value": "operator"},
+                {"name": "PLC_USER", "value": "operator"},
+                {"name": "PLC_PASSWORD_0A1B2C3D4E5F", "valueFrom": {"secretKeyRef": {"name": "login", "key": "pw", "optional": false}}},
+                {"name": "PLC_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "login", "key": "pw", "optional": false}}},
+                {"name": "SITE_0A1B2C3D4E5F", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "id", "optional": true}}},
+                {"name": "SITE", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "id", "optional": true}}},
+                {"name": "MINE_0A1B2C3D4E5F", "value": "from the Configuration"},
+            ])
+        );
+        assert_eq!(
+            containers[1].env, None,
+            "only the container that holds the device"
+        );
+        // A Job's pod gets them the same way.
+        let job_spec: k8s_openapi::api::batch::v1::JobSpec = serde_json::from_value(
+            serde_json::json!({"template": {"spec": {"containers": [{"name": "j", "image": "j"}]}}}),
+        )
+        .unwrap();
+        let job = broker_job(&config, &instance, &job_spec);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let names: Vec<String> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(names.len(), 8);
+        assert!(names.contains(&"PLC_PASSWORD".to_string()));
     }
 }

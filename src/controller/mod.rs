@@ -73,19 +73,6 @@ pub struct ControllerArgs {
     pub health_addr: String,
 }
 
-/// Backoff of the controller's watches after an error: 0.5 s, doubling up to 5 s, back to
-/// 0.5 s once events flow. Only the leader watches, so the short cap costs the API server
-/// little; with the watcher's default (up to 30 s, reset after 2 min of quiet) the
-/// controller took a minute or more to see the changes made during an API server outage.
-fn watch_backoff() -> watcher::ExponentialBackoff {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(5))
-        .with_factor(2.0)
-        .without_max_times()
-        .into()
-}
-
 /// The task that holds the Lease, and renews or releases it.
 type LeaseTask = JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>;
 
@@ -211,7 +198,7 @@ async fn control(
     })
     // A Node that goes away concerns every Configuration that may have devices there.
     .reconcile_all_on(node_deletions)
-    .trigger_backoff(watch_backoff())
+    .trigger_backoff(crate::apiserver::watch_backoff())
     .graceful_shutdown_on(async move {
         tokio::select! {
             _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
@@ -243,7 +230,7 @@ fn watch_nodes(
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .backoff(watch_backoff())
+    .backoff(crate::apiserver::watch_backoff())
     // Only the name matters: the rest of a Node's metadata would cost memory per node.
     .modify(|node| {
         node.managed_fields_mut().clear();
@@ -265,20 +252,5 @@ async fn release(lease_task: LeaseTask, identity: &str) {
         }
         Ok(Err(e)) => warn!(%identity, error = %e, "Lease task failed"),
         Err(_) => warn!(%identity, "Lease not released within 5 s; it expires on its own"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::runtime::utils::Backoff;
-
-    #[test]
-    fn watches_back_off_to_five_seconds_and_start_over_once_events_flow() {
-        let mut b = watch_backoff();
-        let waits: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
-        assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 }

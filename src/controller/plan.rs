@@ -9,10 +9,13 @@
 //! - nodes that no longer exist leave their Instances, with their slot claims; an Instance
 //!   with no node left is deleted;
 //! - one broker pod per slot, on the node [`placement::broker_nodes`] gives it; a pod is
-//!   replaced when its slot moves (re-home), when the broker spec changes (roll-out) and when
+//!   replaced when its slot moves (re-home), when the broker spec changes (roll-out), when
+//!   what it is given for its device changes (the device's details, `brokerProperties`, the
+//!   version of the properties on its node: [`crate::device_instance::given_hash`]) and when
 //!   it failed (after a backoff); a pod whose slot has no node any more is removed; a pod on
 //!   a Node that no longer exists is deleted at once (no kubelet will confirm it);
-//! - one Job per Instance and broker Job spec; Jobs of another spec or Instance are removed;
+//! - one Job per Instance and broker Job spec, run again when its device's details or the
+//!   `brokerProperties` change; Jobs of another spec or Instance are removed;
 //! - a Service per Instance and one for the Configuration, as the spec asks; others removed;
 //! - `Ready` says whether every wanted broker runs.
 

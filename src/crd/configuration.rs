@@ -116,8 +116,16 @@ fn default_grace() -> u32 {
 pub struct ConfigurationSpec {
     /// What to look for: exactly one of modbus, opcua, ble, serial, mdns, with its details.
     pub discovery: Discovery,
-    /// Values handed to the discovery handler (credentials and the like), from literals,
-    /// Secrets or ConfigMaps in the Configuration's namespace. Names are unique.
+    /// Values handed to the discovery handler (credentials and the like; `USERNAME` and
+    /// `PASSWORD` for a handler that authenticates) and to brokers, from literals, Secrets or
+    /// ConfigMaps in the Configuration's namespace. Names are unique. A broker Pod or Job
+    /// gets each as an environment variable of the container that holds the device, plain
+    /// and suffixed with the Instance hash: a literal as it is, a Secret or ConfigMap key as
+    /// a reference (`valueFrom`) that the kubelet reads for the broker. Other pods that
+    /// request a device do not get them. A variable the broker spec sets itself is kept,
+    /// and the device's own variables and `brokerProperties` win a clash. When a value
+    /// changes, the handler restarts with it and the brokers are replaced. Values are never
+    /// written to Instances, Events, logs or metrics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), transform = properties_list)]
     pub properties: Vec<Property>,
@@ -156,7 +164,8 @@ pub struct ConfigurationSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(transform = one_value)]
 pub struct Property {
-    /// The name the handler knows the value by (`USERNAME`, `PASSWORD`...).
+    /// The name the handler knows the value by (`USERNAME`, `PASSWORD`...), and the name of
+    /// the brokers' environment variable.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Z_][A-Z0-9_]*$"))]
     pub name: String,
     /// A literal value.
@@ -260,6 +269,12 @@ pub struct NodeDiscoveryStatus {
     /// Why discovery does not run or failed on this node; absent when healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Version of the `properties` this node's agent resolved and hands to brokers: a hash
+    /// of the literal values and of the versions of the Secrets and ConfigMaps the others
+    /// come from (never of their values). A broker on this node is replaced when it changes,
+    /// so that it gets the new values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties_version: Option<String>,
     /// When the device count or the error last changed (status is written on change only, so
     /// an unchanged node costs the API server nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]

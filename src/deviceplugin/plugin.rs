@@ -1,8 +1,14 @@
 //! A kubelet device plugin: serves `DevicePlugin` on a unix socket, registers with the
 //! kubelet, and registers again whenever the kubelet restarts (a restarting kubelet deletes
-//! every socket in the device-plugin directory).
+//! every socket in the device-plugin directory) or stops listening to it (it ended the
+//! ListAndWatch stream of the plugin's latest registration without restarting).
 
-use std::{path::PathBuf, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
@@ -45,9 +51,98 @@ pub struct PluginConfig {
     pub resource_name: String,
 }
 
+/// The ListAndWatch streams of a plugin: the number of the newest one opened, and whether
+/// it is still open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Streams {
+    newest: u64,
+    open: bool,
+}
+
+/// Marks its stream closed when the kubelet lets go of it (the response stream is dropped).
+struct StreamGuard {
+    streams: Arc<watch::Sender<Streams>>,
+    number: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.streams.send_if_modified(|s| {
+            let newest = s.newest == self.number;
+            if newest {
+                s.open = false;
+            }
+            newest
+        });
+    }
+}
+
+/// When a registered plugin registers again because the kubelet holds no ListAndWatch
+/// stream of its latest registration: the kubelet ended it without restarting (a newer
+/// registration of the resource replaced it, or an error), and the resource stays at
+/// allocatable 0 until the plugin registers again. Waits [`Watchdog::FIRST`] after the
+/// registration or the end of the stream (the kubelet opens its stream right after it
+/// answers `Register`), then doubles the wait up to [`Watchdog::MOST`] while registrations
+/// get no lasting stream. Pure: the caller feeds it what it sees.
+#[derive(Debug, Default)]
+struct Watchdog {
+    /// Since when no stream of the latest registration has been open.
+    quiet_since: Option<Instant>,
+    /// Since when one has been open.
+    open_since: Option<Instant>,
+    /// Registrations in a row that got no lasting stream.
+    attempts: u32,
+}
+
+impl Watchdog {
+    const FIRST: Duration = Duration::from_secs(2);
+    const MOST: Duration = Duration::from_secs(60);
+    /// A stream open this long means the kubelet took the registration.
+    const LASTING: Duration = Duration::from_secs(30);
+
+    /// The plugin (re)registered at `now`.
+    fn registered(&mut self, now: Instant) {
+        self.quiet_since = Some(now);
+        self.open_since = None;
+    }
+
+    /// Whether a stream of the latest registration is open at `now`.
+    fn observe(&mut self, open: bool, now: Instant) {
+        if open {
+            self.quiet_since = None;
+            let since = *self.open_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= Self::LASTING {
+                self.attempts = 0;
+            }
+        } else {
+            if let Some(since) = self.open_since.take()
+                && now.saturating_duration_since(since) >= Self::LASTING
+            {
+                self.attempts = 0;
+            }
+            self.quiet_since.get_or_insert(now);
+        }
+    }
+
+    /// When to register again (`None` while a stream is open).
+    fn due(&self) -> Option<Instant> {
+        let wait = Self::FIRST
+            .saturating_mul(1 << self.attempts.min(16))
+            .min(Self::MOST);
+        self.quiet_since.map(|since| since + wait)
+    }
+
+    /// The plugin registers again at `now`.
+    fn retried(&mut self, now: Instant) {
+        self.attempts = self.attempts.saturating_add(1);
+        self.registered(now);
+    }
+}
+
 struct Service<A> {
     devices: watch::Receiver<Vec<Device>>,
     allocator: Arc<A>,
+    streams: Arc<watch::Sender<Streams>>,
 }
 
 type DeviceStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
@@ -67,8 +162,20 @@ impl<A: Allocator> DevicePlugin for Service<A> {
         &self,
         _: Request<Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
-        let stream = WatchStream::new(self.devices.clone())
-            .map(|devices| Ok(ListAndWatchResponse { devices }));
+        let mut number = 0;
+        self.streams.send_modify(|s| {
+            s.newest += 1;
+            s.open = true;
+            number = s.newest;
+        });
+        let guard = StreamGuard {
+            streams: self.streams.clone(),
+            number,
+        };
+        let stream = WatchStream::new(self.devices.clone()).map(move |devices| {
+            let _open = &guard;
+            Ok(ListAndWatchResponse { devices })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -113,6 +220,9 @@ pub async fn run<A: Allocator>(
     let mut stop = std::pin::pin!(stop);
     kubelet.borrow_and_update();
     let socket = config.dir.join(&config.socket_name);
+    let streams = Arc::new(watch::channel(Streams::default()).0);
+    let mut seen = streams.subscribe();
+    let mut watchdog = Watchdog::default();
     loop {
         let incoming = match bind_unix(&socket) {
             Ok(i) => i,
@@ -128,6 +238,7 @@ pub async fn run<A: Allocator>(
         let service = Service {
             devices: devices.clone(),
             allocator: allocator.clone(),
+            streams: streams.clone(),
         };
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -138,21 +249,40 @@ pub async fn run<A: Allocator>(
                 }),
         );
         let mut registered = false;
+        // Streams numbered above this one were opened for the latest registration.
+        let mut before = 0;
         let stopped = loop {
             if !registered {
+                // Read first: the kubelet may open its stream before `Register` returns.
+                before = streams.borrow().newest;
                 match register(&config).await {
                     Ok(()) => {
                         info!(resource = %config.resource_name, "registered with the kubelet");
                         registered = true;
+                        watchdog.registered(Instant::now());
+                        let s = *seen.borrow_and_update();
+                        watchdog.observe(s.open && s.newest > before, Instant::now());
                     }
                     Err(e) => {
                         debug!(resource = %config.resource_name, error = %e, "kubelet not reachable yet")
                     }
                 }
             }
-            // Registered, the plugin sleeps until the kubelet restarts.
+            // Registered, the plugin sleeps until the kubelet restarts or lets go of its
+            // stream.
+            let due = if registered { watchdog.due() } else { None };
+            let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 _ = tokio::time::sleep(RETRY), if !registered => {}
+                _ = tokio::time::sleep_until(due.unwrap_or(far).into()), if due.is_some() => {
+                    warn!(resource = %config.resource_name, "the kubelet holds no ListAndWatch stream of this plugin; registering again");
+                    watchdog.retried(Instant::now());
+                    registered = false;
+                }
+                _ = seen.changed() => {
+                    let s = *seen.borrow_and_update();
+                    watchdog.observe(s.open && s.newest > before, Instant::now());
+                }
                 r = kubelet.changed() => {
                     if r.is_err() {
                         // Nobody watches the kubelet any more: the agent is stopping.
@@ -204,4 +334,76 @@ async fn register(config: &PluginConfig) -> Result<(), Box<dyn std::error::Error
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_stream_that_ends_brings_a_registration_after_the_first_wait() {
+        let t0 = Instant::now();
+        let mut w = Watchdog::default();
+        w.registered(t0);
+        w.observe(true, t0);
+        assert_eq!(w.due(), None, "a stream is open");
+        w.observe(false, t0 + secs(40));
+        assert_eq!(w.due(), Some(t0 + secs(40) + Watchdog::FIRST));
+    }
+
+    #[test]
+    fn a_registration_without_a_stream_is_retried_with_a_growing_wait() {
+        let t0 = Instant::now();
+        let mut w = Watchdog::default();
+        w.registered(t0);
+        w.observe(false, t0);
+        let mut now = t0;
+        let mut waits = vec![];
+        for _ in 0..7 {
+            let due = w.due().unwrap();
+            waits.push(due - now);
+            now = due;
+            w.retried(now);
+        }
+        assert_eq!(
+            waits,
+            [2, 4, 8, 16, 32, 60, 60].map(secs),
+            "doubling from {:?} up to {:?}",
+            Watchdog::FIRST,
+            Watchdog::MOST
+        );
+    }
+
+    #[test]
+    fn a_lasting_stream_starts_the_waits_over() {
+        let t0 = Instant::now();
+        let mut w = Watchdog::default();
+        w.registered(t0);
+        w.retried(t0 + secs(2));
+        w.retried(t0 + secs(6));
+        // Taken: the stream stays open, then ends long after.
+        w.observe(true, t0 + secs(7));
+        w.observe(false, t0 + secs(100));
+        assert_eq!(w.due(), Some(t0 + secs(100) + Watchdog::FIRST));
+        // A stream that ends at once does not.
+        let mut w = Watchdog::default();
+        w.registered(t0);
+        w.retried(t0 + secs(2));
+        w.observe(true, t0 + secs(3));
+        w.observe(false, t0 + secs(4));
+        assert_eq!(w.due(), Some(t0 + secs(4) + secs(4)));
+    }
+
+    #[test]
+    fn the_wait_counts_from_the_registration_while_no_stream_opened() {
+        let t0 = Instant::now();
+        let mut w = Watchdog::default();
+        w.registered(t0);
+        w.observe(false, t0 + secs(1));
+        assert_eq!(w.due(), Some(t0 + Watchdog::FIRST));
+    }
 }

@@ -20,6 +20,16 @@ impl Agent {
 
     /// Starts `dowser agent` with its log filter (`DOWSER_LOG`) set to `filter`.
     pub fn start_logging(cluster: &Cluster, kubelet: &FakeKubelet, filter: &str) -> Agent {
+        Self::start_with(cluster, kubelet, filter, &[])
+    }
+
+    /// [`Agent::start_logging`] with more command-line arguments.
+    pub fn start_with(
+        cluster: &Cluster,
+        kubelet: &FakeKubelet,
+        filter: &str,
+        args: &[&str],
+    ) -> Agent {
         let log = kubelet.root.join("agent.log");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -40,6 +50,7 @@ impl Agent {
                 "2",
             ])
             .args(["--pod-resources-interval-seconds", "1"])
+            .args(args)
             .env("NODE_NAME", &kubelet.node)
             .env(
                 "KUBECONFIG",

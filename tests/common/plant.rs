@@ -173,6 +173,18 @@ pub fn pod(name: &str, resource: &str) -> Pod {
     .unwrap()
 }
 
+/// A pod bound to `node` (no scheduler: the kubelet admits it as it comes), asking one
+/// device of `resource` if given.
+pub fn bound_pod(name: &str, node: &str, resource: Option<&str>) -> Pod {
+    let mut p = pod(name, resource.unwrap_or("cpu"));
+    let spec = p.spec.as_mut().unwrap();
+    spec.node_name = Some(node.to_string());
+    if resource.is_none() {
+        spec.containers[0].resources = None;
+    }
+    p
+}
+
 /// Running broker pods of a Configuration that are not being deleted.
 pub async fn running_brokers(pods: &Api<Pod>, config: &str) -> Vec<Pod> {
     broker_pods(pods, config)

@@ -1,15 +1,13 @@
 //! The trait every discovery handler implements.
 
-use std::{collections::BTreeMap, pin::Pin};
+use std::pin::Pin;
 
 use futures::Stream;
 
 use serde::de::DeserializeOwned;
 
 use crate::Snapshot;
-
-/// Resolved `properties` of a Configuration (credentials and the like), by name.
-pub type Properties = BTreeMap<String, String>;
+pub use crate::properties::Properties;
 
 /// A never-ending stream of full snapshots. Polled handlers yield one per interval, with
 /// the time the round took ([`Snapshot::with_round`]); event-driven handlers yield whenever
@@ -39,7 +37,8 @@ pub trait DiscoveryHandler: Send + Sync + 'static {
     /// The typed `spec.discovery.<name>` of a Configuration.
     type Details: DeserializeOwned + Send + Sync + 'static;
 
-    /// Starts discovery. The stream yields a full snapshot per round, forever.
+    /// Starts discovery with the Configuration's resolved `properties` (credentials and
+    /// the like: see [`Properties`]). The stream yields a full snapshot per round, forever.
     fn discover(&self, details: Self::Details, properties: Properties) -> SnapshotStream;
 }
 

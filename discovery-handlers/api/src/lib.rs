@@ -10,9 +10,11 @@ pub mod device;
 pub mod env;
 pub mod filter;
 pub mod handler;
+pub mod properties;
 pub mod validation;
 
 pub use device::{Device, DeviceSpec, Mount, Snapshot};
 pub use filter::{CompiledFilter, Filter};
-pub use handler::{AnyHandler, DiscoveryError, DiscoveryHandler, Properties, SnapshotStream};
+pub use handler::{AnyHandler, DiscoveryError, DiscoveryHandler, SnapshotStream};
+pub use properties::{Properties, UserPassword};
 pub use validation::FieldError;

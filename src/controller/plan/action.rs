@@ -68,6 +68,10 @@ pub enum Removal {
     Rehomed { node: String },
     /// The broker spec changed: made again from the new one.
     NewSpec,
+    /// What the broker is given for its device changed (the device's details, the
+    /// `brokerProperties`, the properties' values on its node): made again to get it, as the
+    /// kubelet gives a container's restarts the answer of its first `Allocate`.
+    NewDetails,
     /// It failed: made again after `wait`.
     Failed { wait: Duration },
     /// Its node no longer sees the device (or holds more than its share): the slot is freed
@@ -109,6 +113,7 @@ impl fmt::Display for Removal {
         match self {
             Removal::Rehomed { node } => write!(f, "moves to {node}"),
             Removal::NewSpec => write!(f, "new spec"),
+            Removal::NewDetails => write!(f, "new device details"),
             Removal::Failed { wait } => write!(f, "failed, again in {}s", wait.as_secs()),
             Removal::LeftNode { node, .. } => write!(f, "leaves {node}"),
             Removal::DeviceGone { instance } => write!(f, "{instance} is gone"),

@@ -63,8 +63,8 @@ fn wanted_pods(
 }
 
 /// One broker pod per slot: made where missing (once its backoff, if any, is over),
-/// replaced where it is on the wrong node, of an old spec or failed, removed where no slot
-/// wants it.
+/// replaced where it is on the wrong node, of an old spec, given old device details or
+/// failed, removed where no slot wants it.
 pub(super) fn broker_pods(
     inputs: &Inputs,
     instances: &[Cow<Instance>],
@@ -125,6 +125,8 @@ fn replacement(
         Some(Removal::Rehomed { node: node.clone() })
     } else if current.annotations().get(SPEC_HASH) != wanted.annotations().get(SPEC_HASH) {
         Some(Removal::NewSpec)
+    } else if brokers::given_changed(current, wanted) {
+        Some(Removal::NewDetails)
     } else if phase == Some("Failed") {
         let wait = inputs.backoff.next_wait(key);
         out.wait(wait);
@@ -181,7 +183,7 @@ pub(super) struct Jobs {
     pub(super) alive: usize,
 }
 
-/// One Job per Instance and broker Job spec.
+/// One Job per Instance and broker Job spec, run again when its device's details change.
 pub(super) fn broker_jobs(
     inputs: &Inputs,
     instances: &[Cow<Instance>],
@@ -202,12 +204,22 @@ pub(super) fn broker_jobs(
         })
         .unwrap_or_default();
     let names: BTreeSet<String> = wanted.iter().map(ResourceExt::name_any).collect();
-    let existing: BTreeSet<String> = inputs.jobs.iter().map(ResourceExt::name_any).collect();
+    let existing: BTreeMap<String, &Job> = inputs.jobs.iter().map(|j| (j.name_any(), j)).collect();
     for job in &wanted {
-        if !existing.contains(&job.name_any()) {
-            actions.push(Action::CreateJob {
+        match existing.get(&job.name_any()) {
+            None => actions.push(Action::CreateJob {
                 job: Box::new(job.clone()),
-            });
+            }),
+            // Given old device details: run again once it is gone.
+            Some(current)
+                if current.metadata.deletion_timestamp.is_none()
+                    && brokers::given_changed(*current, job) =>
+            {
+                actions.push(Action::DeleteJob {
+                    job: job.name_any(),
+                });
+            }
+            Some(_) => {}
         }
     }
     for job in inputs.jobs.iter().map(ResourceExt::name_any) {

@@ -70,6 +70,29 @@ fn mk_instance(name: &str, capacity: u32, nodes: &[&str], claims: &[(u32, &str)]
     .unwrap()
 }
 
+/// `instance` with the device property `key` = `value`.
+fn with_property(mut instance: Instance, key: &str, value: &str) -> Instance {
+    instance.spec.properties.insert(key.into(), value.into());
+    instance
+}
+
+/// `config` as its nodes' agents reported the version of its properties: (node, version).
+fn with_versions(mut config: Configuration, versions: &[(&str, &str)]) -> Configuration {
+    let nodes = versions
+        .iter()
+        .map(|(node, version)| crate::crd::NodeDiscoveryStatus {
+            node: node.to_string(),
+            properties_version: Some(version.to_string()),
+            ..Default::default()
+        })
+        .collect();
+    config.status = Some(crate::crd::ConfigurationStatus {
+        nodes,
+        ..Default::default()
+    });
+    config
+}
+
 /// The broker pod the planner makes for `slot` of `instance` on `node`, as the API server
 /// then shows it: bound to the node, in `phase`.
 fn mk_broker(

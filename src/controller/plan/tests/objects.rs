@@ -76,6 +76,62 @@ fn job_brokers_one_job_per_instance_and_spec() {
 }
 
 #[test]
+fn job_brokers_run_again_for_new_device_details_but_not_for_new_property_values() {
+    let config = mk_config(job_broker("broker:1"));
+    let spec = |c: &Configuration| c.spec.broker_spec.clone().unwrap().broker_job_spec.unwrap();
+    let acme = with_property(
+        mk_instance("i", 1, &["a"], &[]),
+        "MODBUS_VENDOR_NAME",
+        "Acme",
+    );
+    let bcme = with_property(
+        mk_instance("i", 1, &["a"], &[]),
+        "MODBUS_VENDOR_NAME",
+        "Bcme",
+    );
+    let ran = brokers::broker_job(&config, &acme, &spec(&config));
+    let name = ran.name_any();
+    let rows: Vec<(&str, World, Vec<String>)> = vec![
+        (
+            "nothing changed",
+            World::new(config.clone())
+                .instance(acme.clone())
+                .with_jobs(vec![ran.clone()]),
+            vec![],
+        ),
+        (
+            "the device's details changed: run again once the old Job is gone",
+            World::new(config.clone())
+                .instance(bcme.clone())
+                .with_jobs(vec![ran.clone()]),
+            vec![format!("delete job {name}")],
+        ),
+        (
+            "the old Job is gone: the new one is made",
+            World::new(config.clone()).instance(bcme.clone()),
+            vec![format!("create job {name}")],
+        ),
+        (
+            "the old Job is going away: wait",
+            World::new(config.clone())
+                .instance(bcme.clone())
+                .with_jobs(vec![deleting(ran.clone())]),
+            vec![],
+        ),
+        (
+            "new values of the properties: a Job's pods get them anyway",
+            World::new(with_versions(config.clone(), &[("a", "v2")]))
+                .instance(acme.clone())
+                .with_jobs(vec![ran.clone()]),
+            vec![],
+        ),
+    ];
+    for (what, world, expected) in rows {
+        assert_eq!(world.actions(), expected, "{what}");
+    }
+}
+
+#[test]
 fn services_one_per_instance_and_one_for_the_configuration() {
     let spec = json!({"ports": [{"port": 80}]});
     let both = mk_config(json!({"instanceServiceSpec": spec, "configurationServiceSpec": spec}));

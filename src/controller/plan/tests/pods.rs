@@ -238,7 +238,7 @@ fn spec_rollout_a_new_broker_spec_replaces_every_broker() {
             "a change elsewhere in the Configuration",
             rolled(mk_config({
                 let mut spec = pod_broker("broker:1");
-                spec["brokerProperties"] = json!({"X": "1"});
+                spec["offlineGracePeriodSeconds"] = json!(60);
                 spec
             })),
             &[],
@@ -252,6 +252,144 @@ fn spec_rollout_a_new_broker_spec_replaces_every_broker() {
                 &[(0, "b"), (1, "a")],
             )]),
             &["delete pod i-0: moves to b", "delete pod i-1: moves to a"],
+        ),
+    ]);
+}
+
+#[test]
+fn details_rollout_a_broker_given_old_device_details_is_replaced() {
+    let config = with_versions(
+        mk_config(pod_broker("broker:1")),
+        &[("a", "v1"), ("b", "v1")],
+    );
+    let device = || {
+        with_property(
+            mk_instance("i", 2, &["a", "b"], &[(0, "a"), (1, "b")]),
+            "MODBUS_VENDOR_NAME",
+            "Acme",
+        )
+    };
+    // Brokers made for the device as it was; then the world changes to `now`.
+    let given = |now: World| {
+        let mut w = World::new(config.clone())
+            .instance(device())
+            .broker("i", 0, "a", "Running")
+            .broker("i", 1, "b", "Running");
+        w.config = now.config;
+        w.instances = now.instances;
+        w
+    };
+    let now = |config: Configuration, instance: Instance| World::new(config).instance(instance);
+    let both = &[
+        "delete pod i-0: new device details",
+        "delete pod i-1: new device details",
+    ];
+    check(vec![
+        ("nothing changed", given(now(config.clone(), device())), &[]),
+        (
+            "the device's details changed (the same device id)",
+            given(now(
+                config.clone(),
+                with_property(device(), "MODBUS_VENDOR_NAME", "Bcme"),
+            )),
+            both,
+        ),
+        (
+            "a device node changed",
+            given(now(config.clone(), {
+                let mut i = device();
+                i.spec.devices = vec![dowser_discovery_api::DeviceSpec {
+                    container_path: "/dev/ttyUSB0".into(),
+                    host_path: "/dev/ttyUSB3".into(),
+                    permissions: "rw".into(),
+                }];
+                i
+            })),
+            both,
+        ),
+        (
+            "the brokerProperties changed",
+            given(now(
+                {
+                    let mut c = config.clone();
+                    c.spec
+                        .broker_properties
+                        .insert("POLL_MS".into(), "500".into());
+                    c
+                },
+                device(),
+            )),
+            both,
+        ),
+        (
+            "the properties changed on node b only (so far)",
+            given(now(
+                with_versions(config.clone(), &[("a", "v1"), ("b", "v2")]),
+                device(),
+            )),
+            &["delete pod i-1: new device details"],
+        ),
+        (
+            "what no broker is given changed (the grace period, which nodes see it)",
+            given(now(
+                {
+                    let mut c = config.clone();
+                    c.spec.offline_grace_period_seconds = 60;
+                    c
+                },
+                {
+                    let mut i = device();
+                    i.status.as_mut().unwrap().nodes.push("c".into());
+                    i
+                },
+            )),
+            &[],
+        ),
+        (
+            "moving wins over new details (one replacement, not two)",
+            given(now(
+                config.clone(),
+                with_property(
+                    mk_instance("i", 2, &["a", "b"], &[(0, "b"), (1, "a")]),
+                    "MODBUS_VENDOR_NAME",
+                    "Bcme",
+                ),
+            )),
+            &["delete pod i-0: moves to b", "delete pod i-1: moves to a"],
+        ),
+        (
+            "a new spec and new details: one replacement",
+            given(now(
+                mk_config(pod_broker("broker:2")),
+                with_property(device(), "MODBUS_VENDOR_NAME", "Bcme"),
+            )),
+            &["delete pod i-0: new spec", "delete pod i-1: new spec"],
+        ),
+        (
+            "a broker going away already is made again once gone",
+            {
+                let mut w = given(now(
+                    config.clone(),
+                    with_property(device(), "MODBUS_VENDOR_NAME", "Bcme"),
+                ));
+                w.pods = w.pods.into_iter().map(deleting).collect();
+                w
+            },
+            &[],
+        ),
+        (
+            "brokers made before brokers were stamped are not replaced for it",
+            {
+                let mut w = given(now(
+                    config.clone(),
+                    with_property(device(), "MODBUS_VENDOR_NAME", "Bcme"),
+                ));
+                for p in &mut w.pods {
+                    p.annotations_mut().remove(brokers::GIVEN_HASH);
+                }
+                w
+            },
+            &[],
         ),
     ]);
 }
