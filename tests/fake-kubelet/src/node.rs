@@ -140,24 +140,29 @@ async fn sync_status(
         .and_then(|c| c.last_transition_time.as_ref())
         .map(|t| t.0.to_string())
         .unwrap_or_else(|| now.clone());
-    // A strategic merge patch from the Node read, as the kubelet's `PatchNodeStatus`:
-    // allocatable entries the kubelet dropped are deleted explicitly.
-    let mut allocatable_patch = serde_json::Map::new();
-    for k in old_allocatable.keys() {
-        if !allocatable.contains_key(k) {
-            allocatable_patch.insert(k.clone(), serde_json::Value::Null);
+    // A strategic merge patch of what changed from the Node read, as the kubelet's
+    // `PatchNodeStatus` computes it: entries it did not change are not sent (so an entry
+    // someone else removes meanwhile stays removed), allocatable entries it dropped are
+    // deleted explicitly.
+    let diff = |old: &BTreeMap<String, String>, new: &BTreeMap<String, String>| {
+        let mut patch = serde_json::Map::new();
+        for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            patch.insert(k.clone(), serde_json::Value::Null);
         }
-    }
-    for (k, v) in &allocatable {
-        allocatable_patch.insert(k.clone(), json!(v));
-    }
+        for (k, v) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
+            patch.insert(k.clone(), json!(v));
+        }
+        patch
+    };
+    let capacity_patch = diff(&old_capacity, &capacity);
+    let allocatable_patch = diff(&old_allocatable, &allocatable);
     nodes
         .patch_status(
             &spec.name,
             &PatchParams::default(),
             &Patch::Strategic(json!({
                 "status": {
-                    "capacity": capacity,
+                    "capacity": capacity_patch,
                     "allocatable": allocatable_patch,
                     "addresses": [
                         {"type": "InternalIP", "address": "127.0.0.1"},
