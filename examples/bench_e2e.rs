@@ -103,6 +103,9 @@ async fn main() {
                 "--root-dir",
             ])
             .arg(&node_dir)
+            // Node status every 100 ms (a real kubelet's default nodeStatusUpdateFrequency is
+            // 10 s), so that the rows measure dowser's part, not the kubelet's period.
+            .args(["--node-status-update-frequency", "0.1"])
             .stderr(std::fs::File::create(work.join("kubelet.log")).unwrap())
             .spawn()
             .unwrap(),

@@ -154,7 +154,7 @@ async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
             .args(["--label", &format!("bench/node={name}"), "--root-dir"])
             .arg(&dir)
             // Node status (device-plugin capacity) at a real kubelet's pace: every 10 s, its
-            // default nodeStatusUpdateFrequency, not on every plugin change.
+            // default nodeStatusUpdateFrequency (the fake kubelet's default too).
             .args(["--node-status-update-frequency", "10"])
             .stderr(std::fs::File::create(work.join(format!("{name}-kubelet.log"))).unwrap())
             .spawn()

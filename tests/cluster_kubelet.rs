@@ -3,14 +3,22 @@
 
 mod common;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use common::cluster::{Cluster, FakeKubelet};
+use common::cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND};
 use dowser::deviceplugin::{
     HEALTHY,
     plugin::{Allocator, PluginConfig, run},
     podresources::{
-        ListPodResourcesRequest, pod_resources_lister_client::PodResourcesListerClient,
+        GetPodResourcesRequest, ListPodResourcesRequest,
+        pod_resources_lister_client::PodResourcesListerClient,
     },
     v1beta1::{ContainerAllocateResponse, Device},
 };
@@ -28,8 +36,12 @@ const RESOURCE: &str = "dowser.dev/x";
 
 struct EnvAllocator;
 
+/// How many times a plugin's Allocate was called.
+static ALLOCATE_CALLS: AtomicUsize = AtomicUsize::new(0);
+
 impl Allocator for EnvAllocator {
     async fn allocate(&self, ids: &[String]) -> Result<ContainerAllocateResponse, tonic::Status> {
+        ALLOCATE_CALLS.fetch_add(1, Ordering::SeqCst);
         Ok(ContainerAllocateResponse {
             envs: [("X_DEVICE".to_string(), ids.join(","))].into(),
             ..Default::default()
@@ -70,6 +82,15 @@ fn allocatable(node: &Node, resource: &str) -> Option<String> {
     node.status
         .as_ref()?
         .allocatable
+        .as_ref()?
+        .get(resource)
+        .map(|q| q.0.clone())
+}
+
+fn capacity(node: &Node, resource: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .capacity
         .as_ref()?
         .get(resource)
         .map(|q| q.0.clone())
@@ -132,6 +153,59 @@ fn broker_pod(name: &str) -> Pod {
     .unwrap()
 }
 
+/// A pod on node-a asking for one device, whose container runs `command` (the fake
+/// kubelet's containers complete when it is `sleep N`).
+fn running_pod(name: &str, restart_policy: &str, command: &[&str]) -> Pod {
+    let mut pod = broker_pod(name);
+    let spec = pod.spec.as_mut().unwrap();
+    spec.restart_policy = Some(restart_policy.into());
+    spec.containers[0].command = Some(command.iter().map(|c| c.to_string()).collect());
+    pod
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| c.restart_count)
+        .sum()
+}
+
+/// Waits until a pod is deleted for good.
+async fn pod_gone(pods: &Api<Pod>, name: &str) {
+    for _ in 0..150 {
+        if pods.get_opt(name).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("pod {name} was not deleted");
+}
+
+/// What a kubelet's PodResources List says: (pod, resource, device ids).
+async fn holders(kubelet: &FakeKubelet) -> Vec<(String, String, Vec<String>)> {
+    let channel = dowser::deviceplugin::connect_unix(&kubelet.pod_resources_socket())
+        .await
+        .unwrap();
+    let listed = PodResourcesListerClient::new(channel)
+        .list(ListPodResourcesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    listed
+        .pod_resources
+        .into_iter()
+        .flat_map(|p| {
+            p.containers.into_iter().flat_map(move |c| {
+                let pod = p.name.clone();
+                c.devices
+                    .into_iter()
+                    .map(move |d| (pod.clone(), d.resource_name, d.device_ids))
+            })
+        })
+        .collect()
+}
+
 fn phase(pod: &Pod) -> String {
     pod.status
         .as_ref()
@@ -143,7 +217,9 @@ fn phase(pod: &Pod) -> String {
 async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
     let cluster = Cluster::start();
     let client = cluster.client().await;
-    let node_a = cluster.fake_kubelet("node-a", &[("site/line", "3")]);
+    // node-a posts its status every second (the kubelet's nodeStatusUpdateFrequency) as the
+    // test waits on its capacity several times.
+    let node_a = cluster.fake_kubelet_with("node-a", &[("site/line", "3")], STATUS_EVERY_SECOND);
     let _node_b = cluster.fake_kubelet("node-b", &[]);
     for n in ["node-a", "node-b"] {
         node_until(&client, n, "Ready and untainted", |node| {
@@ -275,21 +351,132 @@ async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
         Some("node-a")
     );
 
-    // A pod bound by hand to a node without the device is refused at admission, the way
-    // the kubelet does it.
+    // Pods and containers as the kubelet runs them: a pod whose containers complete frees
+    // its device; a restarted container keeps its device and the plugin's earlier answer
+    // (no new Allocate); a deleted pod holds its device through its termination grace period
+    // (here a 3 s preStop hook), and PodResources lists it meanwhile.
+    pods.delete("second", &Default::default()).await.unwrap();
+    pod_gone(&pods, "second").await;
+    let calls = ALLOCATE_CALLS.load(Ordering::SeqCst);
+    pods.create(
+        &PostParams::default(),
+        &running_pod("job", "Never", &["sleep", "2"]),
+    )
+    .await
+    .unwrap();
+    pod_until(&client, "job", "Succeeded", |p| phase(p) == "Succeeded").await;
+    assert!(
+        !holders(&node_a).await.iter().any(|(p, _, _)| p == "job"),
+        "a completed pod is not active"
+    );
+    let mut crashy = running_pod("crashy", "Always", &["sleep", "1"]);
+    crashy.spec.as_mut().unwrap().containers[0].lifecycle =
+        Some(serde_json::from_value(json!({"preStop": {"sleep": {"seconds": 3}}})).unwrap());
+    pods.create(&PostParams::default(), &crashy).await.unwrap();
+    let restarted = pod_until(&client, "crashy", "Running after a restart", |p| {
+        phase(p) == "Running" && restarts(p) >= 1
+    })
+    .await;
+    assert_eq!(
+        ALLOCATE_CALLS.load(Ordering::SeqCst),
+        calls + 2,
+        "one Allocate for the completed pod, one for the restarting one"
+    );
+    let allocations: BTreeMap<String, serde_json::Value> = serde_json::from_str(
+        &restarted.metadata.annotations.as_ref().unwrap()["fake-kubelet.dowser.dev/allocations"],
+    )
+    .unwrap();
+    assert_eq!(allocations["broker"][0]["envs"]["X_DEVICE"], "x-0");
+    pods.delete("crashy", &Default::default()).await.unwrap();
+    pod_until(&client, "crashy", "terminating", |p| {
+        p.metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    let held = (
+        "crashy".to_string(),
+        RESOURCE.to_string(),
+        vec!["x-0".to_string()],
+    );
+    assert!(
+        holders(&node_a).await.contains(&held),
+        "a pod in its termination grace period holds its device"
+    );
+    let channel = dowser::deviceplugin::connect_unix(&node_a.pod_resources_socket())
+        .await
+        .unwrap();
+    let got = PodResourcesListerClient::new(channel)
+        .get(GetPodResourcesRequest {
+            pod_name: "crashy".into(),
+            pod_namespace: "default".into(),
+        })
+        .await
+        .expect("Get (KubeletPodResourcesGet is on by default in 1.35)")
+        .into_inner();
+    assert_eq!(
+        got.pod_resources.unwrap().containers[0].devices[0].device_ids,
+        ["x-0"]
+    );
+    pod_gone(&pods, "crashy").await;
+    assert!(!holders(&node_a).await.contains(&held));
+
+    // A pod bound by hand to a node that never offered the resource is admitted without the
+    // device, the way the kubelet does it: its device manager skips a resource no plugin
+    // registered, and the fit predicate ignores extended resources the Node does not list
+    // (`removeMissingExtendedResources`, a documented caveat of the kubelet).
     let mut direct = broker_pod("direct");
     direct.spec.as_mut().unwrap().node_name = Some("node-b".into());
     pods.create(&PostParams::default(), &direct).await.unwrap();
-    let direct = pod_until(&client, "direct", "Failed", |p| phase(p) == "Failed").await;
-    let status = direct.status.unwrap();
-    assert_eq!(status.reason.as_deref(), Some("UnexpectedAdmissionError"));
-    assert!(
-        status
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("dowser.dev/x. Requested: 1, Available: 0"),
-        "{:?}",
-        status.message
+    let direct = pod_until(&client, "direct", "Running", |p| phase(p) == "Running").await;
+    assert_eq!(
+        direct.metadata.annotations.as_ref().unwrap()["fake-kubelet.dowser.dev/allocations"],
+        "{}",
+        "no device for a resource the node never offered"
+    );
+
+    // On a node whose plugin for the resource stopped, the kubelet keeps the devices in the
+    // capacity, none allocatable, for its grace period, then capacity 0 for good; a pod bound
+    // there by hand is then refused by the fit predicate, not by the device manager.
+    let node_c = cluster.fake_kubelet_with(
+        "node-c",
+        &[],
+        &[STATUS_EVERY_SECOND, &["--endpoint-stop-grace-period", "3"]].concat(),
+    );
+    let (c_devices, c_plugin) = start_plugin(&node_c, &["x-0"]);
+    node_until(&client, "node-c", "dowser.dev/x: 1", |n| {
+        allocatable(n, RESOURCE).as_deref() == Some("1")
+    })
+    .await;
+    // The plugin stops: its ListAndWatch stream ends.
+    drop(c_devices);
+    c_plugin.abort();
+    node_until(
+        &client,
+        "node-c",
+        "dowser.dev/x kept, none allocatable",
+        |n| {
+            capacity(n, RESOURCE).as_deref() == Some("1")
+                && allocatable(n, RESOURCE).as_deref() == Some("0")
+        },
+    )
+    .await;
+    node_until(
+        &client,
+        "node-c",
+        "dowser.dev/x: 0 after the grace period",
+        |n| {
+            capacity(n, RESOURCE).as_deref() == Some("0")
+                && allocatable(n, RESOURCE).as_deref() == Some("0")
+        },
+    )
+    .await;
+    let mut refused = broker_pod("refused");
+    refused.spec.as_mut().unwrap().node_name = Some("node-c".into());
+    pods.create(&PostParams::default(), &refused).await.unwrap();
+    let refused = pod_until(&client, "refused", "Failed", |p| phase(p) == "Failed").await;
+    let status = refused.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("OutOfdowser.dev/x"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Node didn't have enough resource: dowser.dev/x, requested: 1, used: 0, capacity: 0")
     );
 }

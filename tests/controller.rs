@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use common::{
     controller::ControllerProcess,
     eventually,
+    outage::kubelet_holders,
     plant::{Plant, device, modbus_config, phase, running_brokers},
+    settle,
 };
 use dowser::crd::Configuration;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
@@ -340,9 +342,11 @@ async fn job_brokers_run_once_per_device_and_per_spec() {
     let _controller = ControllerProcess::start(&plant.cluster, scratch.path());
     let sim = device("127.0.0.1:0").await;
     let mut config = modbus_config("commission", sim.addr.port(), None);
+    // The Job's container works for 3 s and exits 0 (the fake kubelet runs `sleep N` so).
     config["spec"]["brokerSpec"] = json!({"brokerJobSpec": {"template": {"spec": {
         "restartPolicy": "Never",
-        "containers": [{"name": "commission", "image": "example/commission:1"}],
+        "containers": [{"name": "commission", "image": "example/commission:1",
+                        "command": ["sleep", "3"]}],
     }}}});
     plant.apply(config.clone()).await;
     let jobs: Api<k8s_openapi::api::batch::v1::Job> =
@@ -370,6 +374,29 @@ async fn job_brokers_run_once_per_device_and_per_spec() {
         allocations["commission"][0]["envs"]["MODBUS_PORT"],
         sim.addr.port().to_string()
     );
+    // The pod completes: its kubelet no longer counts it among its active pods, so its
+    // device is free (PodResources, which the agent reads to release slots, stops listing it).
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap();
+    let kubelet = plant.kubelets.iter().find(|k| k.node == node).unwrap();
+    settle(
+        60,
+        "the Job's pod Succeeded and its device free on its node",
+        || plant.logs(),
+        || async {
+            let p = pods.get(&pod.name_any()).await.map_err(|e| e.to_string())?;
+            let held = kubelet_holders(kubelet).await;
+            let still = held.iter().any(|(name, _, _)| *name == pod.name_any());
+            if phase(&p) == "Succeeded" && !still {
+                Ok(())
+            } else {
+                Err(format!(
+                    "pod {}, devices held on {node}: {held:?}",
+                    phase(&p)
+                ))
+            }
+        },
+    )
+    .await;
     // Reconciling again makes no second Job; a new spec makes a new Job and removes the old.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(jobs.list(&selector).await.unwrap().items.len(), 1);

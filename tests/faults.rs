@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::{
     agent::Agent,
-    cluster::{Cluster, FakeKubelet},
+    cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND},
     controller::ControllerProcess,
     eventually, free_addr,
-    outage::{self, Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_devices},
+    outage::{self, Link, ProxiedAgent, Proxy, StoppedApiServer, kubelet_devices, kubelet_holders},
     plant::{
         apply, bound_pod, broker_pods, device, modbus_configuration, nodes_of, phase, try_instances,
     },
@@ -89,12 +89,51 @@ fn running_broker<'a>(brokers: &'a [(String, Pod)], instance: &Instance) -> Opti
         .map(|(_, p)| p)
 }
 
-/// Whether a kubelet holds devices of a resource (its plugin registered, ListAndWatch open).
+/// Whether a kubelet can allocate a device of a resource (its PodResources
+/// GetAllocatableResources, which lists healthy devices only).
 async fn serves(kubelet: &FakeKubelet, resource: &str) -> bool {
     kubelet_devices(kubelet)
         .await
         .iter()
         .any(|(r, ids)| r == resource && !ids.is_empty())
+}
+
+/// Whether a kubelet holds a device of a resource for a pod, as its PodResources List says
+/// (which works without the API server).
+async fn holds(kubelet: &FakeKubelet, resource: &str) -> bool {
+    kubelet_holders(kubelet)
+        .await
+        .iter()
+        .any(|(_, r, ids)| r == resource && !ids.is_empty())
+}
+
+/// The kubelet of the node a pod is bound to.
+fn kubelet_of<'a>(kubelets: &'a [FakeKubelet], pod: &Pod) -> &'a FakeKubelet {
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    kubelets
+        .iter()
+        .find(|k| Some(&k.node) == node.as_ref())
+        .unwrap_or_else(|| panic!("no kubelet for {node:?}"))
+}
+
+/// Waits until every one of these Nodes has one device of `resource` in its capacity (its
+/// kubelet follows the plugin's ListAndWatch).
+async fn offered_by(client: &Client, nodes: &[&str], resource: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    eventually(
+        30,
+        &format!("{resource} in the capacity of {nodes:?}"),
+        || async {
+            for n in nodes {
+                let capacity = api.get(n).await.ok()?.status?.capacity?;
+                if capacity.get(resource).map(|q| q.0.as_str()) != Some("1") {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
 }
 
 fn resource(i: &Instance) -> String {
@@ -107,9 +146,11 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
     let cluster = Cluster::start();
     cluster.apply_crds();
     let client = cluster.client().await;
+    // The kubelet posts its status every second (its nodeStatusUpdateFrequency; 10 s by
+    // default): brokers are scheduled as soon as the Node lists their device.
     let kubelets = [
-        cluster.fake_kubelet("node-a", &[]),
-        cluster.fake_kubelet("node-b", &[]),
+        cluster.fake_kubelet_with("node-a", &[], STATUS_EVERY_SECOND),
+        cluster.fake_kubelet_with("node-b", &[], STATUS_EVERY_SECOND),
     ];
     let agents: Vec<Agent> = kubelets.iter().map(|k| Agent::start(&cluster, k)).collect();
     let scratch = tempfile::tempdir().unwrap();
@@ -148,28 +189,12 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
     })
     .await;
     let stays_resource = resource(&before);
-    // Each node offers it once its agent has seen the Instance list it (an agent's watch of
-    // freshly created CRDs may lag the API by a second or two while the API server's watch
-    // cache initialises).
-    settle(
-        30,
-        &format!("both kubelets to hold {stays_resource}"),
-        logs,
-        || async {
-            let mut without = vec![];
-            for k in &kubelets {
-                if !serves(k, &stays_resource).await {
-                    without.push(k.node.clone());
-                }
-            }
-            if without.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("not on {without:?}"))
-            }
-        },
-    )
-    .await;
+    // Both kubelets follow the device's plugin; the one of the broker's node holds the
+    // device for it (on the other node, the slot it holds is reported Unhealthy, and the
+    // kubelet's PodResources API lists healthy devices only).
+    offered_by(&client, &["node-a", "node-b"], &stays_resource).await;
+    let broker_kubelet = kubelet_of(&kubelets, &broker_before);
+    assert!(holds(broker_kubelet, &stays_resource).await, "{}", logs());
 
     // The API server goes away for 30 s; meanwhile one device leaves, one appears.
     let outage = Instant::now();
@@ -179,19 +204,17 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
     let mut checks = 0;
     while outage.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        // The processes are up, and every kubelet still holds the device of the broker.
+        // The processes are up, and the kubelet still holds the device of the broker.
         for a in &agents {
             assert!(a.get("/healthz").0.contains("200"), "{}", logs());
         }
         assert!(controller.get("/healthz").0.contains("200"), "{}", logs());
-        for k in &kubelets {
-            assert!(
-                serves(k, &stays_resource).await,
-                "{} lost {stays_resource} during the outage\n{}",
-                k.node,
-                logs()
-            );
-        }
+        assert!(
+            holds(broker_kubelet, &stays_resource).await,
+            "{} lost {stays_resource} during the outage\n{}",
+            broker_kubelet.node,
+            logs()
+        );
         checks += 1;
     }
     assert!(checks >= 5);
@@ -252,10 +275,8 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
         assert!(!a.log().contains("panicked"), "{}", logs());
     }
     assert!(controller.get("/healthz").0.contains("200"));
-    for k in &kubelets {
-        assert!(serves(k, &stays_resource).await);
-        assert!(serves(k, &resource(&after)).await);
-    }
+    assert!(holds(kubelet_of(&kubelets, &broker_after), &resource(&after)).await);
+    offered_by(&client, &["node-a", "node-b"], &resource(&after)).await;
     drop(new);
     drop(stays);
 }
@@ -266,8 +287,10 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
     let cluster = Cluster::start();
     cluster.apply_crds();
     let client = cluster.client().await;
-    let node_a = cluster.fake_kubelet("node-a", &[]);
-    let node_b = cluster.fake_kubelet("node-b", &[]);
+    // The kubelet posts its status every second (its nodeStatusUpdateFrequency; 10 s by
+    // default): brokers are scheduled as soon as the Node lists their device.
+    let node_a = cluster.fake_kubelet_with("node-a", &[], STATUS_EVERY_SECOND);
+    let node_b = cluster.fake_kubelet_with("node-b", &[], STATUS_EVERY_SECOND);
     let agent_a = Agent::start(&cluster, &node_a);
     // node-b's agent reaches the API server through a proxy the test can cut.
     let direct = cluster.service_account_kubeconfig("dowser-agent");
@@ -358,7 +381,7 @@ async fn an_agent_cut_off_from_the_api_server_keeps_its_instances() {
         "node-b was dropped from the shared Instance"
     );
     assert!(agent_b.running(), "{}", logs(&agent_b));
-    assert!(serves(&node_b, &resource(&stays_before)).await);
+    assert!(holds(&node_b, &resource(&stays_before)).await);
     proxy.set(Link::Open);
     let partition_seconds = partition.elapsed().as_secs_f64();
     let healed = Instant::now();
@@ -472,8 +495,12 @@ fn dowsers(o: &serde_json::Value) -> bool {
 async fn uninstall_leaves_nothing_behind() {
     let _serial = common::serial().await;
     let cluster = Cluster::start();
-    let node_a = cluster.fake_kubelet("node-a", &[]);
-    let node_b = cluster.fake_kubelet("node-b", &[]);
+    // A kubelet keeps a stopped plugin's devices in the Node's capacity for 5 minutes, then
+    // 0 for good; these kubelets shorten that grace period (and post their status every
+    // second) so that the test sees the end state without waiting.
+    let flags = [STATUS_EVERY_SECOND, &["--endpoint-stop-grace-period", "2"]].concat();
+    let node_a = cluster.fake_kubelet_with("node-a", &[], &flags);
+    let node_b = cluster.fake_kubelet_with("node-b", &[], &flags);
     readme::run(
         &cluster,
         &readme::block("kubectl apply -k deploy/"),

@@ -12,7 +12,7 @@ use std::{
 
 use common::{
     agent::Agent,
-    cluster::{Cluster, FakeKubelet},
+    cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND},
     controller::ControllerProcess,
     eventually,
     plant::{Plant, apply, device, instances, modbus_config, nodes_of, phase, running_brokers},
@@ -191,7 +191,8 @@ fn reboot(cluster: &Cluster, kubelet: &mut FakeKubelet, agent: &mut Agent) -> (F
     let _ = std::fs::remove_dir_all(kubelet.root.join("run"));
     // So that starting again waits for the new kubelet's socket.
     let _ = std::fs::remove_file(kubelet.plugin_dir().join("kubelet.sock"));
-    let kubelet = cluster.fake_kubelet(&kubelet.node.clone(), &[]);
+    let flags: Vec<&str> = kubelet.flags.iter().map(String::as_str).collect();
+    let kubelet = cluster.fake_kubelet_with(&kubelet.node.clone(), &[], &flags);
     let agent = Agent::start(cluster, &kubelet);
     (kubelet, agent)
 }
@@ -202,7 +203,9 @@ async fn a_rebooted_node_runs_its_local_devices_broker_again_without_an_admissio
     let cluster = Cluster::start();
     cluster.apply_crds();
     let client = cluster.client().await;
-    let mut kubelet = cluster.fake_kubelet("node-a", &[]);
+    // The kubelet posts its status every second (its nodeStatusUpdateFrequency; 10 s by
+    // default): brokers are scheduled as soon as the Node lists their device.
+    let mut kubelet = cluster.fake_kubelet_with("node-a", &[], STATUS_EVERY_SECOND);
     let mut agent = Agent::start(&cluster, &kubelet);
     let scratch = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::start(&cluster, scratch.path());
@@ -314,12 +317,15 @@ async fn a_rebooted_node_runs_its_local_devices_broker_again_without_an_admissio
     watch.abort();
 }
 
-/// When the kubelet last started a pod's containers.
+/// When the kubelet last started a pod's containers (the pod's `startTime` is kept from its
+/// first admission, by a real kubelet too).
 fn started(p: &Pod) -> Timestamp {
     p.status
-        .as_ref()
-        .and_then(|s| s.start_time.as_ref())
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
         .map(|t| t.0)
+        .max()
         .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{
     agent::Agent,
-    cluster::Cluster,
+    cluster::{Cluster, STATUS_EVERY_SECOND},
     controller::ControllerProcess,
     eventually,
     plant::{apply, device, instances, modbus_config, running_brokers},
@@ -64,7 +64,9 @@ async fn secret_values_never_leave_the_secret() {
     let cluster = Cluster::start();
     cluster.apply_crds();
     let client = cluster.client().await;
-    let kubelet = cluster.fake_kubelet("node-a", &[]);
+    // The kubelet posts its status every second (its nodeStatusUpdateFrequency; 10 s by
+    // default): brokers are scheduled as soon as the Node lists their device.
+    let kubelet = cluster.fake_kubelet_with("node-a", &[], STATUS_EVERY_SECOND);
     let agent = Agent::start_logging(&cluster, &kubelet, "debug");
     let scratch = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::replica_logging(&cluster, scratch.path(), "c-0", "debug");
@@ -235,7 +237,9 @@ async fn a_flapping_device_restarts_no_broker() {
     let cluster = Cluster::start();
     cluster.apply_crds();
     let client = cluster.client().await;
-    let kubelet = cluster.fake_kubelet("node-a", &[]);
+    // The kubelet posts its status every second (its nodeStatusUpdateFrequency; 10 s by
+    // default): brokers are scheduled as soon as the Node lists their device.
+    let kubelet = cluster.fake_kubelet_with("node-a", &[], STATUS_EVERY_SECOND);
     let agent = Agent::start(&cluster, &kubelet);
     let scratch = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::start(&cluster, scratch.path());

@@ -40,11 +40,19 @@ pub struct Cluster {
     identities: Mutex<BTreeMap<String, PathBuf>>,
 }
 
-/// A fake kubelet process (tests/fake-kubelet) serving one Node.
+/// Flags for a fake kubelet that posts its node status every second: the kubelet's own
+/// `nodeStatusUpdateFrequency` setting (10 s by default), for tests that wait on node
+/// capacity many times.
+pub const STATUS_EVERY_SECOND: &[&str] = &["--node-status-update-frequency", "1"];
+
+/// A fake kubelet process (tests/fake-kubelet) serving one Node. It behaves like a real
+/// kubelet (tests/fake-kubelet/README.md) unless a test gives it flags.
 pub struct FakeKubelet {
     pub node: String,
     /// Stands in for /var/lib/kubelet: `device-plugins/`, `pod-resources/`.
     pub root: PathBuf,
+    /// The flags it was started with (a restart of the node keeps them).
+    pub flags: Vec<String>,
     child: std::process::Child,
 }
 
@@ -262,18 +270,20 @@ impl Cluster {
         kube::Client::try_from(config).unwrap()
     }
 
-    /// Starts a fake kubelet for a Node with these labels; returns once it serves. Started
-    /// again for the same node, it resumes from the same root directory (its checkpoint).
+    /// Starts a fake kubelet for a Node with these labels, with a real kubelet's defaults;
+    /// returns once it serves. Started again for the same node, it resumes from the same root
+    /// directory (its checkpoint).
     pub fn fake_kubelet(&self, node: &str, labels: &[(&str, &str)]) -> FakeKubelet {
         self.fake_kubelet_with(node, labels, &[])
     }
 
-    /// [`Cluster::fake_kubelet`] with more command-line arguments.
+    /// [`Self::fake_kubelet`] with fake-kubelet flags (tests/fake-kubelet/README.md), such as
+    /// [`STATUS_EVERY_SECOND`].
     pub fn fake_kubelet_with(
         &self,
         node: &str,
         labels: &[(&str, &str)],
-        args: &[&str],
+        flags: &[&str],
     ) -> FakeKubelet {
         let root = self.scratch.path().join(node);
         std::fs::create_dir_all(&root).unwrap();
@@ -288,16 +298,17 @@ impl Cluster {
             .args(["--node-name", node])
             .arg("--root-dir")
             .arg(&root)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(log);
         for (k, v) in labels {
             cmd.args(["--label", &format!("{k}={v}")]);
         }
-        cmd.args(args);
         let child = cmd.spawn().expect("start fake-kubelet");
         let kubelet = FakeKubelet {
             node: node.to_string(),
             root,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             child,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

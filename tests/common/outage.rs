@@ -15,7 +15,8 @@ use std::{
 use dowser::deviceplugin::{
     connect_unix,
     podresources::{
-        AllocatableResourcesRequest, pod_resources_lister_client::PodResourcesListerClient,
+        AllocatableResourcesRequest, ListPodResourcesRequest,
+        pod_resources_lister_client::PodResourcesListerClient,
     },
 };
 use tokio::{
@@ -325,9 +326,9 @@ impl Drop for ProxiedAgent {
     }
 }
 
-/// The device-plugin resources a (fake) kubelet holds devices of, with their device ids,
-/// read from its PodResources API (GetAllocatableResources) — which works without the
-/// apiserver.
+/// The device-plugin resources a (fake) kubelet can allocate, with their healthy device
+/// ids, read from its PodResources API (GetAllocatableResources) — which works without the
+/// apiserver. A device reported Unhealthy (a slot another node holds) is not listed.
 pub async fn kubelet_devices(kubelet: &FakeKubelet) -> Vec<(String, Vec<String>)> {
     let channel = connect_unix(&kubelet.pod_resources_socket())
         .await
@@ -340,5 +341,29 @@ pub async fn kubelet_devices(kubelet: &FakeKubelet) -> Vec<(String, Vec<String>)
     resp.devices
         .into_iter()
         .map(|d| (d.resource_name, d.device_ids))
+        .collect()
+}
+
+/// The devices pods hold on a (fake) kubelet, as (pod, resource, device ids), read from its
+/// PodResources API (List) — which works without the apiserver.
+pub async fn kubelet_holders(kubelet: &FakeKubelet) -> Vec<(String, String, Vec<String>)> {
+    let channel = connect_unix(&kubelet.pod_resources_socket())
+        .await
+        .expect("the kubelet's PodResources socket");
+    let resp = PodResourcesListerClient::new(channel)
+        .list(ListPodResourcesRequest {})
+        .await
+        .expect("List")
+        .into_inner();
+    resp.pod_resources
+        .into_iter()
+        .flat_map(|p| {
+            p.containers.into_iter().flat_map(move |c| {
+                let pod = p.name.clone();
+                c.devices
+                    .into_iter()
+                    .map(move |d| (pod.clone(), d.resource_name, d.device_ids))
+            })
+        })
         .collect()
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{
     agent::Agent,
-    cluster::{Cluster, FakeKubelet},
+    cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND},
 };
 
 /// Server-side applies a Configuration (namespace `default`) as the tests' field manager.
@@ -55,10 +55,12 @@ impl Plant {
         let cluster = Cluster::start();
         cluster.apply_crds();
         let client = cluster.client().await;
+        // The plant's tests wait on node capacity many times: its kubelets post their
+        // status every second (the kubelet's nodeStatusUpdateFrequency; 10 s by default).
         let kubelets = vec![
-            cluster.fake_kubelet("node-a", &[("site/line", "3")]),
-            cluster.fake_kubelet("node-b", &[("site/line", "3")]),
-            cluster.fake_kubelet("node-c", &[("site/line", "4")]),
+            cluster.fake_kubelet_with("node-a", &[("site/line", "3")], STATUS_EVERY_SECOND),
+            cluster.fake_kubelet_with("node-b", &[("site/line", "3")], STATUS_EVERY_SECOND),
+            cluster.fake_kubelet_with("node-c", &[("site/line", "4")], STATUS_EVERY_SECOND),
         ];
         let agents = kubelets.iter().map(|k| Agent::start(&cluster, k)).collect();
         Plant {

@@ -1,15 +1,23 @@
 //! fake-kubelet: what a kubelet does for dowser's end-to-end tests, without containers.
+//! It follows the Kubernetes 1.35 kubelet; tests/fake-kubelet/README.md lists each behaviour
+//! with the kubelet source it follows, and the flags.
 //!
-//! - registers a Node with capacity and keeps its Ready condition and Lease fresh;
-//! - serves the device-plugin Registration service in `<root>/device-plugins/kubelet.sock`,
-//!   follows each plugin's ListAndWatch and publishes its devices in the node's capacity
-//!   (all) and allocatable (healthy);
-//! - admits pods bound to the node like the kubelet's device manager: Allocate for every
-//!   device resource a container requests, UnexpectedAdmissionError when that fails, else
-//!   Running, with what each container got recorded in the pod annotation
-//!   `fake-kubelet.dowser.dev/allocations`; deleted pods release their devices;
-//! - serves PodResources (List, Get, GetAllocatableResources) in
-//!   `<root>/pod-resources/kubelet.sock`;
+//! - registers a Node and keeps its Lease fresh; computes the node status every
+//!   `--node-status-update-frequency` (10 s) with device-plugin capacity (all devices) and
+//!   allocatable (healthy devices); a stopped plugin's devices stay in capacity, allocatable
+//!   0, for `--endpoint-stop-grace-period` (5 minutes), then 0 for good;
+//! - serves the device-plugin Registration service in `<root>/device-plugins/kubelet.sock`:
+//!   dials each plugin and reads its options before answering, then follows its ListAndWatch;
+//! - admits pods bound to the node: the device manager allocates each container's devices
+//!   (init containers first, limits only, Allocate without a deadline), then the general
+//!   predicates check the fit on the node's allocatable; failures are the pod's
+//!   UnexpectedAdmissionError or OutOf<resource>; what each container got is recorded in the
+//!   pod annotation `fake-kubelet.dowser.dev/allocations`;
+//! - runs imaginary containers (`sleep N`, `true`, `false` complete; anything else runs),
+//!   restarts them per the restart policy with the devices they had, and frees the devices of
+//!   pods that completed or were deleted once their containers stopped (preStop hooks run);
+//! - serves PodResources (List of active pods, GetAllocatableResources of healthy devices,
+//!   Get behind `KubeletPodResourcesGet`) in `<root>/pod-resources/kubelet.sock`;
 //! - on SIGUSR1, restarts like a kubelet: every plugin socket is deleted and registrations
 //!   are dropped, so plugins must register again;
 //! - started again on the same root directory, resumes from its checkpoint: pods whose
@@ -51,16 +59,19 @@ struct Args {
     memory: String,
     #[arg(long, default_value = "110")]
     pods: String,
-    /// Post node status (device-plugin capacity) every this many seconds only, as a real
-    /// kubelet does (its nodeStatusUpdateFrequency, 10 s by default). Without it the status
-    /// is posted as soon as a device plugin's devices change, which keeps tests fast.
-    #[arg(long, value_name = "SECONDS")]
-    node_status_update_frequency: Option<f64>,
-    /// How long a stopped plugin's resource stays known, in seconds, before it is set to 0
-    /// for good. The kubelet's `endpointStopGracePeriod` is a constant 5 minutes; this flag
-    /// exists only so that tests need not wait that long.
+    /// How often the node status is computed, in seconds (the kubelet's
+    /// `nodeStatusUpdateFrequency`); a changed status is posted then.
+    #[arg(long, value_name = "SECONDS", default_value = "10")]
+    node_status_update_frequency: f64,
+    /// How long a stopped plugin's devices stay in the node's capacity, in seconds. The
+    /// kubelet's `endpointStopGracePeriod` is a constant 5 minutes; this flag exists only so
+    /// that tests need not wait that long.
     #[arg(long, value_name = "SECONDS", default_value = "300")]
     endpoint_stop_grace_period: f64,
+    /// Feature gates, `Name=true|false` separated by commas, as the kubelet's
+    /// `--feature-gates`. Known: KubeletPodResourcesGet (beta in 1.35, on by default).
+    #[arg(long, value_delimiter = ',')]
+    feature_gates: Vec<String>,
 }
 
 async fn client(kubeconfig: &PathBuf) -> anyhow::Result<kube::Client> {
@@ -88,14 +99,27 @@ async fn main() -> anyhow::Result<()> {
     let plugin_dir = args.root_dir.join("device-plugins");
     let resources_dir = args.root_dir.join("pod-resources");
     std::fs::create_dir_all(&resources_dir)?;
-    let devices = devices::DeviceManager::new(plugin_dir);
+    let mut get_enabled = true;
+    for gate in &args.feature_gates {
+        match gate.split_once('=') {
+            Some(("KubeletPodResourcesGet", v)) => get_enabled = v.parse()?,
+            _ => anyhow::bail!("unknown feature gate {gate:?}"),
+        }
+    }
+    let devices = devices::DeviceManager::new(
+        plugin_dir,
+        Duration::from_secs_f64(args.endpoint_stop_grace_period),
+    );
     devices.remove_sockets()?;
     devices.start().await?;
 
+    let active = pods::ActivePods::default();
     let lister = tonic::transport::Server::builder()
-        .add_service(PodResourcesListerServer::new(podresources::Lister(
-            devices.clone(),
-        )))
+        .add_service(PodResourcesListerServer::new(podresources::Lister {
+            devices: devices.clone(),
+            pods: active.clone(),
+            get_enabled,
+        }))
         .serve_with_incoming(bind_unix(&resources_dir.join("kubelet.sock"))?);
     let node_spec = node::NodeSpec {
         name: args.node_name.clone(),
@@ -103,27 +127,36 @@ async fn main() -> anyhow::Result<()> {
         cpu: args.cpu,
         memory: args.memory,
         pods: args.pods,
-        status_every: args
-            .node_status_update_frequency
-            .map(Duration::from_secs_f64),
-        stop_grace: Duration::from_secs_f64(args.endpoint_stop_grace_period),
+        status_every: Duration::from_secs_f64(args.node_status_update_frequency),
     };
     let mut restart = signal(SignalKind::user_defined1())?;
     let mut term = signal(SignalKind::terminate())?;
-    let mut node_task = tokio::spawn(node::run(client.clone(), node_spec, devices.clone()));
-    let runtime = pods::Runtime::new(args.root_dir.join("run"))?;
-    let mut pod_task = tokio::spawn(pods::run(
-        client,
-        args.node_name.clone(),
+    let mut node_task = tokio::spawn(node::run(
+        client.clone(),
+        node_spec.clone(),
         devices.clone(),
-        runtime,
     ));
+    let runtime = pods::Runtime::new(args.root_dir.join("run"))?;
+    let mut pod_task = tokio::spawn(pods::run(pods::Kubelet {
+        client: client.clone(),
+        node: args.node_name.clone(),
+        devices: devices.clone(),
+        runtime,
+        active,
+        sources_ready: Default::default(),
+    }));
     let mut lister_task = tokio::spawn(lister);
     info!(node = %args.node_name, "fake kubelet running");
     println!("ready");
     loop {
         tokio::select! {
-            _ = restart.recv() => devices.restart().await?,
+            _ = restart.recv() => {
+                // A new kubelet process: its node status loop starts over and posts at once
+                // (`wait.JitterUntil` runs `syncNodeStatus` first, then every period).
+                node_task.abort();
+                devices.restart().await?;
+                node_task = tokio::spawn(node::run(client.clone(), node_spec.clone(), devices.clone()));
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             r = &mut node_task => anyhow::bail!("node task stopped: {r:?}"),

@@ -1,11 +1,15 @@
 //! The Node object: registration, status (capacity, allocatable with device-plugin
 //! resources, Ready condition) and the node Lease, kept fresh.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Node},
-    apimachinery::pkg::apis::meta::v1::MicroTime,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::MicroTime},
     jiff::Timestamp,
 };
 use kube::{
@@ -20,21 +24,27 @@ use crate::devices::DeviceManager;
 const MANAGER: &str = "fake-kubelet";
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
+#[derive(Clone)]
 pub struct NodeSpec {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub cpu: String,
     pub memory: String,
     pub pods: String,
-    /// Post status on this period only (a real kubelet's nodeStatusUpdateFrequency); `None`:
-    /// on every device change and every heartbeat.
-    pub status_every: Option<Duration>,
-    /// How long a stopped plugin's resource is kept before it is set to 0 and forgotten (the
-    /// kubelet's `endpointStopGracePeriod`, a constant 5 minutes there).
-    pub stop_grace: Duration,
+    /// How often the kubelet computes the node status (`nodeStatusUpdateFrequency`).
+    pub status_every: Duration,
 }
 
+/// With the node lease, an unchanged status is posted this often only
+/// (`nodeStatusReportFrequency`, 5 minutes by default).
+const REPORT_EVERY: Duration = Duration::from_secs(300);
+
 /// Registers the node, then keeps its status and lease fresh until the task is dropped.
+///
+/// As the kubelet does (`kubelet.go` `Run`, `kubelet_node_status.go`): the status is
+/// computed every `nodeStatusUpdateFrequency` from the Node as the API server has it, and
+/// patched only when it changed (or `nodeStatusReportFrequency` has passed); fast updates
+/// (`fastStatusUpdateOnce`) run only until the node is Ready, which this kubelet is at once.
 pub async fn run(
     client: Client,
     spec: NodeSpec,
@@ -55,12 +65,11 @@ pub async fn run(
             })),
         )
         .await?;
-    sync_status(&nodes, &spec, &devices).await?;
+    let mut last_report = sync_status(&nodes, &spec, &devices, None).await?;
     untaint(&nodes, &spec.name).await?;
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    let periodic = spec.status_every.is_some();
-    let mut status_tick = tokio::time::interval(spec.status_every.unwrap_or(HEARTBEAT));
+    let mut status_tick = tokio::time::interval(spec.status_every);
     status_tick.tick().await;
     loop {
         tokio::select! {
@@ -68,68 +77,93 @@ pub async fn run(
                 if let Err(e) = renew_lease(&leases, &spec.name).await {
                     warn!(error = %e, "lease renewal failed");
                 }
-                if periodic {
-                    continue;
+            }
+            _ = status_tick.tick() => {
+                match sync_status(&nodes, &spec, &devices, Some(last_report)).await {
+                    Ok(t) => last_report = t,
+                    Err(e) => warn!(error = %e, "node status update failed"),
                 }
             }
-            _ = status_tick.tick(), if periodic => {}
-            _ = devices.changed.notified(), if !periodic => {}
-        }
-        if let Err(e) = sync_status(&nodes, &spec, &devices).await {
-            warn!(error = %e, "node status update failed");
         }
     }
 }
 
-/// Node status as the kubelet reports it: device-plugin resources in capacity (all devices)
-/// and allocatable (healthy devices). Those are written by a merge patch, as the kubelet
-/// patches only what it sets (`nodestatus/setters.go` `MachineInfo`): a resource its device
-/// manager has forgotten is set to 0 once and never written again, nor removed, so whoever
-/// removes it later does not see it come back.
+/// Node status as the kubelet computes it (`nodestatus/setters.go` `MachineInfo`, `ReadyCondition`),
+/// starting from the Node the API server has: device-plugin resources in capacity (all
+/// devices) and allocatable (healthy devices); a resource whose plugin stopped more than the
+/// grace period ago is set to 0, never removed; extended resources missing from capacity are
+/// removed from allocatable. Returns when it last posted.
 async fn sync_status(
     nodes: &Api<Node>,
     spec: &NodeSpec,
     devices: &DeviceManager,
-) -> anyhow::Result<()> {
-    let capacity = BTreeMap::from([
-        ("cpu".to_string(), spec.cpu.clone()),
-        ("memory".to_string(), spec.memory.clone()),
-        ("pods".to_string(), spec.pods.clone()),
-    ]);
-    let allocatable = capacity.clone();
-    let (mut plugin_capacity, mut plugin_allocatable) = (BTreeMap::new(), BTreeMap::new());
-    for (resource, (all, healthy)) in devices.resources().await {
-        plugin_capacity.insert(resource.clone(), all.to_string());
-        plugin_allocatable.insert(resource, healthy.to_string());
+    last_report: Option<Instant>,
+) -> anyhow::Result<Instant> {
+    let original = nodes.get(&spec.name).await?;
+    let status = original.status.clone().unwrap_or_default();
+    let quantities = |m: Option<BTreeMap<String, Quantity>>| -> BTreeMap<String, String> {
+        m.unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    };
+    let old_capacity = quantities(status.capacity.clone());
+    let old_allocatable = quantities(status.allocatable.clone());
+    let mut capacity = old_capacity.clone();
+    capacity.insert("cpu".into(), spec.cpu.clone());
+    capacity.insert("memory".into(), spec.memory.clone());
+    capacity.insert("pods".into(), spec.pods.clone());
+    let devices = devices.capacity().await;
+    for (resource, (all, _)) in &devices.live {
+        capacity.insert(resource.clone(), all.to_string());
     }
-    for resource in devices.forget_stopped(spec.stop_grace).await {
-        plugin_capacity.insert(resource.clone(), "0".to_string());
-        plugin_allocatable.insert(resource, "0".to_string());
+    for resource in &devices.removed {
+        capacity.insert(resource.clone(), "0".into());
     }
-    if !plugin_capacity.is_empty() {
-        nodes
-            .patch_status(
-                &spec.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "capacity": plugin_capacity,
-                    "allocatable": plugin_allocatable,
-                }})),
-            )
-            .await?;
+    let mut allocatable = capacity.clone();
+    for (resource, (_, healthy)) in &devices.live {
+        allocatable.insert(resource.clone(), healthy.to_string());
+    }
+    let ready_before = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .filter(|c| c.status == "True");
+    let changed =
+        capacity != old_capacity || allocatable != old_allocatable || ready_before.is_none();
+    if !changed && last_report.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+        return Ok(last_report.unwrap_or_else(Instant::now));
     }
     let now = Timestamp::now().to_string();
+    let transition = ready_before
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0.to_string())
+        .unwrap_or_else(|| now.clone());
+    // A strategic merge patch of what changed from the Node read, as the kubelet's
+    // `PatchNodeStatus` computes it: entries it did not change are not sent (so an entry
+    // someone else removes meanwhile stays removed), allocatable entries it dropped are
+    // deleted explicitly.
+    let diff = |old: &BTreeMap<String, String>, new: &BTreeMap<String, String>| {
+        let mut patch = serde_json::Map::new();
+        for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            patch.insert(k.clone(), serde_json::Value::Null);
+        }
+        for (k, v) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
+            patch.insert(k.clone(), json!(v));
+        }
+        patch
+    };
+    let capacity_patch = diff(&old_capacity, &capacity);
+    let allocatable_patch = diff(&old_allocatable, &allocatable);
     nodes
         .patch_status(
             &spec.name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": spec.name},
+            &PatchParams::default(),
+            &Patch::Strategic(json!({
                 "status": {
-                    "capacity": capacity,
-                    "allocatable": allocatable,
+                    "capacity": capacity_patch,
+                    "allocatable": allocatable_patch,
                     "addresses": [
                         {"type": "InternalIP", "address": "127.0.0.1"},
                         {"type": "Hostname", "address": spec.name},
@@ -140,7 +174,7 @@ async fn sync_status(
                         "reason": "KubeletReady",
                         "message": "fake-kubelet is posting ready status",
                         "lastHeartbeatTime": now,
-                        "lastTransitionTime": now,
+                        "lastTransitionTime": transition,
                     }],
                     "nodeInfo": {
                         "kubeletVersion": "v1.35.8-fake",
@@ -154,7 +188,7 @@ async fn sync_status(
             })),
         )
         .await?;
-    Ok(())
+    Ok(Instant::now())
 }
 
 /// The not-ready taint that admission puts on a new Node is removed by the node lifecycle
