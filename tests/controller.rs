@@ -9,7 +9,7 @@ use common::{
     controller::ControllerProcess,
     eventually,
     outage::kubelet_holders,
-    plant::{Plant, device, modbus_config, phase, running_brokers},
+    plant::{Plant, device, instances, modbus_config, phase, running_brokers},
     settle,
 };
 use dowser::crd::Configuration;
@@ -393,6 +393,25 @@ async fn job_brokers_run_once_per_device_and_per_spec() {
                     "pod {}, devices held on {node}: {held:?}",
                     phase(&p)
                 ))
+            }
+        },
+    )
+    .await;
+    // No pod holds the slot any more: the agent releases it (its last one, too).
+    settle(
+        30,
+        "the Instance's slot released once the Job's pod is done",
+        || plant.logs(),
+        || async {
+            let claimed: Vec<_> = instances(&plant.client, "commission")
+                .await
+                .iter()
+                .map(|i| i.status.clone().unwrap_or_default().slots)
+                .collect();
+            if claimed.len() == 1 && claimed.iter().all(|s| s.is_empty()) {
+                Ok(())
+            } else {
+                Err(format!("claimed slots of the Instances: {claimed:?}"))
             }
         },
     )

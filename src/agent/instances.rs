@@ -23,12 +23,16 @@ use crate::{
     naming,
 };
 
-/// What this node applies to an Instance's status: always both lists, so that an empty
-/// list drops what the node had, and the Instance's extended resource, the same from every
-/// node (so co-owned without conflict).
+/// What this node applies to an Instance's status: always the list of nodes, so that an
+/// empty list drops this node; its slots only when it claims some (an apply without them
+/// drops the slots it claimed, while an empty map would set `status.slots` to null once no
+/// node claims any, which the schema refuses: the last slot could never be released); and
+/// the Instance's extended resource, the same from every node (so co-owned without
+/// conflict).
 #[derive(Serialize)]
 struct StatusPart<'a> {
     nodes: Vec<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     slots: BTreeMap<String, &'a str>,
     resource: &'a str,
 }
@@ -352,5 +356,27 @@ impl NodeInstances {
         apply_status(api, name, &self.manager, false, status).await?;
         self.metrics.wrote();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_without_claims_applies_no_slots_map() {
+        let body = |slots: &[(&str, &str)]| {
+            serde_json::to_value(StatusPart {
+                nodes: vec!["a"],
+                slots: slots.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+                resource: "dowser.dev/default_plc-1",
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            body(&[]),
+            serde_json::json!({"nodes": ["a"], "resource": "dowser.dev/default_plc-1"})
+        );
+        assert_eq!(body(&[("0", "a")])["slots"], serde_json::json!({"0": "a"}));
     }
 }
