@@ -240,10 +240,19 @@ async fn the_standby_takes_over_when_the_leader_dies() {
         ))
         .await;
     let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
-    let before = eventually(60, "the leader runs a broker", || async {
-        let r = running_brokers(&pods, "first").await;
-        (r.len() == 1).then(|| r[0].uid())
-    })
+    let before = settle(
+        60,
+        "the leader runs a broker",
+        || plant.logs(),
+        || async {
+            let r = running_brokers(&pods, "first").await;
+            if r.len() == 1 {
+                Ok(r[0].uid())
+            } else {
+                Err(format!("Running brokers: {}", r.len()))
+            }
+        },
+    )
     .await;
 
     // Exactly one replica leads (each says so on /metrics), and the Lease names it.
@@ -270,9 +279,17 @@ async fn the_standby_takes_over_when_the_leader_dies() {
             1,
         ))
         .await;
-    eventually(60, "the standby runs the new broker", || async {
-        (running_brokers(&pods, "second").await.len() == 1).then_some(())
-    })
+    settle(
+        60,
+        "the standby runs the new broker",
+        || plant.logs(),
+        || async {
+            match running_brokers(&pods, "second").await.len() {
+                1 => Ok(()),
+                n => Err(format!("Running brokers: {n}")),
+            }
+        },
+    )
     .await;
     // The new leader says so on /metrics; both replicas are healthy.
     let standby = &replicas[1 - leader];
