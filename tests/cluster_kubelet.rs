@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use common::cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND};
+use common::{
+    cluster::{Cluster, FakeKubelet, STATUS_EVERY_SECOND},
+    outage::kubelet_holders,
+};
 use dowser::deviceplugin::{
     HEALTHY,
     plugin::{Allocator, PluginConfig, run},
@@ -182,30 +185,6 @@ async fn pod_gone(pods: &Api<Pod>, name: &str) {
     panic!("pod {name} was not deleted");
 }
 
-/// What a kubelet's PodResources List says: (pod, resource, device ids).
-async fn holders(kubelet: &FakeKubelet) -> Vec<(String, String, Vec<String>)> {
-    let channel = dowser::deviceplugin::connect_unix(&kubelet.pod_resources_socket())
-        .await
-        .unwrap();
-    let listed = PodResourcesListerClient::new(channel)
-        .list(ListPodResourcesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    listed
-        .pod_resources
-        .into_iter()
-        .flat_map(|p| {
-            p.containers.into_iter().flat_map(move |c| {
-                let pod = p.name.clone();
-                c.devices
-                    .into_iter()
-                    .map(move |d| (pod.clone(), d.resource_name, d.device_ids))
-            })
-        })
-        .collect()
-}
-
 fn phase(pod: &Pod) -> String {
     pod.status
         .as_ref()
@@ -366,7 +345,10 @@ async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
     .unwrap();
     pod_until(&client, "job", "Succeeded", |p| phase(p) == "Succeeded").await;
     assert!(
-        !holders(&node_a).await.iter().any(|(p, _, _)| p == "job"),
+        !kubelet_holders(&node_a)
+            .await
+            .iter()
+            .any(|(p, _, _)| p == "job"),
         "a completed pod is not active"
     );
     let mut crashy = running_pod("crashy", "Always", &["sleep", "1"]);
@@ -398,7 +380,7 @@ async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
         vec!["x-0".to_string()],
     );
     assert!(
-        holders(&node_a).await.contains(&held),
+        kubelet_holders(&node_a).await.contains(&held),
         "a pod in its termination grace period holds its device"
     );
     let channel = dowser::deviceplugin::connect_unix(&node_a.pod_resources_socket())
@@ -417,7 +399,7 @@ async fn extended_resources_schedule_admit_and_survive_a_kubelet_restart() {
         ["x-0"]
     );
     pod_gone(&pods, "crashy").await;
-    assert!(!holders(&node_a).await.contains(&held));
+    assert!(!kubelet_holders(&node_a).await.contains(&held));
 
     // A pod bound by hand to a node that never offered the resource is admitted without the
     // device, the way the kubelet does it: its device manager skips a resource no plugin
