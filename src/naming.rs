@@ -105,6 +105,14 @@ pub fn configuration_label(configuration: &str) -> String {
     shorten(configuration.to_string())
 }
 
+/// The field manager of one controller replica's writes to the leader Lease. It must differ
+/// between replicas: server-side apply refuses to hand a field owned by one manager to
+/// another, and that refusal is what keeps a second replica from taking a Lease the first
+/// has just taken.
+pub fn lease_field_manager(identity: &str) -> String {
+    format!("dowser-controller-{}", shorten(identity.to_string()))
+}
+
 /// Whether a `dowser.dev/configuration` label value is a shortened name (so the name must
 /// be looked up, not read from it).
 pub fn is_shortened(label: &str) -> bool {
@@ -210,6 +218,18 @@ fn label_prefix(name: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_replica_writes_the_lease_as_its_own_manager() {
+        let a = lease_field_manager("dowser-controller-7d9f8-abcde");
+        let b = lease_field_manager("dowser-controller-7d9f8-fghij");
+        assert_eq!(a, "dowser-controller-dowser-controller-7d9f8-abcde");
+        assert_ne!(a, b);
+        // Field managers may have 128 characters; a pod name may have 253.
+        let long = lease_field_manager(&"x".repeat(253));
+        assert!(long.len() <= 128, "{long}");
+        assert_ne!(long, lease_field_manager(&"x".repeat(252)));
+    }
 
     #[test]
     fn hash_is_stable_and_has_a_fixed_length() {

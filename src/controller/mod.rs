@@ -66,7 +66,7 @@ pub struct ControllerArgs {
     pub lease_namespace: String,
     /// How long a leader's Lease lasts without renewal, in seconds; a standby takes over
     /// within about this time after the leader dies.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     pub lease_duration_seconds: u64,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "DOWSER_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
@@ -116,11 +116,18 @@ async fn lease(
         .with_namespace(&args.lease_namespace)
         .with_identity(identity)
         .with_duration(args.lease_duration_seconds)
-        .with_grace((args.lease_duration_seconds / 3).max(1))
-        .with_field_manager(MANAGER)
+        .with_grace(renew_slack(args.lease_duration_seconds))
+        .with_field_manager(crate::naming::lease_field_manager(identity))
         .build()
         .await?;
     Ok(lease.watch().await)
+}
+
+/// How long before the Lease expires the leader renews it: two thirds of its duration, so
+/// the leader renews after a third and a renewal has two thirds of the Lease to get through a
+/// busy API server before a standby may take over (client-go's defaults leave 10 s of 15).
+fn renew_slack(lease_seconds: u64) -> u64 {
+    (lease_seconds * 2 / 3).clamp(1, lease_seconds - 1)
 }
 
 /// Waits until this replica leads (true) or is told to stop first (false). A standby
@@ -164,6 +171,7 @@ async fn control(
             instance: Some(identity.to_string()),
         },
     );
+    let gauge = metrics.clone();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         metrics,
@@ -222,6 +230,8 @@ async fn control(
         .graceful_shutdown_on(async move {
             tokio::select! {
                 _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {
+                    // Said at once: in-flight reconciles still finish before the exit.
+                    gauge.set_leader(false);
                     warn!("lost leadership: stopping");
                 }
                 _ = tokio::signal::ctrl_c() => {}
@@ -272,5 +282,18 @@ async fn release(lease_task: LeaseTask, identity: &str) {
         }
         Ok(Err(e)) => warn!(%identity, error = %e, "Lease task failed"),
         Err(_) => warn!(%identity, "Lease not released within 5 s; it expires on its own"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renew_slack;
+
+    #[test]
+    fn the_leader_renews_a_third_into_its_lease() {
+        for (lease, slack) in [(2, 1), (3, 2), (4, 2), (6, 4), (15, 10), (60, 40)] {
+            assert_eq!(renew_slack(lease), slack, "lease of {lease} s");
+            assert!(renew_slack(lease) < lease);
+        }
     }
 }

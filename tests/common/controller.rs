@@ -35,7 +35,7 @@ impl ControllerProcess {
             .arg("controller")
             .arg("--health-addr")
             .arg(health.to_string())
-            .args(["--instance-name", identity, "--lease-duration-seconds", "4"])
+            .args(["--instance-name", identity, "--lease-duration-seconds", "6"])
             .env(
                 "KUBECONFIG",
                 cluster.service_account_kubeconfig("dowser-controller"),
