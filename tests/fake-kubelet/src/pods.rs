@@ -446,9 +446,13 @@ impl Kubelet {
             Ok(()) => {
                 self.runtime.started(&uid);
                 let t = self.start(pod);
+                // The pod is in the pod manager (and so in PodResources' List) before its
+                // status reaches the API server: whoever sees it Running finds its devices.
+                tracked.insert(uid.clone(), t);
+                self.publish_active(tracked).await;
+                let t = &tracked[&uid];
                 self.annotate(&t.pod, &uid).await;
-                self.post_status(&t).await;
-                tracked.insert(uid, t);
+                self.post_status(t).await;
             }
         }
     }
