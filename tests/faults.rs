@@ -701,9 +701,15 @@ async fn an_unanswered_api_server_does_not_stall_admission_on_the_node() {
         modbus_configuration("press", &[plc.addr.port()], 1000),
     )
     .await;
-    let instance = eventually(60, "the Instance of node-a", || async {
-        let list = try_instances(&client, "press").await?;
-        (list.len() == 1 && nodes_of(&list[0]) == ["node-a"]).then(|| list[0].clone())
+    let instance = settle(60, "the Instance of node-a", logs, || async {
+        let list = try_instances(&client, "press")
+            .await
+            .ok_or("no Instances listed")?;
+        if list.len() == 1 && nodes_of(&list[0]) == ["node-a"] {
+            Ok(list[0].clone())
+        } else {
+            Err(format!("{:?}", list.iter().map(nodes_of).collect::<Vec<_>>()))
+        }
     })
     .await;
     let wanted = resource(&instance);
