@@ -708,7 +708,10 @@ async fn an_unanswered_api_server_does_not_stall_admission_on_the_node() {
         if list.len() == 1 && nodes_of(&list[0]) == ["node-a"] {
             Ok(list[0].clone())
         } else {
-            Err(format!("{:?}", list.iter().map(nodes_of).collect::<Vec<_>>()))
+            Err(format!(
+                "{:?}",
+                list.iter().map(nodes_of).collect::<Vec<_>>()
+            ))
         }
     })
     .await;

@@ -5,7 +5,8 @@
 cache=${DOWSER_CACHE:-$HOME/.cache/dowser}
 mkdir -p "$cache"
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# Each step says when it starts, in seconds since the script began, so a slow run shows where.
+step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*" >&2; }
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -132,30 +132,10 @@ impl Cluster {
                 identities: Mutex::default(),
             };
         }
-        let state = tempfile::Builder::new()
-            .prefix("dowser-cluster-")
-            .tempdir()
-            .expect("temporary directory");
-        let apiserver_args = match std::env::var("DOWSER_APISERVER_ARGS") {
-            Ok(more) => format!("{more} {EXTRA_ADMISSION}"),
-            Err(_) => EXTRA_ADMISSION.to_string(),
-        };
-        let up = Command::new(repo().join("tests/cluster/up.sh"))
-            .arg(state.path())
-            .env("DOWSER_APISERVER_ARGS", apiserver_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("run tests/cluster/up.sh");
-        if !up.status.success() {
-            let _ = Command::new(repo().join("tests/cluster/down.sh"))
-                .arg(state.path())
-                .status();
-            panic!(
-                "the local control plane did not boot (tests/cluster/up.sh):\n{}",
-                String::from_utf8_lossy(&up.stderr)
-            );
-        }
+        let state = spare::take()
+            .unwrap_or_else(|| spare::boot().finish().unwrap_or_else(|e| panic!("{e}")));
+        // The next test of this binary gets a control plane booted while this one runs.
+        spare::prepare();
         let env = read_env(&state.path().join("env"));
         Self {
             kubeconfig: env["KUBECONFIG"].clone().into(),
@@ -385,6 +365,110 @@ pub fn stdout_of_success(args: &[&str], out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One control plane booted ahead for the next test of this test binary. The end-to-end tests
+/// of a binary run one at a time (`common::serial`) and each boots its own control plane,
+/// ~13 s that are mostly waiting for the API server: booting the next one while a test runs
+/// hides that. Whatever is left at the end of the binary is stopped at exit.
+mod spare {
+    use super::{EXTRA_ADMISSION, repo};
+    use std::{
+        process::{Child, Command, Stdio},
+        sync::{Mutex, Once},
+    };
+
+    static SPARE: Mutex<Option<Boot>> = Mutex::new(None);
+    static AT_EXIT: Once = Once::new();
+
+    /// `tests/cluster/up.sh` running (or done) in its state directory.
+    pub struct Boot {
+        up: Child,
+        state: tempfile::TempDir,
+    }
+
+    pub fn boot() -> Boot {
+        let state = tempfile::Builder::new()
+            .prefix("dowser-cluster-")
+            .tempdir()
+            .expect("temporary directory");
+        let apiserver_args = match std::env::var("DOWSER_APISERVER_ARGS") {
+            Ok(more) => format!("{more} {EXTRA_ADMISSION}"),
+            Err(_) => EXTRA_ADMISSION.to_string(),
+        };
+        let up = Command::new(repo().join("tests/cluster/up.sh"))
+            .arg(state.path())
+            .env("DOWSER_APISERVER_ARGS", apiserver_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tests/cluster/up.sh");
+        Boot { up, state }
+    }
+
+    impl Boot {
+        /// Waits for the boot; a failed one is stopped and its log returned.
+        pub fn finish(self) -> Result<tempfile::TempDir, String> {
+            let Boot { up, state } = self;
+            let out = up.wait_with_output().expect("wait for tests/cluster/up.sh");
+            if out.status.success() {
+                return Ok(state);
+            }
+            stop(state.path());
+            Err(format!(
+                "the local control plane did not boot (tests/cluster/up.sh):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn stop(state: &std::path::Path) {
+        let _ = Command::new(repo().join("tests/cluster/down.sh"))
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// The control plane booted ahead, if there is one and it came up.
+    pub fn take() -> Option<tempfile::TempDir> {
+        let boot = SPARE.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        match boot.finish() {
+            Ok(state) => Some(state),
+            Err(e) => {
+                eprintln!("the control plane booted ahead failed; booting another\n{e}");
+                None
+            }
+        }
+    }
+
+    /// Starts booting the next test's control plane.
+    pub fn prepare() {
+        AT_EXIT.call_once(|| {
+            // SAFETY: registers a plain function; it runs once, at process exit.
+            unsafe { libc::atexit(stop_at_exit) };
+        });
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.is_none() {
+            *spare = Some(boot());
+        }
+    }
+
+    /// At exit: a boot still running is told to stop (up.sh then stops what it started),
+    /// a finished one is stopped with down.sh.
+    extern "C" fn stop_at_exit() {
+        let Some(Boot { mut up, state }) = SPARE.lock().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        if let Ok(None) = up.try_wait() {
+            // SAFETY: signals the child process by its id; it has not been reaped.
+            unsafe { libc::kill(up.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let _ = up.wait();
+        stop(state.path());
+        drop(state);
+    }
 }
 
 impl Drop for Cluster {
