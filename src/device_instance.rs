@@ -36,8 +36,9 @@ pub struct DeviceInstance {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceId {
     pub name: String,
-    /// The hash over the device id (and node), which ends the name and suffixes the
-    /// broker's environment variables.
+    /// The hash over the device id (and node, and the Configuration's name when it is
+    /// changed in the Instance's name), which ends the name and suffixes the broker's
+    /// environment variables.
     pub hash: String,
 }
 
@@ -45,8 +46,9 @@ impl InstanceId {
     /// The Instance of a device of `config`. `node` names the node for devices that are not
     /// shared (their Instance is per node).
     pub fn new(config: &Configuration, shared: bool, node: &str, device_id: &str) -> Self {
-        let hash = naming::device_hash(device_id, (!shared).then_some(node));
-        let name = naming::instance_name_with_hash(&config.name_any(), &hash);
+        let config = config.name_any();
+        let hash = naming::instance_hash(&config, device_id, (!shared).then_some(node));
+        let name = naming::instance_name_with_hash(&config, &hash);
         Self { name, hash }
     }
 }

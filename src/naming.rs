@@ -2,8 +2,12 @@
 //! sockets. Every rule lives here.
 //!
 //! Instance name: `<configuration>-<hash>`, where the hash is over the device id (plus the
-//! node name for devices that only one node can see). The whole name is a valid DNS label of
-//! at most 63 characters; the configuration part is shortened, never the hash.
+//! node name for devices that only one node can see, plus the Configuration's name when
+//! that had to be shortened or changed to fit). The whole name is a valid DNS label of at
+//! most 63 characters; the configuration part is shortened, never the hash.
+//!
+//! Broker Services and Jobs are named after their Instance or Configuration, changed where
+//! that would not be a valid name of their kind ([`service_name`], [`job_name`]).
 //!
 //! Extended resources (what a pod requests), `dowser.dev/<name>` where `<name>` is
 //! - `<namespace>.<configuration>` for any device of a Configuration, such as
@@ -39,7 +43,11 @@ pub fn device_hash(device_id: &str, node: Option<&str>) -> String {
         h.update(b"\0");
         h.update(node.as_bytes());
     }
-    let digest = h.finalize();
+    hex(&h.finalize())
+}
+
+/// The first [`HASH_LEN`] hex digits of a digest.
+fn hex(digest: &[u8]) -> String {
     let mut hex = String::with_capacity(HASH_LEN);
     for byte in digest.iter().take(HASH_LEN / 2) {
         hex.push_str(&format!("{byte:02x}"));
@@ -47,14 +55,78 @@ pub fn device_hash(device_id: &str, node: Option<&str>) -> String {
     hex
 }
 
+/// The hash that ends the Instance name of a device of `configuration`: [`device_hash`]
+/// when the Configuration's name is the start of its Instances' names unchanged; when the
+/// name had to be shortened or changed to fit a DNS label (over 50 characters, dots), the
+/// name goes into the hash too, so that Configurations that share the changed start never
+/// share an Instance.
+pub fn instance_hash(configuration: &str, device_id: &str, node: Option<&str>) -> String {
+    if label_prefix(configuration, INSTANCE_PREFIX) == configuration {
+        return device_hash(device_id, node);
+    }
+    let mut h = Sha256::new();
+    // Names never hold a NUL: the parts cannot run into each other.
+    h.update(configuration.as_bytes());
+    h.update(b"\0");
+    h.update(device_id.as_bytes());
+    if let Some(node) = node {
+        h.update(b"\0");
+        h.update(node.as_bytes());
+    }
+    hex(&h.finalize())
+}
+
 /// The Instance name for a device of a Configuration.
 pub fn instance_name(configuration: &str, device_id: &str, node: Option<&str>) -> String {
-    instance_name_with_hash(configuration, &device_hash(device_id, node))
+    instance_name_with_hash(
+        configuration,
+        &instance_hash(configuration, device_id, node),
+    )
+}
+
+/// Longest start of a Configuration's name in its Instances' names: the rest is `-` and the
+/// hash.
+const INSTANCE_PREFIX: usize = MAX_LABEL - HASH_LEN - 1;
+
+/// The Service of a broker: `<name>-svc` when that is a valid Service name (a DNS-1035
+/// label: starts with a letter, at most 63 characters, no dots); otherwise
+/// `svc-<start of the name as a label>-<hash of the name>`, which is one and differs for
+/// every name.
+pub fn service_name(name: &str) -> String {
+    let plain = format!("{name}-svc");
+    if is_dns_label(&plain) && plain.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return plain;
+    }
+    let hash = hex_sha256(name.as_bytes());
+    let start = label_prefix(name, MAX_LABEL - 4 - 1 - HASH_LEN);
+    if start.is_empty() {
+        format!("svc-{hash}")
+    } else {
+        format!("svc-{start}-{hash}")
+    }
+}
+
+/// The broker Job of an Instance for one Job spec (`spec_hash`, 10 hex digits):
+/// `<instance>-<spec_hash>`, at most 63 characters (the Job's name becomes a label value of
+/// its pods). A longer Instance name keeps its start and its hash, the 12 characters that
+/// set it apart from the other Instances of its Configuration.
+pub fn job_name(instance: &str, spec_hash: &str) -> String {
+    let room = MAX_LABEL - 1 - spec_hash.len();
+    if instance.len() <= room {
+        return format!("{instance}-{spec_hash}");
+    }
+    let tail = &instance[instance.len() - HASH_LEN..];
+    let start = label_prefix(instance, room - HASH_LEN - 1);
+    if start.is_empty() {
+        format!("{tail}-{spec_hash}")
+    } else {
+        format!("{start}-{tail}-{spec_hash}")
+    }
 }
 
 /// The Instance name of a Configuration's device whose [`device_hash`] is `hash`.
 pub fn instance_name_with_hash(configuration: &str, hash: &str) -> String {
-    let prefix = label_prefix(configuration, MAX_LABEL - HASH_LEN - 1);
+    let prefix = label_prefix(configuration, INSTANCE_PREFIX);
     if prefix.is_empty() {
         // A label must start with a letter or digit; hex digits are both.
         hash.to_string()
@@ -121,11 +193,7 @@ pub fn is_shortened(label: &str) -> bool {
 
 /// The first [`HASH_LEN`] hex digits of the SHA-256 of `bytes`.
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .take(HASH_LEN / 2)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
 }
 
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes with the final NUL).
@@ -263,8 +331,12 @@ mod tests {
         let config = "a".repeat(253);
         let name = instance_name(&config, "dev", None);
         assert_eq!(name.len(), MAX_LABEL);
-        assert!(name.ends_with(&device_hash("dev", None)));
+        assert!(name.ends_with(&instance_hash(&config, "dev", None)));
         assert!(is_dns_label(&name));
+        // Another Configuration with the same first 50 characters, the same device.
+        let other = instance_name(&"a".repeat(252), "dev", None);
+        assert_eq!(other[..50], name[..50]);
+        assert_ne!(other, name);
     }
 
     #[test]
@@ -282,7 +354,44 @@ mod tests {
         assert!(name.starts_with("plant-line-3-"), "{name}");
         assert!(is_dns_label(&name));
         let name = instance_name("...", "dev", None);
-        assert_eq!(name, device_hash("dev", None));
+        assert_eq!(name, instance_hash("...", "dev", None));
+        // The name is changed, so it is in the hash: `a.b` and `a-b` keep apart.
+        assert_ne!(
+            instance_name("a.b", "dev", None),
+            instance_name("a-b", "dev", None)
+        );
+        assert_eq!(
+            instance_hash("a-b", "dev", Some("n")),
+            device_hash("dev", Some("n"))
+        );
+    }
+
+    #[test]
+    fn services_have_valid_names_and_keep_the_plain_ones() {
+        assert_eq!(service_name("plc-line3"), "plc-line3-svc");
+        let dotted = service_name("line3.press");
+        assert!(dotted.starts_with("svc-line3-press-"), "{dotted}");
+        // A Service's name starts with a letter.
+        assert!(service_name("3rd-line").starts_with("svc-3rd-line-"));
+        let long = service_name(&"a".repeat(60));
+        assert!(is_dns_label(&long) && long.starts_with("svc-"), "{long}");
+        assert_ne!(long, service_name(&"a".repeat(61)));
+    }
+
+    #[test]
+    fn jobs_keep_the_hash_of_a_long_instance_name() {
+        assert_eq!(
+            job_name("plc-77f91fafb55b", "0123456789"),
+            "plc-77f91fafb55b-0123456789"
+        );
+        let instance = instance_name(&"a".repeat(80), "dev", None);
+        let job = job_name(&instance, "0123456789");
+        assert_eq!(job.len(), MAX_LABEL);
+        assert!(
+            job.ends_with(&format!("{}-0123456789", &instance[51..])),
+            "{job}"
+        );
+        assert!(is_dns_label(&job));
     }
 
     #[test]

@@ -750,6 +750,22 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
             .await
             .unwrap();
     }
+    // A second dotted 253-character name, the same but for its last characters, with a
+    // broker and both Services: its Instance of the same device is its own, and its
+    // Services get valid names although neither name leaves room for `-svc`.
+    let name253b = format!("{}{}", &name253[..name253.len() - 1], "e");
+    let mut c = with_broker(modbus_config(&name253b, port, None), 1);
+    c["metadata"]["namespace"] = json!(long_ns);
+    c["spec"]["nodeSelector"] = json!({"matchLabels": {"dowser-test/names": "yes"}});
+    c["spec"]["brokerProperties"] = json!({"SITE": long_ns});
+    Api::<Configuration>::namespaced(plant.client.clone(), &long_ns)
+        .patch(
+            &name253b,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(c),
+        )
+        .await
+        .unwrap();
     // In each namespace, a pod asks for this device (the Instance's resource, as a broker
     // does) and one for any device of the Configuration.
     let logs = || format!("{}\n--- controller ---\n{}", plant.logs(), controller.log());
@@ -809,8 +825,9 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
         }
     }
 
-    // All six admitted on node-a, each with its own namespace's Configuration.
-    let running = common::settle(90, "six pods Running", logs, || async {
+    // All six admitted on node-a, each with its own namespace's Configuration, and the
+    // broker.
+    let running = common::settle(90, "seven pods Running", logs, || async {
         let mut all = Vec::new();
         for ns in ["default", long_ns.as_str()] {
             let pods: Api<Pod> = Api::namespaced(plant.client.clone(), ns);
@@ -829,7 +846,7 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
                 )
             })
             .collect();
-        if all.len() == 6 && phases.iter().all(|(_, p)| p == "Running") {
+        if all.len() == 7 && phases.iter().all(|(_, p)| p == "Running") {
             Ok(all)
         } else {
             Err(format!("{phases:?}"))
@@ -855,4 +872,54 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
         })
         .await;
     }
+
+    // The second dotted Configuration's Services: one for its Instance, one for it.
+    let instance_of = |name: String| {
+        let instances = Api::<Instance>::namespaced(plant.client.clone(), &long_ns);
+        async move {
+            instances
+                .list(&ListParams::default().labels(&format!(
+                    "dowser.dev/configuration={}",
+                    naming::configuration_label(&name)
+                )))
+                .await
+                .unwrap()
+                .items
+                .remove(0)
+                .name_any()
+        }
+    };
+    let instance = instance_of(name253b.clone()).await;
+    assert_ne!(instance, instance_of(name253.clone()).await);
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(plant.client.clone(), &long_ns);
+    let wanted = [
+        naming::service_name(&instance),
+        naming::service_name(&name253b),
+    ];
+    common::settle(
+        60,
+        "both Services of the dotted Configuration",
+        logs,
+        || async {
+            let mut names: Vec<String> = services
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .map(|s| s.name_any())
+                .collect();
+            names.sort();
+            let mut want = wanted.to_vec();
+            want.sort();
+            if names == want {
+                Ok(())
+            } else {
+                Err(format!("Services {names:?}, want {want:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(wanted[1].starts_with("svc-aaaa"), "{wanted:?}");
 }

@@ -361,7 +361,7 @@ proptest! {
     ) {
         let name = naming::instance_name(&config, &device, node.as_deref());
         prop_assert!(naming::is_dns_label(&name), "{name:?}");
-        prop_assert!(name.ends_with(&naming::device_hash(&device, node.as_deref())));
+        prop_assert!(name.ends_with(&naming::instance_hash(&config, &device, node.as_deref())));
         prop_assert_eq!(name.clone(), naming::instance_name(&config, &device, node.as_deref()));
         for resource in [
             naming::configuration_resource(&namespace, &config),
@@ -394,6 +394,57 @@ proptest! {
         prop_assert_ne!(&ra[1], &rb[0]);
         if a != b {
             prop_assert_ne!(&ra[0], &rb[0]);
+            prop_assert_ne!(&ra[1], &rb[1]);
         }
+    }
+
+    /// Configurations whose names share a start, or differ only where a DNS label cannot
+    /// follow them (a dot), never share an Instance, a Service or a Job.
+    #[test]
+    fn objects_of_different_configurations_differ(
+        a in "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?",
+        b in "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?",
+        cut in 0usize..250,
+        dotted in proptest::bool::ANY,
+        device in "[a-z0-9:./-]{1,40}",
+    ) {
+        let b = if dotted {
+            a.replacen('-', ".", 1)
+        } else {
+            format!("{}{}", &a[..cut.min(a.len())], b)
+        };
+        prop_assume!(a != b);
+        let objects = |config: &str| {
+            let instance = naming::instance_name(config, &device, None);
+            [
+                naming::service_name(&instance),
+                naming::service_name(config),
+                naming::job_name(&instance, "0123456789"),
+                instance,
+            ]
+        };
+        let (oa, ob) = (objects(&a), objects(&b));
+        for (x, y) in oa.iter().zip(&ob) {
+            prop_assert_ne!(x, y);
+        }
+        for name in oa.iter().chain(&ob) {
+            prop_assert!(naming::is_dns_label(name), "{name:?}");
+        }
+        // Services' names are DNS-1035 labels: they start with a letter.
+        for service in [&oa[0], &oa[1], &ob[0], &ob[1]] {
+            prop_assert!(service.starts_with(|c: char| c.is_ascii_lowercase()), "{service:?}");
+        }
+    }
+
+    /// The Instances of one Configuration never share a broker Job, however long its name.
+    #[test]
+    fn jobs_of_different_devices_differ(
+        config in "[a-z0-9]([a-z0-9.-]{0,250}[a-z0-9])?",
+        a in "[a-z0-9:./-]{1,40}",
+        b in "[a-z0-9:./-]{1,40}",
+    ) {
+        prop_assume!(a != b);
+        let job = |device: &str| naming::job_name(&naming::instance_name(&config, device, None), "0123456789");
+        prop_assert_ne!(job(&a), job(&b));
     }
 }

@@ -260,7 +260,7 @@ pub fn broker_job(
         .labels = Some(template_labels);
     Job {
         metadata: ObjectMeta {
-            name: Some(format!("{}-{hash}", truncate(&name, 52))),
+            name: Some(naming::job_name(&name, &hash)),
             namespace: instance.namespace(),
             labels: Some(labels(&config.name_any(), Some(&name))),
             annotations: Some(
@@ -278,10 +278,6 @@ pub fn broker_job(
     }
 }
 
-fn truncate(s: &str, n: usize) -> &str {
-    &s[..s.len().min(n)]
-}
-
 /// The Service in front of one Instance's broker pods.
 pub fn instance_service(
     config: &Configuration,
@@ -293,7 +289,7 @@ pub fn instance_service(
     spec.selector = Some(labels(&config.name_any(), Some(&name)));
     Service {
         metadata: ObjectMeta {
-            name: Some(format!("{}-svc", truncate(&name, 59))),
+            name: Some(naming::service_name(&name)),
             namespace: instance.namespace(),
             labels: Some(labels(&config.name_any(), Some(&name))),
             owner_references: owner(instance).map(|o| vec![o]),
@@ -310,7 +306,7 @@ pub fn configuration_service(config: &Configuration, spec: &ServiceSpec) -> Serv
     spec.selector = Some(labels(&config.name_any(), None));
     Service {
         metadata: ObjectMeta {
-            name: Some(format!("{}-svc", truncate(&config.name_any(), 59))),
+            name: Some(naming::service_name(&config.name_any())),
             namespace: config.namespace(),
             labels: Some(labels(&config.name_any(), None)),
             owner_references: owner(config).map(|o| vec![o]),
