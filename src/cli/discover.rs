@@ -332,7 +332,7 @@ fn render(previews: &[DeviceInstance], output: Output) -> anyhow::Result<String>
             if let Some(first) = previews[0].instance.spec.properties.keys().next() {
                 writeln!(
                     out,
-                    "\nBrokers get these variables and the brokerProperties, as they are and suffixed with the instance hash ({}).",
+                    "\nBrokers get these variables, the brokerProperties and the Configuration's properties, as they are and suffixed with the instance hash ({}).",
                     dowser_discovery_api::env::with_hash(first, &previews[0].hash)
                 )?;
             }
