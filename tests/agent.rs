@@ -429,18 +429,7 @@ async fn a_node_hands_a_slot_out_once_and_keeps_offering_it_when_the_kubelet_dro
     };
     let sim = device("127.0.0.1:0").await;
     common::plant::apply(&client, modbus_config("press", sim.addr.port(), None)).await;
-    let instance = common::settle(90, "the Instance of node-a", logs, || async {
-        let list = common::plant::instances(&client, "press").await;
-        if list.len() == 1 && nodes_of(&list[0]) == ["node-a"] {
-            Ok(list[0].clone())
-        } else {
-            Err(format!(
-                "{:?}",
-                list.iter().map(nodes_of).collect::<Vec<_>>()
-            ))
-        }
-    })
-    .await;
+    let instance = common::plant::the_instance_on(&client, "press", "node-a", 90, logs).await;
     // Capacity 1: one slot, offered through the Instance's and the Configuration's resource.
     let slot = dowser::agent::slots::device_id(&instance.name_any(), 0);
     let resources = common::settle(

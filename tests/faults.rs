@@ -701,20 +701,7 @@ async fn an_unanswered_api_server_does_not_stall_admission_on_the_node() {
         modbus_configuration("press", &[plc.addr.port()], 1000),
     )
     .await;
-    let instance = settle(60, "the Instance of node-a", logs, || async {
-        let list = try_instances(&client, "press")
-            .await
-            .ok_or("no Instances listed")?;
-        if list.len() == 1 && nodes_of(&list[0]) == ["node-a"] {
-            Ok(list[0].clone())
-        } else {
-            Err(format!(
-                "{:?}",
-                list.iter().map(nodes_of).collect::<Vec<_>>()
-            ))
-        }
-    })
-    .await;
+    let instance = common::plant::the_instance_on(&client, "press", "node-a", 60, logs).await;
     let wanted = resource(&instance);
     settle(60, "the device offered", logs, || async {
         if serves(&node_a, &wanted).await {
@@ -767,15 +754,17 @@ async fn an_unanswered_api_server_does_not_stall_admission_on_the_node() {
         logs()
     );
     eprintln!("admission while the API server did not answer: {message}");
-    settle(60, "the plain pod Running", logs, || async {
-        let s = status("plain").await?;
-        if s.0 == "Running" {
-            Ok(())
-        } else {
-            Err(format!("{s:?}"))
-        }
-    })
-    .await;
+    let running = |name: &'static str, seconds: u64, what: &'static str| {
+        settle(seconds, what, logs, move || async move {
+            let s = status(name).await?;
+            if s.0 == "Running" {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+    };
+    running("plain", 60, "the plain pod Running").await;
 
     // The link back: a pod for the device is admitted, its slot claimed by node-a.
     proxy.set(Link::Open);
@@ -785,15 +774,7 @@ async fn an_unanswered_api_server_does_not_stall_admission_on_the_node() {
     )
     .await
     .unwrap();
-    settle(90, "a pod for the device Running", logs, || async {
-        let s = status("after").await?;
-        if s.0 == "Running" {
-            Ok(())
-        } else {
-            Err(format!("{s:?}"))
-        }
-    })
-    .await;
+    running("after", 90, "a pod for the device Running").await;
     let slots = try_instances(&client, "press").await.unwrap()[0]
         .status
         .clone()

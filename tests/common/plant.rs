@@ -33,6 +33,36 @@ pub async fn instances(client: &Client, config: &str) -> Vec<Instance> {
     try_instances(client, config).await.unwrap_or_default()
 }
 
+/// Waits for the one Instance of a Configuration (namespace `default`) that exactly `node`
+/// sees, printing what was seen and `logs` on a timeout.
+pub async fn the_instance_on(
+    client: &Client,
+    config: &str,
+    node: &str,
+    seconds: u64,
+    logs: impl Fn() -> String,
+) -> Instance {
+    super::settle(
+        seconds,
+        &format!("the Instance of {node}"),
+        logs,
+        || async {
+            let list = try_instances(client, config)
+                .await
+                .ok_or("no Instances listed")?;
+            if list.len() == 1 && nodes_of(&list[0]) == [node] {
+                Ok(list[0].clone())
+            } else {
+                Err(format!(
+                    "{:?}",
+                    list.iter().map(nodes_of).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await
+}
+
 /// The Instances of a Configuration in namespace `default`; `None` while the API server
 /// does not answer.
 pub async fn try_instances(client: &Client, config: &str) -> Option<Vec<Instance>> {
