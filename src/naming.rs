@@ -124,7 +124,7 @@ pub fn job_name(instance: &str, spec_hash: &str) -> String {
     }
 }
 
-/// The Instance name of a Configuration's device whose [`device_hash`] is `hash`.
+/// The Instance name of a Configuration's device whose [`instance_hash`] is `hash`.
 pub fn instance_name_with_hash(configuration: &str, hash: &str) -> String {
     let prefix = label_prefix(configuration, INSTANCE_PREFIX);
     if prefix.is_empty() {
