@@ -423,7 +423,8 @@ mod spare {
         }
     }
 
-    fn stop(state: &std::path::Path) {
+    /// Stops the control plane of a state directory (`tests/cluster/down.sh`).
+    pub fn stop(state: &std::path::Path) {
         let _ = Command::new(repo().join("tests/cluster/down.sh"))
             .arg(state)
             .stdout(Stdio::null())
@@ -474,11 +475,7 @@ mod spare {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(state) = &self.state {
-            let _ = Command::new(repo().join("tests/cluster/down.sh"))
-                .arg(state.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            spare::stop(state.path());
         }
     }
 }
