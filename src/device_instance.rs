@@ -30,6 +30,10 @@ pub struct DeviceInstance {
     /// Environment variables a broker of this device gets.
     pub env: BTreeMap<String, String>,
     pub instance: Instance,
+    /// The devices a node that sees it publishes for it in DRA mode (ResourceSlice
+    /// `spec.devices` entries); filled only where they are shown (`dowser discover`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resource_slice_devices: Vec<k8s_openapi::api::resource::v1::Device>,
 }
 
 /// The name and hash of a device's Instance, computed once per device.
@@ -108,6 +112,7 @@ pub fn instance_for(
         instance: instance(config, shared, &id, device),
         hash: id.hash,
         name: id.name,
+        resource_slice_devices: Vec::new(),
     }
 }
 
@@ -126,6 +131,18 @@ pub fn broker_env(
         env.insert(name, v.clone());
     }
     env
+}
+
+/// The environment a broker of the Instance `name` gets ([`broker_env`] with the hash that
+/// ends the Instance's name): what a device plugin's `Allocate` answers and what a DRA
+/// claim's CDI spec holds.
+pub fn instance_env(
+    name: &str,
+    device: &InstanceSpec,
+    broker_properties: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let hash = name.rsplit('-').next().unwrap_or_default();
+    broker_env(&device.properties, broker_properties, hash)
 }
 
 /// Everything that decides what `Allocate` hands a broker for one device, but the values

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod device_instance;
 pub mod deviceplugin;
+pub mod dra;
 pub mod handlers;
 pub mod naming;
 pub mod slots;

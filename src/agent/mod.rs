@@ -1,6 +1,7 @@
 //! `dowser agent`: runs on every node (DaemonSet). Watches the Configurations that select
 //! this node, runs their discovery, writes this node's part of each Instance, and offers
-//! each Instance to the kubelet as a device-plugin resource.
+//! each Instance to the kubelet as a device-plugin resource, as devices of the DRA driver
+//! `dowser.dev`, or both ([`crate::dra::Mode`]).
 
 mod instances;
 mod metrics;
@@ -19,7 +20,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::{core::v1::Node, resource::v1::ResourceSlice};
 use kube::{
     Api, ResourceExt,
     runtime::{WatchStreamExt, reflector, watcher},
@@ -29,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     crd::{Configuration, Instance},
-    deviceplugin, handlers, validate,
+    deviceplugin, dra, handlers, validate,
 };
 
 /// Options of `dowser agent`.
@@ -67,10 +68,25 @@ pub struct AgentArgs {
         value_parser = clap::builder::PossibleValuesParser::new(handlers::BUILT_IN.iter().copied()),
     )]
     pub handlers: Option<Vec<String>>,
+    /// How devices are offered to the kubelet: device plugins (extended resources), DRA
+    /// (ResourceSlices of driver `dowser.dev` and a kubelet DRA plugin), or both.
+    #[arg(long, env = "DOWSER_AGENT_MODE", value_enum, default_value_t = dra::Mode::DevicePlugin)]
+    pub mode: dra::Mode,
+    /// The kubelet's plugin directory; the DRA plugin's socket is `<dir>/dowser.dev/dra.sock`.
+    #[arg(long, env = "DOWSER_KUBELET_PLUGINS_DIR", default_value = dra::PLUGINS_DIR)]
+    pub kubelet_plugins_dir: PathBuf,
+    /// The kubelet's plugin registry, watched by the kubelet for plugins to register.
+    #[arg(long, env = "DOWSER_PLUGINS_REGISTRY_DIR", default_value = dra::PLUGINS_REGISTRY_DIR)]
+    pub plugins_registry_dir: PathBuf,
+    /// Where the container runtime reads CDI specs; prepared claims' specs are written here.
+    #[arg(long, env = "DOWSER_CDI_DIR", default_value = dra::CDI_DIR)]
+    pub cdi_dir: PathBuf,
 }
 
 /// How long the device plugins get to remove their sockets at shutdown.
 const PLUGINS_STOP: Duration = Duration::from_secs(5);
+/// How soon ResourceSlices are written again after a write failed.
+const PUBLISH_RETRY: Duration = Duration::from_secs(5);
 
 struct RunningWorker {
     fingerprint: String,
@@ -125,7 +141,9 @@ fn refusal(config: &Configuration, enabled: Option<&[String]>) -> Option<String>
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
-    plugins::check_dir(&args.device_plugin_dir)?;
+    if args.mode.device_plugins() {
+        plugins::check_dir(&args.device_plugin_dir)?;
+    }
     let client = crate::client::for_component("agent").await?;
     let node = args.node_name.clone();
     let metrics = Arc::new(metrics::Metrics::default());
@@ -147,9 +165,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     let (instance_store, instance_writer) = reflector::store();
     let (config_tx, mut config_events) = mpsc::unbounded_channel::<()>();
     let (instance_tx, mut instance_events) = mpsc::unbounded_channel::<()>();
+    let (slice_store, slice_writer) = reflector::store::<ResourceSlice>();
+    let (slice_tx, mut slice_events) = mpsc::unbounded_channel::<()>();
     let (node_tx, mut node_events) =
         mpsc::unbounded_channel::<(BTreeMap<String, String>, node_status::Entries)>();
-    let watches = [
+    let mut watches = vec![
         tokio::spawn(forward(
             watcher(
                 Api::<Configuration>::all(client.clone()),
@@ -188,6 +208,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
             "node",
         )),
     ];
+    if args.mode.dra() {
+        watches.push(tokio::spawn(forward(
+            watcher(
+                Api::<ResourceSlice>::all(client.clone()),
+                watcher::Config::default().fields(&format!("spec.driver={}", dra::DRIVER)),
+            )
+            .backoff(crate::apiserver::watch_backoff())
+            .modify(forget_managed_fields)
+            .reflect(slice_writer)
+            .touched_objects()
+            .map(|r| r.map(|_| ())),
+            slice_tx,
+            "resourceslice",
+        )));
+    }
 
     // Nothing is decided before the caches hold what the cluster has: a restarted agent
     // adopts its Instances and slots instead of recreating them.
@@ -212,16 +247,50 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         metrics: metrics.clone(),
         changed: changed_tx,
     });
-    let plugins = plugins::Plugins::new(
-        &node,
-        args.device_plugin_dir.clone(),
-        args.pod_resources_socket.clone(),
-        Duration::from_secs(args.slot_release_grace_seconds),
-        instance_store.clone(),
-        config_store.clone(),
-        part.clone(),
-    );
-    plugins.sync().await;
+    let plugins = args.mode.device_plugins().then(|| {
+        plugins::Plugins::new(
+            &node,
+            args.device_plugin_dir.clone(),
+            args.pod_resources_socket.clone(),
+            Duration::from_secs(args.slot_release_grace_seconds),
+            instance_store.clone(),
+            config_store.clone(),
+            part.clone(),
+        )
+    });
+    if let Some(plugins) = &plugins {
+        plugins.sync().await;
+    }
+    let (dra_stop, dra_stopped) = oneshot::channel::<()>();
+    let (publisher, dra_plugin) = if args.mode.dra() {
+        slice_store.wait_until_ready().await?;
+        let publisher = dra::publisher::Publisher::new(
+            client.clone(),
+            &node,
+            slice_store.clone(),
+            instance_store.clone(),
+            config_store.clone(),
+        );
+        let driver = Arc::new(dra::plugin::Driver {
+            client: client.clone(),
+            node: node.clone(),
+            cdi_dir: args.cdi_dir.clone(),
+            slices: slice_store.clone(),
+            instances: instance_store.clone(),
+            configs: config_store.clone(),
+        });
+        if let Err(e) = driver.remove_stale_specs().await {
+            warn!(error = %e, "cannot list ResourceClaims; stale CDI specs are left for now");
+        }
+        let sockets =
+            dra::plugin::Sockets::new(&args.kubelet_plugins_dir, &args.plugins_registry_dir);
+        let task = tokio::spawn(dra::plugin::serve(driver, sockets, async {
+            dra_stopped.await.unwrap_or(());
+        }));
+        (Some(publisher), Some(task))
+    } else {
+        (None, None)
+    };
     metrics.ready.store(true, Ordering::Relaxed);
     info!(%node, "agent ready");
 
@@ -235,7 +304,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     node_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut dirty = true;
+    let mut publish = publisher.is_some();
+    let mut publish_retry = tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
+        if publish && let Some(publisher) = &publisher {
+            publish = false;
+            while slice_events.try_recv().is_ok() {}
+            if let Err(e) = publisher.sync().await {
+                warn!(error = %e, "cannot publish ResourceSlices; retrying");
+                publish_retry = tokio::time::Instant::now() + PUBLISH_RETRY;
+            }
+        }
         if dirty {
             dirty = false;
             reconcile_workers(
@@ -249,7 +328,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
             .await;
         }
         tokio::select! {
-            Some(()) = config_events.recv() => dirty = true,
+            Some(()) = config_events.recv() => {
+                dirty = true;
+                publish = publisher.is_some();
+            }
+            Some(()) = slice_events.recv() => publish = true,
+            _ = tokio::time::sleep_until(publish_retry) => {
+                publish_retry = tokio::time::Instant::now() + Duration::from_secs(3600);
+                publish = publisher.is_some();
+            }
             Some((labels, resources)) = node_events.recv() => {
                 node_resources = resources;
                 if labels != node_labels {
@@ -259,11 +346,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
             }
             Some(()) = instance_events.recv() => {
                 while instance_events.try_recv().is_ok() {}
-                plugins.sync().await;
+                if let Some(plugins) = &plugins {
+                    plugins.sync().await;
+                }
+                publish = publisher.is_some();
             }
-            Some(()) = changed_rx.recv() => plugins.sync().await,
-            _ = pod_resources.tick() => plugins.check_pod_resources().await,
-            _ = node_sweep.tick() => {
+            Some(()) = changed_rx.recv() => {
+                if let Some(plugins) = &plugins {
+                    plugins.sync().await;
+                }
+            }
+            _ = pod_resources.tick(), if plugins.is_some() => {
+                if let Some(plugins) = &plugins {
+                    plugins.check_pod_resources().await;
+                }
+            }
+            _ = node_sweep.tick(), if plugins.is_some() => {
+                let Some(plugins) = &plugins else { continue };
                 let served = plugins.served().await;
                 let removed = node_status::sweep(
                     &client, &node, &node_resources, &served, &args.pod_resources_socket,
@@ -283,12 +382,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         w.stop(&key, worker::Stop::Shutdown).await;
     }
     // The plugins go with the process (the kubelet marks their devices unhealthy); their
-    // sockets go too. The next agent registers them again.
-    if tokio::time::timeout(PLUGINS_STOP, plugins.stop_all())
-        .await
-        .is_err()
+    // sockets go too. The next agent registers them again. The DRA plugin goes the same
+    // way; its ResourceSlices and prepared claims' CDI specs stay for the next agent (the
+    // kubelet removes the node's slices if no plugin comes back).
+    if let Some(plugins) = &plugins
+        && tokio::time::timeout(PLUGINS_STOP, plugins.stop_all())
+            .await
+            .is_err()
     {
         warn!("device plugins did not stop within {PLUGINS_STOP:?}");
+    }
+    drop(dra_stop);
+    if let Some(task) = dra_plugin
+        && tokio::time::timeout(PLUGINS_STOP, task).await.is_err()
+    {
+        warn!("the DRA plugin did not stop within {PLUGINS_STOP:?}");
     }
     http.abort();
     for w in watches {

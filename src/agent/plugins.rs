@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     crd::{Configuration, Instance},
-    device_instance::broker_env,
+    device_instance::instance_env,
     deviceplugin::{
         HEALTHY, UNHEALTHY, connect_unix,
         plugin::{Allocator, PluginConfig, run},
@@ -493,12 +493,9 @@ impl SlotAllocator {
             let broker_properties = config
                 .map(|c| c.spec.broker_properties.clone())
                 .unwrap_or_default();
-            let hash = name.rsplit('-').next().unwrap_or_default();
-            response.envs.extend(broker_env(
-                &instance.spec.properties,
-                &broker_properties,
-                hash,
-            ));
+            response
+                .envs
+                .extend(instance_env(&name, &instance.spec, &broker_properties));
             response
                 .devices
                 .extend(instance.spec.devices.iter().map(|d| v1beta1::DeviceSpec {
