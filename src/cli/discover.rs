@@ -10,6 +10,7 @@ use std::{
 use anyhow::Context;
 use dowser_discovery_api::{FieldError, Properties, Snapshot, details::Selected};
 use futures::StreamExt;
+use kube::ResourceExt;
 
 use crate::{
     crd::Configuration,
@@ -271,11 +272,23 @@ async fn watch(
 }
 
 fn previews(config: &Configuration, node: &str, snapshot: &Snapshot) -> Vec<DeviceInstance> {
+    let handler = selected(config).name();
     let shared = selected(config).shared();
+    let namespace = config.namespace().unwrap_or_else(|| "default".to_string());
     snapshot
         .devices()
         .iter()
-        .map(|d| instance_for(config, shared, node, d))
+        .map(|d| {
+            let mut preview = instance_for(config, shared, node, d);
+            let seen = crate::dra::slices::Seen {
+                instance: &preview.instance,
+                handler,
+            };
+            preview.resource_slice_devices = (0..preview.instance.spec.capacity)
+                .map(|slot| crate::dra::slices::device(&seen, &namespace, &preview.name, slot))
+                .collect();
+            preview
+        })
         .collect()
 }
 
