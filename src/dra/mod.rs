@@ -6,6 +6,7 @@
 //!   registry and serves `NodePrepareResources` (a CDI spec per claim, [`cdi`]) and
 //!   `NodeUnprepareResources` (the spec removed).
 
+pub mod authority;
 pub mod cdi;
 pub mod plugin;
 pub mod publisher;

@@ -16,14 +16,17 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::{
     Api, Client, ResourceExt,
     api::ListParams,
     runtime::reflector::{ObjectRef, Store},
 };
+use tokio::io::DuplexStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     DRIVER, cdi,
@@ -332,6 +335,23 @@ pub async fn serve(driver: Arc<Driver>, sockets: Sockets, stop: impl Future<Outp
     }
 }
 
+/// The size of the in-process pipe between the shim and the registration server.
+const PIPE_BUFFER: usize = 64 * 1024;
+
+/// One kubelet connection to the registration socket: its requests through the authority
+/// shim to the server, the server's answers back unchanged.
+async fn shim(kubelet: tokio::net::UnixStream, server: DuplexStream) {
+    let (from_kubelet, mut to_kubelet) = kubelet.into_split();
+    let (mut from_server, to_server) = tokio::io::split(server);
+    let (up, down) = tokio::join!(
+        super::authority::rewrite(from_kubelet, to_server),
+        tokio::io::copy(&mut from_server, &mut to_kubelet),
+    );
+    if let Err(e) = up.and(down.map(|_| ())) {
+        debug!(error = %e, "registration connection ended");
+    }
+}
+
 type Server = (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -346,7 +366,24 @@ fn start(driver: &Arc<Driver>, sockets: &Sockets) -> std::io::Result<Vec<Server>
         }
     }
     let endpoint = bind_unix(&sockets.endpoint)?;
-    let registration = bind_unix(&sockets.registration)?;
+    let mut registration = bind_unix(&sockets.registration)?;
+    // Each connection to the registration socket goes through the authority shim
+    // ([`super::authority`]) to the server, over an in-process pipe.
+    let (conns_tx, conns) = tokio::sync::mpsc::unbounded_channel::<std::io::Result<DuplexStream>>();
+    let accept = tokio::spawn(async move {
+        while let Some(conn) = registration.next().await {
+            match conn {
+                Ok(unix) => {
+                    let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
+                    if conns_tx.send(Ok(theirs)).is_err() {
+                        return;
+                    }
+                    tokio::spawn(shim(unix, ours));
+                }
+                Err(e) => warn!(error = %e, "cannot accept on the registration socket"),
+            }
+        }
+    });
     let (quit_a, rx_a) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(
         tonic::transport::Server::builder()
@@ -356,15 +393,18 @@ fn start(driver: &Arc<Driver>, sockets: &Sockets) -> std::io::Result<Vec<Server>
             }),
     );
     let (quit_b, rx_b) = tokio::sync::oneshot::channel::<()>();
-    let registrar = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegistrationServer::new(Registrar {
-                endpoint: sockets.endpoint.display().to_string(),
-            }))
-            .serve_with_incoming_shutdown(registration, async {
-                rx_b.await.unwrap_or(());
-            }),
-    );
+    let server = tonic::transport::Server::builder()
+        .add_service(RegistrationServer::new(Registrar {
+            endpoint: sockets.endpoint.display().to_string(),
+        }))
+        .serve_with_incoming_shutdown(UnboundedReceiverStream::new(conns), async {
+            rx_b.await.unwrap_or(());
+        });
+    let registrar = tokio::spawn(async move {
+        let served = server.await;
+        accept.abort();
+        served
+    });
     info!(endpoint = %sockets.endpoint.display(), registration = %sockets.registration.display(), "DRA plugin serving");
     Ok(vec![(quit_b, registrar), (quit_a, service)])
 }
