@@ -283,6 +283,11 @@ fn chart_values_change_what_they_claim_to() {
         container(agent)["securityContext"]["capabilities"]["drop"],
         json!(["ALL"])
     );
+    assert_eq!(
+        env(agent, "DOWSER_AGENT_MODE").as_deref(),
+        Some("devicePlugin")
+    );
+    assert!(!objs.iter().any(|o| o["kind"] == "DeviceClass"));
     assert_eq!(controller["spec"]["replicas"], 2);
     let image = format!("ghcr.io/dowser-dev/dowser:{}", cargo_version());
     assert_eq!(container(agent)["image"], image.as_str());
@@ -299,6 +304,61 @@ fn chart_values_change_what_they_claim_to() {
             .any(|o| o["metadata"]["name"] == "dowser-agent-properties"),
         "Secrets are readable only when asked for"
     );
+
+    // DRA: the mode reaches the agent with the kubelet's plugin directories and the CDI
+    // directory mounted, and the DeviceClass is installed; the kustomize overlay agrees.
+    let objs = chart(&[
+        "agent.mode=dra",
+        "handlers.ble.enabled=false",
+        "handlers.serial.enabled=false",
+    ]);
+    let agent = find(&objs, "DaemonSet", "dowser-agent");
+    assert_eq!(env(agent, "DOWSER_AGENT_MODE").as_deref(), Some("dra"));
+    assert_eq!(
+        env(agent, "DOWSER_PLUGINS_REGISTRY_DIR").as_deref(),
+        Some("/var/lib/kubelet/plugins_registry")
+    );
+    let mut m = mounts(agent);
+    m.sort();
+    assert_eq!(
+        m,
+        [
+            "/var/lib/kubelet/device-plugins",
+            "/var/lib/kubelet/plugins",
+            "/var/lib/kubelet/plugins_registry",
+            "/var/lib/kubelet/pod-resources",
+            "/var/run/cdi",
+        ]
+    );
+    let class = find(&objs, "DeviceClass", "dowser.dev");
+    assert_eq!(
+        class["spec"]["selectors"][0]["cel"]["expression"],
+        r#"device.driver == "dowser.dev""#
+    );
+    let overlay = objects(&run(
+        &bin_dir().join("kubectl"),
+        &["kustomize", "deploy-dra/"],
+    ));
+    let agent = find(&overlay, "DaemonSet", "dowser-agent");
+    assert_eq!(env(agent, "DOWSER_AGENT_MODE").as_deref(), Some("dra"));
+    let mut m = mounts(agent);
+    m.sort();
+    assert!(
+        [
+            "/var/lib/kubelet/plugins",
+            "/var/lib/kubelet/plugins_registry",
+            "/var/run/cdi"
+        ]
+        .iter()
+        .all(|p| m.iter().any(|x| x == p)),
+        "{m:?}"
+    );
+    assert_eq!(
+        find(&overlay, "DeviceClass", "dowser.dev")["spec"],
+        class["spec"]
+    );
+    let err = helm_template(&["agent.mode=dynamic"]).unwrap_err();
+    assert!(err.contains("/agent/mode"), "{err}");
 
     // Handlers: each toggle removes the handler and what the node gives it.
     let objs = chart(&[
@@ -652,6 +712,22 @@ fn check_identities(cluster: &Cluster) {
             ("escalate", "clusterroles", "", false),
             ("bind", "clusterroles", "", false),
             ("impersonate", "serviceaccounts", INSTALL_NAMESPACE, false),
+            // DRA: its slices written, claims read (prepare), never changed; device
+            // classes belong to the installer.
+            ("create", "resourceslices.resource.k8s.io", "", true),
+            ("patch", "resourceslices.resource.k8s.io", "", true),
+            ("delete", "resourceslices.resource.k8s.io", "", true),
+            ("watch", "resourceslices.resource.k8s.io", "", true),
+            ("get", "resourceclaims.resource.k8s.io", "default", true),
+            ("patch", "resourceclaims.resource.k8s.io", "default", false),
+            (
+                "update",
+                "resourceclaims.resource.k8s.io/status",
+                "default",
+                false,
+            ),
+            ("delete", "resourceclaims.resource.k8s.io", "default", false),
+            ("create", "deviceclasses.resource.k8s.io", "", false),
         ],
     );
     assert_can_i(
@@ -813,6 +889,12 @@ async fn the_readme_kustomize_install_works_on_a_real_apiserver() {
     // Applying again changes nothing the server refuses.
     let out = cluster.kubectl_ok(&["apply", "-k", "deploy/", "--dry-run=server"]);
     assert!(out.contains("daemonset.apps/dowser-agent"), "{out}");
+    // The DRA overlay too: the DeviceClass is valid for this API server.
+    let out = cluster.kubectl_ok(&["apply", "-k", "deploy-dra/", "--dry-run=server"]);
+    assert!(
+        out.contains("deviceclass.resource.k8s.io/dowser.dev"),
+        "{out}"
+    );
     // The rollout is done: one agent on the node, two controllers.
     pods_of(&cluster, "agent", 1).await;
     pods_of(&cluster, "controller", 2).await;
@@ -847,6 +929,7 @@ async fn the_readme_helm_install_works_on_a_real_apiserver() {
             "agent.hostNetwork=false",
             "controller.replicas=3",
         ],
+        vec!["agent.mode=dra"],
     ] {
         let mut args = vec!["template", "dowser", CHART, "-n", INSTALL_NAMESPACE];
         for s in &sets {
