@@ -120,6 +120,17 @@ async fn json_output_lists_instances_resources_and_env() {
     );
     assert_eq!(instance["spec"]["shared"], true);
     assert_eq!(instance["spec"]["capacity"], 1);
+    // In DRA mode: one device (capacity 1) with the attributes a claim selects on.
+    let devices = first["resourceSliceDevices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["name"], format!("{name}-0"));
+    let attributes = &devices[0]["attributes"];
+    assert_eq!(attributes["vendorName"]["string"], "Acme");
+    assert_eq!(attributes["productCode"]["string"], "PLC-100");
+    assert_eq!(attributes["unitId"]["int"], 1);
+    assert_eq!(attributes["port"]["int"], port);
+    assert_eq!(attributes["namespace"]["string"], "plant");
+    assert_eq!(attributes["instance"]["string"], name);
     assert!(stderr.contains("plc-line3 found 2 devices"));
 }
 

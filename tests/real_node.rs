@@ -261,6 +261,20 @@ impl RealNode {
             .args(["uninstall", "dowser", "-n", NAMESPACE, "--wait"])
             .env("KUBECONFIG", self.var("KUBECONFIG"))
             .output();
+        let _ = self.kubectl(&[
+            "delete",
+            "pods",
+            "-n",
+            "default",
+            "reader-1",
+            "reader-2",
+            "reader-3",
+            "reader-none",
+            "--ignore-not-found",
+            "--grace-period=1",
+        ]);
+        let _ = self.kubectl(&["delete", "resourceclaims", "-n", "default", "--all"]);
+        let _ = self.kubectl(&["delete", "-k", "deploy-dra/", "--ignore-not-found"]);
         let _ = self.kubectl(&["delete", "-k", "deploy/", "--ignore-not-found"]);
         let _ = self.kubectl(&[
             "-n",
@@ -1007,4 +1021,375 @@ spec:
     wait_pods_gone(node, "the meter's broker gone", "meters");
     node.clean();
     drop(line);
+}
+
+/// A pod in `default` that reads the PLC with the example broker, given its device by the
+/// ResourceClaim `claim`.
+fn claim_reader(name: &str, claim: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  terminationGracePeriodSeconds: 1
+  resourceClaims:
+    - name: plc
+      resourceClaimName: {claim}
+  containers:
+    - name: reader
+      image: {BROKER_IMAGE}
+      imagePullPolicy: Never
+      resources:
+        claims: [{{name: plc}}]
+"#
+    )
+}
+
+/// The README's example claim with another name and CEL expression.
+fn claim_like_readme(readme_claim: &str, name: &str, expression: &str) -> String {
+    readme_claim
+        .replace("name: acme-plc", &format!("name: {name}"))
+        .replace(
+            r#"device.attributes["dowser.dev"].vendorName == "Acme Automation""#,
+            expression,
+        )
+}
+
+fn pod_of(node: &RealNode, name: &str) -> Value {
+    node.json(&["get", "pod", "-n", "default", name])
+}
+
+/// A Running pod's container id and restart count.
+fn running(node: &RealNode, name: &str) -> Result<(String, u64), String> {
+    let pod = pod_of(node, name);
+    let status = &pod["status"]["containerStatuses"][0];
+    if pod["status"]["phase"] != "Running" || status["ready"] != true {
+        return Err(format!("{name}: {}", pod["status"]));
+    }
+    Ok((
+        status["containerID"].as_str().unwrap_or("").to_string(),
+        status["restartCount"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// The claims that have a CDI spec of driver dowser.dev on the node (their uids).
+fn cdi_specs(node: &RealNode) -> Vec<String> {
+    let dir = PathBuf::from(node.var("NODE_1_KUBELET_DIR"))
+        .parent()
+        .unwrap()
+        .join("cdi-run");
+    dowser::dra::cdi::claims_with_specs(&dir)
+}
+
+fn claim_uid(node: &RealNode, name: &str) -> String {
+    node.json(&["get", "resourceclaim", "-n", "default", name])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The scheduler's reason for not placing a pod, once it has given one.
+fn unschedulable(node: &RealNode, name: &str) -> Result<String, String> {
+    let pod = pod_of(node, name);
+    let conditions = pod["status"]["conditions"].as_array().cloned();
+    conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+        .and_then(|c| c["message"].as_str().map(String::from))
+        .ok_or_else(|| format!("{name}: {}", pod["status"]))
+}
+
+fn dowser_slices(node: &RealNode) -> Vec<Value> {
+    node.json(&["get", "resourceslices"])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s["spec"]["driver"] == "dowser.dev")
+        .collect()
+}
+
+/// DRA on the real node with the control plane's scheduler: the README's DRA install, a
+/// device published with its attributes, the README's claim by vendor name allocated one
+/// of its devices and its pod reading the PLC with the environment of the claim's CDI
+/// spec; capacity 2 is two claims and no third; a claim that matches nothing waits with the
+/// scheduler's reason; kubelet and agent restarts keep the pods and specs, and a restarted
+/// agent rewrites no slice; a released claim's spec goes and the waiting claim runs; the
+/// device going removes it from the slices; the README's uninstall leaves no slice, no CDI
+/// spec and no DeviceClass.
+#[test]
+fn dra_claims_by_attribute_run_pods_with_the_device_from_cdi() {
+    let (node, _turn) = node();
+    node.clean();
+    let install = common::readme::section_blocks("Dynamic Resource Allocation", "sh");
+    let readme_claim = common::readme::section_blocks("Dynamic Resource Allocation", "yaml")
+        .into_iter()
+        .find(|b| b.contains("kind: ResourceClaim"))
+        .expect("the README's DRA section has an example claim");
+    node.run_readme_block(&install[0]);
+    rollout(node);
+
+    let plant = Plant::start(node.host_ip(), &REGISTERS);
+    let config = configuration("plc-dra", &plant);
+    let config = config
+        .split("  brokerSpec:")
+        .next()
+        .unwrap()
+        .replace("capacity: 1", "capacity: 2")
+        .replace(
+            &format!("offlineGracePeriodSeconds: {GRACE_SECONDS}"),
+            "offlineGracePeriodSeconds: 4",
+        );
+    node.kubectl_stdin(&["apply", "-f", "-"], &config);
+    let instance = wait_for("an Instance for the simulated PLC", MINUTES(2), || {
+        instance_of(node, "plc-dra")
+    });
+    let instance = instance["metadata"]["name"].as_str().unwrap().to_string();
+
+    // Published: two devices (capacity 2) in the pool of the shared device (Modbus TCP is
+    // reachable from every node that can route to it), for the nodes that see it, with the
+    // PLC's identity.
+    let devices = wait_for("the PLC's devices in a ResourceSlice", MINUTES(1), || {
+        let slices = dowser_slices(node);
+        let devices: Vec<Value> = slices
+            .iter()
+            .filter(|s| {
+                s["spec"]["pool"]["name"] == format!("shared/default/{instance}").as_str()
+                    && s["spec"]["nodeSelector"]["nodeSelectorTerms"][0]["matchFields"][0]["values"]
+                        == serde_json::json!([node.name()])
+            })
+            .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+            .filter(|d| d["attributes"]["instance"]["string"] == instance.as_str())
+            .collect();
+        if devices.len() == 2 {
+            Ok(devices)
+        } else {
+            Err(format!("{slices:?}"))
+        }
+    });
+    let attributes = &devices[0]["attributes"];
+    assert_eq!(attributes["vendorName"]["string"], "Acme Automation");
+    assert_eq!(attributes["productCode"]["string"], "PLC-3100");
+    assert_eq!(attributes["port"]["int"], plant.addr.port());
+    assert_eq!(attributes["handler"]["string"], "modbus");
+    assert_eq!(attributes["configuration"]["string"], "plc-dra");
+
+    // The README's claim and three more, each with a pod: the scheduler allocates the
+    // PLC's two devices (capacity 2) to two claims, and no third; a claim that matches
+    // nothing waits with the scheduler's reason.
+    let by_vendor = r#"device.attributes["dowser.dev"].vendorName == "Acme Automation""#;
+    node.kubectl_stdin(&["apply", "-f", "-"], &readme_claim);
+    node.kubectl_stdin(&["apply", "-f", "-"], &claim_reader("reader-1", "acme-plc"));
+    for (claim, pod) in [("acme-plc-2", "reader-2"), ("acme-plc-3", "reader-3")] {
+        node.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &claim_like_readme(&readme_claim, claim, by_vendor),
+        );
+        node.kubectl_stdin(&["apply", "-f", "-"], &claim_reader(pod, claim));
+        // One at a time, so that the third is the one left without a device.
+        if pod == "reader-2" {
+            for pod in ["reader-1", "reader-2"] {
+                wait_for(&format!("{pod} scheduled"), MINUTES(1), || {
+                    match pod_of(node, pod)["spec"]["nodeName"].as_str() {
+                        Some(n) if n == node.name() => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                });
+            }
+        }
+    }
+    node.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &claim_like_readme(
+            &readme_claim,
+            "nobodys-plc",
+            r#"device.attributes["dowser.dev"].vendorName == "Nobody Industries""#,
+        ),
+    );
+    node.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &claim_reader("reader-none", "nobodys-plc"),
+    );
+    let pool = format!("shared/default/{instance}");
+    let mut given = Vec::new();
+    for claim in ["acme-plc", "acme-plc-2"] {
+        let result = wait_for(&format!("{claim} allocated"), MINUTES(1), || {
+            let c = node.json(&["get", "resourceclaim", "-n", "default", claim]);
+            let result = c["status"]["allocation"]["devices"]["results"][0].clone();
+            if result["driver"] == "dowser.dev" {
+                Ok(result)
+            } else {
+                Err(format!("{}", c["status"]))
+            }
+        });
+        assert_eq!(result["pool"], pool.as_str(), "{result}");
+        given.push(result["device"].as_str().unwrap().to_string());
+    }
+    given.sort();
+    assert_eq!(
+        given,
+        [format!("{instance}-0"), format!("{instance}-1")],
+        "each slot to one claim"
+    );
+    for pod in ["reader-3", "reader-none"] {
+        let why = wait_for(
+            &format!("the scheduler's reason for {pod}"),
+            MINUTES(1),
+            || unschedulable(node, pod),
+        );
+        assert!(why.contains("cannot allocate all claims"), "{pod}: {why}");
+    }
+    let unallocated = node.json(&["get", "resourceclaim", "-n", "default", "acme-plc-3"]);
+    assert_eq!(unallocated["status"]["allocation"], Value::Null);
+
+    // The two allocated claims' pods run the example broker, which reads the PLC at the
+    // address it finds in its environment: the CDI spec the agent wrote when the kubelet
+    // prepared the claim.
+    let first = wait_for("reader-1 Running", MINUTES(2), || running(node, "reader-1"));
+    let second = wait_for("reader-2 Running", MINUTES(2), || running(node, "reader-2"));
+    let expected = format!("holding[0..10]={REGISTERS:?}");
+    let address = format!("modbus+tcp://{}/1", plant.addr);
+    for reader in ["reader-1", "reader-2"] {
+        wait_for(
+            &format!("{reader}'s log showing the PLC's registers"),
+            MINUTES(1),
+            || {
+                let out = node.kubectl(&["logs", "-n", "default", reader]);
+                let text = String::from_utf8_lossy(&out.stdout);
+                if text.contains(&expected) && text.contains(&address) {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        );
+    }
+    let uids = [claim_uid(node, "acme-plc"), claim_uid(node, "acme-plc-2")];
+    let mut prepared = uids.to_vec();
+    prepared.sort();
+    assert_eq!(cdi_specs(node), prepared, "one CDI spec per prepared claim");
+
+    // The kubelet restarts (it wipes the node's slices as it starts), then the agent: the
+    // pods keep their containers and the specs stay; a restarted agent rewrites no slice.
+    node.node_sh("stop", &["kubelet"]);
+    node.node_sh("start", &["kubelet"]);
+    let versions = |node: &RealNode| -> Vec<String> {
+        dowser_slices(node)
+            .iter()
+            .map(|s| {
+                s["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let before = versions(node);
+    node.kubectl_ok(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/component=agent",
+    ]);
+    rollout(node);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        versions(node),
+        before,
+        "a restarted agent rewrote its slices"
+    );
+    assert_eq!(running(node, "reader-1"), Ok(first));
+    assert_eq!(running(node, "reader-2"), Ok(second));
+    assert_eq!(
+        cdi_specs(node),
+        prepared,
+        "the restarts kept the claims' specs"
+    );
+    assert!(unschedulable(node, "reader-3").is_ok(), "capacity 2 holds");
+
+    // A claim released: its spec goes, and the waiting claim gets the device and runs.
+    node.kubectl_ok(&["delete", "pod", "-n", "default", "reader-2", "--wait=true"]);
+    node.kubectl_ok(&[
+        "delete",
+        "resourceclaim",
+        "-n",
+        "default",
+        "acme-plc-2",
+        "--wait=true",
+    ]);
+    wait_for("the released claim's CDI spec removed", MINUTES(1), || {
+        let specs = cdi_specs(node);
+        if specs.contains(&uids[1]) {
+            Err(format!("{specs:?}"))
+        } else {
+            Ok(())
+        }
+    });
+    wait_for("reader-3 Running on the freed device", MINUTES(3), || {
+        running(node, "reader-3")
+    });
+
+    // The device goes: after the grace period its devices leave the slices.
+    drop(plant);
+    wait_for("the gone PLC's devices unpublished", MINUTES(2), || {
+        let left: Vec<Value> = dowser_slices(node)
+            .iter()
+            .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+            .filter(|d| d["attributes"]["instance"]["string"] == instance.as_str())
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+
+    // Uninstall: pods and claims first, then the README's uninstall for deploy-dra/.
+    node.kubectl_ok(&[
+        "delete",
+        "pods",
+        "-n",
+        "default",
+        "reader-1",
+        "reader-3",
+        "reader-none",
+        "--grace-period=1",
+        "--wait=true",
+    ]);
+    node.kubectl_ok(&[
+        "delete",
+        "resourceclaims",
+        "-n",
+        "default",
+        "--all",
+        "--wait=true",
+    ]);
+    node.run_readme_block(
+        &readme_block("kubectl delete configurations.dowser.dev,instances.dowser.dev")
+            .replace("kubectl delete -k deploy/", "kubectl delete -k deploy-dra/"),
+    );
+    wait_for("no dowser.dev ResourceSlice left", MINUTES(2), || {
+        let left = dowser_slices(node);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    wait_for("no CDI spec left", MINUTES(1), || {
+        let specs = cdi_specs(node);
+        if specs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{specs:?}"))
+        }
+    });
+    let classes = node.kubectl_ok(&["get", "deviceclasses", "-o", "name"]);
+    assert!(!classes.contains("dowser.dev"), "{classes}");
+    node.clean();
 }

@@ -22,6 +22,27 @@ pub fn install_blocks() -> Vec<String> {
         .collect()
 }
 
+/// The `lang` blocks (`sh`, `yaml`) of the README section whose heading starts with
+/// `heading` (any level).
+pub fn section_blocks(heading: &str, lang: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .lines()
+        .position(|l| l.starts_with('#') && l.trim_start_matches('#').trim().starts_with(heading))
+        .unwrap_or_else(|| panic!("the README has no section {heading:?}"));
+    let section: Vec<&str> = readme
+        .lines()
+        .skip(start + 1)
+        .take_while(|l| !l.starts_with("## ") && !l.starts_with("### "))
+        .collect();
+    section
+        .join("\n")
+        .split(&format!("```{lang}\n"))
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .collect()
+}
+
 /// The `sh` block of the README's Install section that starts with `starting_with`.
 pub fn block(starting_with: &str) -> String {
     install_blocks()
