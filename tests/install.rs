@@ -287,6 +287,10 @@ fn chart_values_change_what_they_claim_to() {
         env(agent, "DOWSER_AGENT_MODE").as_deref(),
         Some("devicePlugin")
     );
+    assert_eq!(
+        env(controller, "DOWSER_BROKER_DEVICES").as_deref(),
+        Some("devicePlugin")
+    );
     assert!(!objs.iter().any(|o| o["kind"] == "DeviceClass"));
     assert_eq!(controller["spec"]["replicas"], 2);
     let image = format!("ghcr.io/dowser-dev/dowser:{}", cargo_version());
@@ -314,6 +318,11 @@ fn chart_values_change_what_they_claim_to() {
     ]);
     let agent = find(&objs, "DaemonSet", "dowser-agent");
     assert_eq!(env(agent, "DOWSER_AGENT_MODE").as_deref(), Some("dra"));
+    let controller = find(&objs, "Deployment", "dowser-controller");
+    assert_eq!(
+        env(controller, "DOWSER_BROKER_DEVICES").as_deref(),
+        Some("dra")
+    );
     assert_eq!(
         env(agent, "DOWSER_PLUGINS_REGISTRY_DIR").as_deref(),
         Some("/var/lib/kubelet/plugins_registry")
@@ -341,6 +350,11 @@ fn chart_values_change_what_they_claim_to() {
     ));
     let agent = find(&overlay, "DaemonSet", "dowser-agent");
     assert_eq!(env(agent, "DOWSER_AGENT_MODE").as_deref(), Some("dra"));
+    let controller = find(&overlay, "Deployment", "dowser-controller");
+    assert_eq!(
+        env(controller, "DOWSER_BROKER_DEVICES").as_deref(),
+        Some("dra")
+    );
     let mut m = mounts(agent);
     m.sort();
     assert!(
@@ -735,6 +749,22 @@ fn check_identities(cluster: &Cluster) {
         "dowser-controller",
         &[
             ("create", "pods", "default", true),
+            // DRA brokers' claim templates: made, never deleted (they go with their
+            // Instance); claims themselves are the resource claim controller's.
+            (
+                "patch",
+                "resourceclaimtemplates.resource.k8s.io",
+                "default",
+                true,
+            ),
+            (
+                "delete",
+                "resourceclaimtemplates.resource.k8s.io",
+                "default",
+                false,
+            ),
+            ("create", "resourceclaims.resource.k8s.io", "default", false),
+            ("create", "resourceslices.resource.k8s.io", "", false),
             (
                 "create",
                 "leases.coordination.k8s.io",

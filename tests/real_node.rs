@@ -1117,9 +1117,10 @@ fn dowser_slices(node: &RealNode) -> Vec<Value> {
 /// of its devices and its pod reading the PLC with the environment of the claim's CDI
 /// spec; capacity 2 is two claims and no third; a claim that matches nothing waits with the
 /// scheduler's reason; kubelet and agent restarts keep the pods and specs, and a restarted
-/// agent rewrites no slice; a released claim's spec goes and the waiting claim runs; the
-/// device going removes it from the slices; the README's uninstall leaves no slice, no CDI
-/// spec and no DeviceClass.
+/// agent rewrites no slice; a released claim's spec goes and the waiting claim runs; a
+/// Configuration's broker gets its device through a claim from its Instance's template and
+/// reads the PLC; the device going removes it from the slices and the broker with it; the
+/// README's uninstall leaves no slice, no CDI spec and no DeviceClass.
 #[test]
 fn dra_claims_by_attribute_run_pods_with_the_device_from_cdi() {
     let (node, _turn) = node();
@@ -1334,8 +1335,53 @@ fn dra_claims_by_attribute_run_pods_with_the_device_from_cdi() {
         running(node, "reader-3")
     });
 
-    // The device goes: after the grace period its devices leave the slices.
+    // A Configuration with a broker: the controller gives the broker a claim from the
+    // Instance's template, and it reads the PLC.
+    let with_broker = configuration("plc-dra-broker", &plant).replace(
+        &format!("offlineGracePeriodSeconds: {GRACE_SECONDS}"),
+        "offlineGracePeriodSeconds: 4",
+    );
+    node.kubectl_stdin(&["apply", "-f", "-"], &with_broker);
+    let broker = wait_for("the DRA broker Running", MINUTES(3), || {
+        running_broker(node, "plc-dra-broker")
+    });
+    let pod = pod_of(node, &broker.name);
+    let broker_instance = pod["metadata"]["labels"]["dowser.dev/instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        pod["spec"]["resourceClaims"][0]["resourceClaimTemplateName"],
+        broker_instance.as_str(),
+        "{pod}"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"],
+        Value::Null,
+        "no extended resource"
+    );
+    wait_for(
+        "the DRA broker's log showing the PLC's registers",
+        MINUTES(1),
+        || {
+            let out = node.kubectl(&["logs", "-n", "default", &broker.name]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.contains(&expected) && text.contains(&address) {
+                Ok(())
+            } else {
+                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+            }
+        },
+    );
+
+    // The device goes: after the grace period its devices leave the slices, and the
+    // broker goes with its Instance.
     drop(plant);
+    wait_pods_gone(
+        node,
+        "the DRA broker removed with its device",
+        "plc-dra-broker",
+    );
     wait_for("the gone PLC's devices unpublished", MINUTES(2), || {
         let left: Vec<Value> = dowser_slices(node)
             .iter()

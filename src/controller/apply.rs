@@ -7,6 +7,7 @@ use std::time::Instant;
 use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{Pod, Service},
+    resource::v1::ResourceClaimTemplate,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -34,6 +35,7 @@ pub struct Executor<'a> {
     pods: Api<Pod>,
     jobs: Api<Job>,
     services: Api<Service>,
+    claim_templates: Api<ResourceClaimTemplate>,
 }
 
 impl<'a> Executor<'a> {
@@ -47,6 +49,7 @@ impl<'a> Executor<'a> {
             pods: Api::namespaced(client(), &ns),
             jobs: Api::namespaced(client(), &ns),
             services: Api::namespaced(client(), &ns),
+            claim_templates: Api::namespaced(client(), &ns),
         }
     }
 
@@ -97,6 +100,9 @@ impl<'a> Executor<'a> {
                     log_failure("job", &job, self.jobs.delete(&job, &background).await);
                 }
                 Action::ApplyService { service } => self.apply_service(&service).await?,
+                Action::ApplyClaimTemplate { template } => {
+                    self.apply_claim_template(&template).await?
+                }
                 Action::DeleteService { service } => {
                     let result = self
                         .services
@@ -259,6 +265,24 @@ impl<'a> Executor<'a> {
             Err(e) if is_conflict(&e) => Ok(()),
             Err(source) => Err(Error::Broker {
                 broker: name,
+                source,
+            }),
+        }
+    }
+
+    /// The template a DRA broker's claim is made from; the claim goes with the broker pod,
+    /// the template with its Instance (owner).
+    async fn apply_claim_template(&self, template: &ResourceClaimTemplate) -> Result<(), Error> {
+        let name = template.name_any();
+        let params = PatchParams::apply(MANAGER).force();
+        match self
+            .claim_templates
+            .patch(&name, &params, &Patch::Apply(template))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(source) => Err(Error::Broker {
+                broker: format!("ResourceClaimTemplate {name}"),
                 source,
             }),
         }

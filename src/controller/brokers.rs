@@ -10,8 +10,12 @@ use k8s_openapi::{
         batch::v1::Job,
         core::v1::{
             Affinity, ConfigMapKeySelector, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-            NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, ResourceRequirements,
-            SecretKeySelector, Service, ServiceSpec,
+            NodeSelectorRequirement, NodeSelectorTerm, Pod, PodResourceClaim, PodSpec,
+            ResourceClaim, ResourceRequirements, SecretKeySelector, Service, ServiceSpec,
+        },
+        resource::v1::{
+            CELDeviceSelector, DeviceClaim, DeviceRequest, DeviceSelector, ExactDeviceRequest,
+            ResourceClaimSpec, ResourceClaimTemplate, ResourceClaimTemplateSpec,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
@@ -30,6 +34,62 @@ pub const NODE_ANNOTATION: &str = "dowser.dev/node";
 /// Annotation with the hash of what a broker pod or Job is given for its device
 /// ([`device_instance::given_hash`]).
 pub const GIVEN_HASH: &str = "dowser.dev/given-hash";
+
+/// How a broker asks for its device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerDevices {
+    /// The Instance's extended resource (`dowser.dev/<namespace>_<instance>`), from the
+    /// agents' device plugins.
+    #[default]
+    #[value(name = "devicePlugin", alias = "device-plugin")]
+    DevicePlugin,
+    /// A ResourceClaim made from the Instance's ResourceClaimTemplate ([`claim_template`]),
+    /// allocated from the agents' ResourceSlices (DRA).
+    Dra,
+}
+
+/// The name of the claim a broker pod's first container is given the device through.
+pub const CLAIM_NAME: &str = "dowser-device";
+
+/// The ResourceClaimTemplate of an Instance's brokers in DRA mode: one device of driver
+/// `dowser.dev` that is this Instance (any of its slots). Named after the Instance, owned
+/// by it, so it goes with it.
+pub fn claim_template(instance: &Instance) -> ResourceClaimTemplate {
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = instance.name_any();
+    let expression = format!(
+        r#"device.attributes["{d}"].namespace == "{namespace}" && device.attributes["{d}"].instance == "{name}""#,
+        d = crate::dra::DRIVER
+    );
+    ResourceClaimTemplate {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace),
+            labels: Some(labels(&instance.spec.configuration_name, Some(&name))),
+            owner_references: owner(instance).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: ResourceClaimTemplateSpec {
+            metadata: None,
+            spec: ResourceClaimSpec {
+                devices: Some(DeviceClaim {
+                    requests: Some(vec![DeviceRequest {
+                        name: "device".into(),
+                        exactly: Some(ExactDeviceRequest {
+                            device_class_name: crate::dra::DRIVER.into(),
+                            selectors: Some(vec![DeviceSelector {
+                                cel: Some(CELDeviceSelector { expression }),
+                            }]),
+                            ..ExactDeviceRequest::default()
+                        }),
+                        ..DeviceRequest::default()
+                    }]),
+                    ..DeviceClaim::default()
+                }),
+            },
+        },
+    }
+}
 
 /// Short hash of any serialisable spec (a change rolls the brokers).
 pub fn spec_hash<T: serde::Serialize>(spec: &T) -> String {
@@ -102,7 +162,30 @@ pub fn pod_name(instance: &str, slot: u32) -> String {
 }
 
 /// Makes the first container ask for one device of the Instance.
-fn request_device(spec: &mut PodSpec, instance: &Instance) {
+fn request_device(spec: &mut PodSpec, instance: &Instance, devices: BrokerDevices) {
+    if devices == BrokerDevices::Dra {
+        let claims = spec.resource_claims.get_or_insert_with(Vec::new);
+        if !claims.iter().any(|c| c.name == CLAIM_NAME) {
+            claims.push(PodResourceClaim {
+                name: CLAIM_NAME.into(),
+                resource_claim_template_name: Some(instance.name_any()),
+                ..PodResourceClaim::default()
+            });
+        }
+        if let Some(first) = spec.containers.first_mut() {
+            let resources = first
+                .resources
+                .get_or_insert_with(ResourceRequirements::default);
+            resources
+                .claims
+                .get_or_insert_with(Vec::new)
+                .push(ResourceClaim {
+                    name: CLAIM_NAME.into(),
+                    ..ResourceClaim::default()
+                });
+        }
+        return;
+    }
     let resource = naming::instance_resource(
         &instance.namespace().unwrap_or_default(),
         &instance.name_any(),
@@ -178,10 +261,11 @@ pub fn broker_pod(
     spec: &PodSpec,
     slot: u32,
     node: &str,
+    devices: BrokerDevices,
 ) -> Pod {
     let name = instance.name_any();
     let mut spec = spec.clone();
-    request_device(&mut spec, instance);
+    request_device(&mut spec, instance, devices);
     give_properties(&mut spec, config, &name);
     let pin = NodeSelectorTerm {
         match_fields: Some(vec![NodeSelectorRequirement {
@@ -236,6 +320,7 @@ pub fn broker_job(
     config: &Configuration,
     instance: &Instance,
     spec: &k8s_openapi::api::batch::v1::JobSpec,
+    devices: BrokerDevices,
 ) -> Job {
     let name = instance.name_any();
     let hash = spec_hash(spec);
@@ -244,7 +329,7 @@ pub fn broker_job(
     let given = device_instance::given_hash(&instance.spec, &config.spec.broker_properties, None);
     let mut spec = spec.clone();
     if let Some(pod) = spec.template.spec.as_mut() {
-        request_device(pod, instance);
+        request_device(pod, instance, devices);
         give_properties(pod, config, &name);
     }
     let mut template_labels = spec
@@ -387,7 +472,14 @@ mod tests {
             .unwrap()
             .broker_pod_spec
             .unwrap();
-        let pod = broker_pod(&config, &instance, &spec, 0, "node-a");
+        let pod = broker_pod(
+            &config,
+            &instance,
+            &spec,
+            0,
+            "node-a",
+            BrokerDevices::DevicePlugin,
+        );
         let containers = &pod.spec.as_ref().unwrap().containers;
         let env = serde_json::to_value(&containers[0].env).unwrap();
         assert_eq!(
@@ -412,7 +504,7 @@ mod tests {
             serde_json::json!({"template": {"spec": {"containers": [{"name": "j", "image": "j"}]}}}),
         )
         .unwrap();
-        let job = broker_job(&config, &instance, &job_spec);
+        let job = broker_job(&config, &instance, &job_spec, BrokerDevices::DevicePlugin);
         let pod = job.spec.unwrap().template.spec.unwrap();
         let names: Vec<String> = pod.containers[0]
             .env

@@ -71,6 +71,11 @@ pub struct ControllerArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "DOWSER_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     pub health_addr: String,
+    /// How broker pods and Jobs ask for their device: the Instance's extended resource
+    /// (device plugins), or a ResourceClaim from the Instance's ResourceClaimTemplate (DRA,
+    /// with the agents in `dra` mode).
+    #[arg(long, env = "DOWSER_BROKER_DEVICES", value_enum, default_value_t = brokers::BrokerDevices::DevicePlugin)]
+    pub broker_devices: brokers::BrokerDevices,
 }
 
 /// The task that holds the Lease, and renews or releases it.
@@ -100,7 +105,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     }
     info!(%identity, "leading");
     metrics.set_leader(true);
-    control(client, metrics, &identity, leader, term).await;
+    control(client, metrics, &identity, &args, leader, term).await;
     http.abort();
     release(lease_task, &identity).await;
     Ok(0)
@@ -160,6 +165,7 @@ async fn control(
     client: Client,
     metrics: Arc<Metrics>,
     identity: &str,
+    args: &ControllerArgs,
     mut leader: watch::Receiver<bool>,
     mut term: unix::Signal,
 ) {
@@ -177,6 +183,7 @@ async fn control(
         metrics,
         recorder,
         backoff: Mutex::new(Backoff::default()),
+        broker_devices: args.broker_devices,
         nodes,
     });
     let controller = Controller::new(

@@ -16,6 +16,8 @@
 //!   a Node that no longer exists is deleted at once (no kubelet will confirm it);
 //! - one Job per Instance and broker Job spec, run again when its device's details or the
 //!   `brokerProperties` change; Jobs of another spec or Instance are removed;
+//! - in DRA mode a broker asks for its device through a claim made from its Instance's
+//!   ResourceClaimTemplate, applied before the broker is made;
 //! - a Service per Instance and one for the Configuration, as the spec asks; others removed;
 //! - `Ready` says whether every wanted broker runs.
 
@@ -39,9 +41,9 @@ use kube::ResourceExt;
 
 pub use self::action::{Action, Removal};
 use self::workloads::{Jobs, Pods, broker_jobs, broker_pods, services};
-use super::{backoff::Backoff, status::condition};
+use super::{backoff::Backoff, brokers::BrokerDevices, status::condition};
 use crate::{
-    crd::{Configuration, ConfigurationStatus, Instance},
+    crd::{Configuration, ConfigurationStatus, INSTANCE_LABEL, Instance},
     naming, validate,
 };
 
@@ -67,6 +69,8 @@ pub struct Inputs<'a> {
     pub now: Instant,
     /// Now, for the conditions that change.
     pub now_utc: Timestamp,
+    /// How brokers ask for their device.
+    pub devices: BrokerDevices,
 }
 
 /// When to reconcile again if nothing changes before.
@@ -96,6 +100,9 @@ pub fn plan(inputs: &Inputs) -> Plan {
     let instances = forget_gone_nodes(inputs, &mut actions);
     let pods = broker_pods(inputs, &instances, &mut actions);
     let jobs = broker_jobs(inputs, &instances, &mut actions);
+    if inputs.devices == BrokerDevices::Dra {
+        claim_templates_first(&instances, &mut actions);
+    }
     services(inputs, &instances, &mut actions);
     let brokers = if jobs.wanted == 0 {
         pods.running
@@ -192,6 +199,29 @@ fn status(
 }
 
 /// An invalid Configuration: say why (once per message) and run nothing.
+/// In DRA mode a broker's claim is made from its Instance's ResourceClaimTemplate: each
+/// Instance that gets a broker pod or Job in this plan has its template applied first.
+fn claim_templates_first(instances: &[Cow<Instance>], actions: &mut Vec<Action>) {
+    let mut needed: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreatePod { pod, .. } => pod.labels().get(INSTANCE_LABEL).cloned(),
+            Action::CreateJob { job } => job.labels().get(INSTANCE_LABEL).cloned(),
+            _ => None,
+        })
+        .collect();
+    needed.sort();
+    needed.dedup();
+    let templates: Vec<Action> = instances
+        .iter()
+        .filter(|i| needed.contains(&i.name_any()))
+        .map(|i| Action::ApplyClaimTemplate {
+            template: Box::new(crate::controller::brokers::claim_template(i)),
+        })
+        .collect();
+    actions.splice(0..0, templates);
+}
+
 fn invalid(inputs: &Inputs, message: String) -> Plan {
     let said = inputs.config.status.as_ref().is_some_and(|s| {
         s.conditions

@@ -24,6 +24,7 @@ use super::{
     Error,
     apply::Executor,
     backoff::Backoff,
+    brokers::BrokerDevices,
     metrics::Metrics,
     plan::{self, Inputs, Requeue},
     status,
@@ -42,6 +43,8 @@ pub struct Ctx {
     pub backoff: Mutex<Backoff>,
     /// The Nodes, from a watch.
     pub nodes: Store<PartialObjectMeta<Node>>,
+    /// How brokers ask for their device.
+    pub broker_devices: BrokerDevices,
 }
 
 /// Reconciles one Configuration.
@@ -56,7 +59,7 @@ pub async fn reconcile(
     let seen = observe(&ctx, &config).await?;
     let plan = {
         let backoff = ctx.backoff.lock().expect("backoff");
-        plan::plan(&seen.inputs(&config, &backoff))
+        plan::plan(&seen.inputs(&config, &backoff, ctx.broker_devices))
     };
     Executor::new(&ctx, &config).run(plan.actions).await?;
     let configs = Api::namespaced(ctx.client.clone(), &config.namespace().unwrap_or_default());
@@ -87,7 +90,12 @@ struct Seen {
 }
 
 impl Seen {
-    fn inputs<'a>(&'a self, config: &'a Configuration, backoff: &'a Backoff) -> Inputs<'a> {
+    fn inputs<'a>(
+        &'a self,
+        config: &'a Configuration,
+        backoff: &'a Backoff,
+        devices: BrokerDevices,
+    ) -> Inputs<'a> {
         Inputs {
             config,
             instances: &self.instances,
@@ -98,6 +106,7 @@ impl Seen {
             backoff,
             now: Instant::now(),
             now_utc: Timestamp::now(),
+            devices,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::{fmt, time::Duration};
 use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{Pod, Service},
+    resource::v1::ResourceClaimTemplate,
 };
 use kube::ResourceExt;
 
@@ -51,6 +52,10 @@ pub enum Action {
     },
     DeleteJob {
         job: String,
+    },
+    /// Create or update an Instance's ResourceClaimTemplate (server-side apply; DRA mode).
+    ApplyClaimTemplate {
+        template: Box<ResourceClaimTemplate>,
     },
     /// Create or update a Service (server-side apply).
     ApplyService {
@@ -102,6 +107,9 @@ impl fmt::Display for Action {
             Action::DeletePod { pod, why } => write!(f, "delete pod {pod}: {why}"),
             Action::CreateJob { job } => write!(f, "create job {}", job.name_any()),
             Action::DeleteJob { job } => write!(f, "delete job {job}"),
+            Action::ApplyClaimTemplate { template } => {
+                write!(f, "apply claim template {}", template.name_any())
+            }
             Action::ApplyService { service } => write!(f, "apply service {}", service.name_any()),
             Action::DeleteService { service } => write!(f, "delete service {service}"),
         }

@@ -39,6 +39,7 @@ impl Pods {
 fn wanted_pods(
     config: &Configuration,
     instances: &[Cow<Instance>],
+    devices: brokers::BrokerDevices,
 ) -> BTreeMap<String, (Pod, String)> {
     let Some(spec) = config
         .spec
@@ -54,7 +55,7 @@ fn wanted_pods(
         let placed = placement::broker_nodes(instance.spec.capacity, &status.nodes, &status.slots);
         for (slot, node) in placed {
             if let Some(node) = node {
-                let pod = brokers::broker_pod(config, instance, spec, slot, &node);
+                let pod = brokers::broker_pod(config, instance, spec, slot, &node, devices);
                 wanted.insert(pod.name_any(), (pod, node));
             }
         }
@@ -77,7 +78,7 @@ pub(super) fn broker_pods(
         .filter(|p| brokers::is_slot_broker(p))
         .map(|p| (p.name_any(), p))
         .collect();
-    let wanted = wanted_pods(inputs.config, instances);
+    let wanted = wanted_pods(inputs.config, instances, inputs.devices);
     let mut out = Pods {
         wanted: wanted.len(),
         ..Pods::default()
@@ -201,7 +202,7 @@ pub(super) fn broker_jobs(
         .map(|spec| {
             instances
                 .iter()
-                .map(|i| brokers::broker_job(inputs.config, i, spec))
+                .map(|i| brokers::broker_job(inputs.config, i, spec, inputs.devices))
                 .collect()
         })
         .unwrap_or_default();

@@ -1,6 +1,7 @@
 //! The planner's rules, one table per rule. Each row builds what exists with the `mk_*`
 //! builders and says which actions the plan makes (as their one-line descriptions).
 
+mod dra;
 mod objects;
 mod pods;
 mod status;
@@ -110,7 +111,14 @@ fn mk_broker(
         .broker_pod_spec
         .as_ref()
         .unwrap();
-    let mut pod = brokers::broker_pod(config, instance, spec, slot, node);
+    let mut pod = brokers::broker_pod(
+        config,
+        instance,
+        spec,
+        slot,
+        node,
+        brokers::BrokerDevices::DevicePlugin,
+    );
     pod.spec.as_mut().unwrap().node_name = Some(node.into());
     pod.status = Some(serde_json::from_value(json!({"phase": phase})).unwrap());
     pod
@@ -120,7 +128,12 @@ fn mk_broker(
 fn mk_job(config: &Configuration, instance: &str) -> Job {
     let broker = config.spec.broker_spec.as_ref().unwrap();
     let spec = broker.broker_job_spec.as_ref().unwrap();
-    brokers::broker_job(config, &mk_instance(instance, 1, &[], &[]), spec)
+    brokers::broker_job(
+        config,
+        &mk_instance(instance, 1, &[], &[]),
+        spec,
+        brokers::BrokerDevices::DevicePlugin,
+    )
 }
 
 fn mk_service(name: &str) -> Service {
@@ -142,6 +155,7 @@ struct World {
     services: Vec<Service>,
     backoff: Backoff,
     now: Instant,
+    devices: brokers::BrokerDevices,
 }
 
 impl World {
@@ -156,6 +170,7 @@ impl World {
             services: vec![],
             backoff: Backoff::default(),
             now: Instant::now(),
+            devices: brokers::BrokerDevices::DevicePlugin,
         }
     }
 
@@ -187,6 +202,7 @@ impl World {
             backoff: &self.backoff,
             now: self.now,
             now_utc: Timestamp::UNIX_EPOCH,
+            devices: self.devices,
         })
     }
 

@@ -89,7 +89,12 @@ fn job_brokers_run_again_for_new_device_details_but_not_for_new_property_values(
         "MODBUS_VENDOR_NAME",
         "Bcme",
     );
-    let ran = brokers::broker_job(&config, &acme, &spec(&config));
+    let ran = brokers::broker_job(
+        &config,
+        &acme,
+        &spec(&config),
+        brokers::BrokerDevices::DevicePlugin,
+    );
     let name = ran.name_any();
     let rows: Vec<(&str, World, Vec<String>)> = vec![
         (
