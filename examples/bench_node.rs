@@ -9,6 +9,10 @@
 //! - Device appears → `dowser.dev/<instance>` allocatable on the real Node, and → the broker pod
 //!   (the example Modbus broker) Running, p50 / p95 over `--reps` devices, once with the
 //!   kubelet's default `nodeStatusUpdateFrequency` (10 s) and once with 1 s: one node boot each.
+//! - The same with the agents in DRA mode (`--set agent.mode=dra`, the default 10 s status
+//!   period): device appears → its device in a ResourceSlice, and → the broker Running, whose
+//!   claim the scheduler allocates from the slice; compared with the device-plugin run at
+//!   10 s. `--runs` picks runs (`plugin-10s,plugin-1s,dra`, the default).
 //!
 //! Needs root. Environment: DOWSER_NODE_IMAGES and DOWSER_PAUSE_IMAGE (what
 //! `tests/node/build-images.sh` printed), and what `tests/node/up.sh` takes (DOWSER_K8S_BIN,
@@ -30,6 +34,7 @@ use dowser_sim::modbus::{ListenerConfig, RunningListener, Spread, UnitConfig, se
 use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Node, Pod},
+    resource::v1::ResourceSlice,
 };
 use kube::{
     Api, Client, Config,
@@ -136,8 +141,9 @@ impl RealNode {
         self.kubectl(&["apply", "-f", "-"], Some(yaml));
     }
 
-    /// The README's Helm install, run by bash as written, kubectl and helm on PATH.
-    fn helm_install(&self) {
+    /// The README's Helm install, run by bash as written (with `extra` appended), kubectl and
+    /// helm on PATH.
+    fn helm_install(&self, extra: &str) {
         let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
         let block = readme
             .split("\n## ")
@@ -148,6 +154,8 @@ impl RealNode {
             .map(|b| b.split("```").next().unwrap())
             .find(|b| b.starts_with("helm install"))
             .expect("the README's Install section has a helm install block");
+        let block = format!("{} {extra}\n", block.trim_end());
+        let block = block.as_str();
         let bins = [self.var("KUBECTL"), self.var("HELM")]
             .iter()
             .map(|b| Path::new(b).parent().unwrap().display().to_string())
@@ -521,7 +529,8 @@ async fn latency(
     client: &Client,
     reps: usize,
     (period, status_period): (&str, Duration),
-) -> [String; 2] {
+    dra: bool,
+) -> ([String; 2], Vec<f64>) {
     let ip = node.host_ip();
     let ports = free_ports(ip, reps);
     // One Configuration per 16 ports (the most one lists), all with the example broker.
@@ -548,6 +557,7 @@ spec:
         ));
     }
     let nodes: Api<Node> = Api::all(client.clone());
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let (mut to_allocatable, mut to_running) = (Vec::new(), Vec::new());
     for rep in 0..reps {
@@ -575,10 +585,15 @@ spec:
                 t0.elapsed() < Duration::from_secs(120),
                 "rep {rep}: no Running broker in 120 s"
             );
-            if seen_allocatable.is_none()
-                && allocatable(&nodes.get(node.name()).await.unwrap(), &resource).as_deref()
+            let offered = if seen_allocatable.is_some() {
+                false
+            } else if dra {
+                published(&slices, &instance).await
+            } else {
+                allocatable(&nodes.get(node.name()).await.unwrap(), &resource).as_deref()
                     == Some("1")
-            {
+            };
+            if offered {
                 seen_allocatable = Some(t0.elapsed());
             }
             let running = pods
@@ -640,18 +655,45 @@ spec:
     let conditions = format!(
         "kubelet nodeStatusUpdateFrequency {period}; devices appear at phases spread evenly over it; Modbus polled every 1 s; example Modbus broker"
     );
-    [
+    let (offered, mode) = if dra {
+        ("its device in a ResourceSlice", "DRA")
+    } else {
+        (
+            "`dowser.dev/<instance>` allocatable on the Node",
+            "device plugins",
+        )
+    };
+    let rows = [
         format!(
-            "| real node: device appears → `dowser.dev/<instance>` allocatable on the Node, p50 / p95 of {reps} (s; {conditions}) | {:.2} / {:.2} | - | - |",
+            "| real node ({mode}): device appears → {offered}, p50 / p95 of {reps} (s; {conditions}) | {:.2} / {:.2} | - | - |",
             percentile(&mut to_allocatable, 0.5),
             percentile(&mut to_allocatable, 0.95)
         ),
         format!(
-            "| real node: device appears → broker pod Running, p50 / p95 of {reps} (s; {conditions}) | {:.2} / {:.2} | - | - |",
+            "| real node ({mode}): device appears → broker pod Running, p50 / p95 of {reps} (s; {conditions}) | {:.2} / {:.2} | - | - |",
             percentile(&mut to_running, 0.5),
             percentile(&mut to_running, 0.95)
         ),
-    ]
+    ];
+    (rows, to_running)
+}
+
+/// Whether a device of the Instance `instance` is in a ResourceSlice of driver dowser.dev.
+async fn published(slices: &Api<ResourceSlice>, instance: &str) -> bool {
+    let list = slices
+        .list(&ListParams::default().fields("spec.driver=dowser.dev"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    list.iter()
+        .flat_map(|s| s.spec.devices.iter().flatten())
+        .any(|d| {
+            d.attributes
+                .as_ref()
+                .and_then(|a| a.get("instance"))
+                .and_then(|a| a.string.as_deref())
+                == Some(instance)
+        })
 }
 
 #[tokio::main]
@@ -662,11 +704,13 @@ async fn main() {
         PathBuf::from("target/bench/node.rows"),
         20,
     );
+    let mut runs = "plugin-10s,plugin-1s,dra".to_string();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--work" => work = args.next().unwrap().into(),
             "--rows" => rows = args.next().unwrap().into(),
             "--reps" => reps = args.next().unwrap().parse().unwrap(),
+            "--runs" => runs = args.next().unwrap(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -674,16 +718,43 @@ async fn main() {
     let work = work.canonicalize().unwrap();
     let mut out = Vec::new();
     let mut latency_rows = Vec::new();
-    for (i, (period, secs)) in [("10s", 10), ("1s", 1)].into_iter().enumerate() {
-        let node = RealNode::up(&work.join(format!("node-{period}")), period);
+    let mut running: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for run in runs.split(',') {
+        let (period, secs, dra) = match run {
+            "plugin-10s" => ("10s", 10, false),
+            "plugin-1s" => ("1s", 1, false),
+            "dra" => ("10s", 10, true),
+            other => panic!("unknown run {other} (plugin-10s, plugin-1s, dra)"),
+        };
+        let node = RealNode::up(&work.join(format!("node-{run}")), period);
         let client = node.client().await;
-        node.helm_install();
-        if i == 0 {
+        node.helm_install(if dra { "--set agent.mode=dra" } else { "" });
+        if run == "plugin-10s" {
             footprint(&node, &client, &mut out).await;
         }
-        latency_rows
-            .extend(latency(&node, &client, reps, (period, Duration::from_secs(secs))).await);
+        let (rows, times) = latency(
+            &node,
+            &client,
+            reps,
+            (period, Duration::from_secs(secs)),
+            dra,
+        )
+        .await;
+        latency_rows.extend(rows);
+        running.insert(run, times);
         drop(node);
+    }
+    if let (Some(plugin), Some(dra)) = (running.get("plugin-10s"), running.get("dra")) {
+        let (mut plugin, mut dra) = (plugin.clone(), dra.clone());
+        let (p50, d50) = (percentile(&mut plugin, 0.5), percentile(&mut dra, 0.5));
+        latency_rows.push(format!(
+            "| real node: device appears → broker pod Running, p50 / p95 (s; kubelet status period 10 s), DRA (dowser) vs device plugins (peer) | {:.2} / {:.2} | {:.2} / {:.2} | {:.1}× |",
+            d50,
+            percentile(&mut dra, 0.95),
+            p50,
+            percentile(&mut plugin, 0.95),
+            p50 / d50
+        ));
     }
     out.extend(latency_rows);
     std::fs::write(&rows, out.join("\n") + "\n").unwrap();
