@@ -476,31 +476,32 @@ fn broker_of(node: &RealNode, name: &str, plant: &Plant, yaml: &str) -> (String,
     let broker = wait_for("the broker pod Running", MINUTES(3), || {
         running_broker(node, name)
     });
+    // The environment reached the container: the broker read the address dowser handed it.
+    reads_the_plc(node, &broker.name, plant);
+    (instance, broker)
+}
+
+/// Waits until the log of the pod `pod` in `default` shows the plant's registers, read at
+/// the address dowser handed the example broker.
+fn reads_the_plc(node: &RealNode, pod: &str, plant: &Plant) {
     let expected = format!("holding[0..10]={REGISTERS:?}");
+    let address = format!("modbus+tcp://{}/1", plant.addr);
     wait_for(
-        "the broker's log showing the PLC's registers",
+        &format!("{pod}'s log showing the PLC's registers"),
         MINUTES(1),
         || {
-            let logs = node.kubectl(&["logs", "-n", "default", &broker.name]);
+            let logs = node.kubectl(&["logs", "-n", "default", pod]);
             let text = String::from_utf8_lossy(&logs.stdout);
-            if text.contains(&expected) {
+            if text.contains(&expected) && text.contains(&address) {
                 Ok(())
             } else {
                 Err(format!(
-                    "no line with {expected} in `kubectl logs {}`:\n{text}{}",
-                    broker.name,
+                    "no line with {expected} from {address} in `kubectl logs {pod}`:\n{text}{}",
                     String::from_utf8_lossy(&logs.stderr)
                 ))
             }
         },
     );
-    // The environment reached the container: the broker read the address dowser handed it.
-    let logs = node.kubectl_ok(&["logs", "-n", "default", &broker.name]);
-    assert!(
-        logs.contains(&format!("modbus+tcp://{}/1", plant.addr)),
-        "{logs}"
-    );
-    (instance, broker)
 }
 
 fn rollout(node: &RealNode) {
@@ -1251,22 +1252,8 @@ fn dra_claims_by_attribute_run_pods_with_the_device_from_cdi() {
     // prepared the claim.
     let first = wait_for("reader-1 Running", MINUTES(2), || running(node, "reader-1"));
     let second = wait_for("reader-2 Running", MINUTES(2), || running(node, "reader-2"));
-    let expected = format!("holding[0..10]={REGISTERS:?}");
-    let address = format!("modbus+tcp://{}/1", plant.addr);
     for reader in ["reader-1", "reader-2"] {
-        wait_for(
-            &format!("{reader}'s log showing the PLC's registers"),
-            MINUTES(1),
-            || {
-                let out = node.kubectl(&["logs", "-n", "default", reader]);
-                let text = String::from_utf8_lossy(&out.stdout);
-                if text.contains(&expected) && text.contains(&address) {
-                    Ok(())
-                } else {
-                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
-                }
-            },
-        );
+        reads_the_plc(node, reader, &plant);
     }
     let uids = [claim_uid(node, "acme-plc"), claim_uid(node, "acme-plc-2")];
     let mut prepared = uids.to_vec();
@@ -1360,19 +1347,7 @@ fn dra_claims_by_attribute_run_pods_with_the_device_from_cdi() {
         Value::Null,
         "no extended resource"
     );
-    wait_for(
-        "the DRA broker's log showing the PLC's registers",
-        MINUTES(1),
-        || {
-            let out = node.kubectl(&["logs", "-n", "default", &broker.name]);
-            let text = String::from_utf8_lossy(&out.stdout);
-            if text.contains(&expected) && text.contains(&address) {
-                Ok(())
-            } else {
-                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
-            }
-        },
-    );
+    reads_the_plc(node, &broker.name, &plant);
 
     // The device goes: after the grace period its devices leave the slices, and the
     // broker goes with its Instance.
