@@ -570,3 +570,189 @@ async fn a_node_hands_a_slot_out_once_and_keeps_offering_it_when_the_kubelet_dro
         "{after:?}"
     );
 }
+
+/// The ResourceSlices of driver dowser.dev, by pool name.
+async fn slices_by_pool(
+    client: &kube::Client,
+) -> BTreeMap<String, Vec<k8s_openapi::api::resource::v1::ResourceSlice>> {
+    let api: Api<k8s_openapi::api::resource::v1::ResourceSlice> = Api::all(client.clone());
+    let mut by_pool: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for s in api
+        .list(&ListParams::default().fields("spec.driver=dowser.dev"))
+        .await
+        .unwrap()
+        .items
+    {
+        by_pool.entry(s.spec.pool.name.clone()).or_default().push(s);
+    }
+    by_pool
+}
+
+/// DRA mode on two nodes (agents with deploy/'s identity, fake kubelets that offer nothing
+/// of DRA themselves): a stale slice a previous agent left is removed at start; a device
+/// both nodes see is published once, by the first node by name, for both; when that node no
+/// longer sees it the other takes the pool over, and still only one slice holds it; no
+/// device plugin is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dra_mode_publishes_a_shared_device_once_and_hands_it_over() {
+    use k8s_openapi::api::resource::v1::ResourceSlice;
+    let _serial = common::serial().await;
+    let cluster = common::cluster::Cluster::start();
+    cluster.apply_crds();
+    let client = cluster.client().await;
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    // What an agent of node-a left behind: a slice of a device gone while it was down.
+    let stale: ResourceSlice = serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": "dowser-stale-0", "labels": {"dowser.dev/publisher": "node-a"}},
+        "spec": {
+            "driver": "dowser.dev",
+            "nodeName": "node-a",
+            "pool": {"name": "node-a/default", "generation": 1, "resourceSliceCount": 1},
+            "devices": [{"name": "gone-0"}],
+        },
+    }))
+    .unwrap();
+    slices.create(&PostParams::default(), &stale).await.unwrap();
+
+    let kubelets = [
+        cluster.fake_kubelet_with(
+            "node-a",
+            &[("site/line", "3")],
+            common::cluster::STATUS_EVERY_SECOND,
+        ),
+        cluster.fake_kubelet_with(
+            "node-b",
+            &[("site/line", "4")],
+            common::cluster::STATUS_EVERY_SECOND,
+        ),
+    ];
+    let agents: Vec<Agent> = kubelets
+        .iter()
+        .map(|k| {
+            let dir = |d: &str| k.root.join(d).display().to_string();
+            Agent::start_with(
+                &cluster,
+                k,
+                "info,kube=warn",
+                &[
+                    "--mode",
+                    "dra",
+                    "--kubelet-plugins-dir",
+                    &dir("plugins"),
+                    "--plugins-registry-dir",
+                    &dir("plugins_registry"),
+                    "--cdi-dir",
+                    &dir("cdi"),
+                ],
+            )
+        })
+        .collect();
+    let logs = || {
+        agents
+            .iter()
+            .map(|a| format!("--- agent {} ---\n{}", a.node, a.log()))
+            .collect::<String>()
+    };
+    eventually(30, "the stale slice removed", || async {
+        slices
+            .get_opt("dowser-stale-0")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    let sim = device("127.0.0.1:0").await;
+    let mut config = modbus_config("plc", sim.addr.port(), None);
+    config["spec"]["capacity"] = json!(2);
+    common::plant::apply(&client, config.clone()).await;
+    let instance = eventually(60, "one Instance on both nodes", || async {
+        let list = common::plant::instances(&client, "plc").await;
+        (list.len() == 1 && nodes_of(&list[0]) == ["node-a", "node-b"]).then(|| list[0].name_any())
+    })
+    .await;
+    let pool = format!("shared/default/{instance}");
+    let published_by = |by: &'static str, nodes: Vec<&'static str>| {
+        let client = client.clone();
+        let pool = pool.clone();
+        let instance = instance.clone();
+        async move {
+            let all = slices_by_pool(&client).await;
+            let [slice] = all.get(&pool)?.as_slice() else {
+                return None;
+            };
+            let selector = &slice.spec.node_selector.as_ref()?.node_selector_terms[0];
+            let values = selector.match_expressions.as_ref()?[0].values.clone()?;
+            let names: Vec<String> = slice
+                .spec
+                .devices
+                .iter()
+                .flatten()
+                .map(|d| d.name.clone())
+                .collect();
+            (slice
+                .labels()
+                .get("dowser.dev/publisher")
+                .map(String::as_str)
+                == Some(by)
+                && values == nodes
+                && names == [format!("{instance}-0"), format!("{instance}-1")]
+                && all.len() == 1)
+                .then(|| slice.clone())
+        }
+    };
+    let slice = tokio::time::timeout(
+        Duration::from_secs(30),
+        eventually(
+            30,
+            "the shared device published once, by node-a, for both nodes",
+            || published_by("node-a", vec!["node-a", "node-b"]),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{}", logs()));
+    let vendor = &slice.spec.devices.as_ref().unwrap()[0]
+        .attributes
+        .as_ref()
+        .unwrap()["vendorName"];
+    assert_eq!(vendor.string.as_deref(), Some("Acme"));
+    assert_eq!(slice.spec.node_name, None);
+
+    // node-a stops seeing it (deselected): after the grace period node-b publishes it alone.
+    config["spec"]["nodeSelector"] = json!({"matchLabels": {"site/line": "4"}});
+    common::plant::apply(&client, config).await;
+    let moved = tokio::time::timeout(
+        Duration::from_secs(60),
+        eventually(
+            60,
+            "the pool handed over to node-b, for node-b only",
+            || published_by("node-b", vec!["node-b"]),
+        ),
+    )
+    .await;
+    assert!(
+        moved.is_ok(),
+        "{:?}\n{}",
+        slices_by_pool(&client).await,
+        logs()
+    );
+    let moved = moved.unwrap();
+    assert!(moved.spec.pool.generation > slice.spec.pool.generation);
+
+    // Device plugins are not this mode's: nothing registered with either kubelet.
+    for k in &kubelets {
+        let sockets: Vec<_> = std::fs::read_dir(k.plugin_dir())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("dowser"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(sockets.is_empty(), "{}: {sockets:?}", k.node);
+    }
+    drop(sim);
+}

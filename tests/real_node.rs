@@ -1156,16 +1156,18 @@ fn dra_claims_by_attribute_run_pods_with_the_device_from_cdi() {
     // PLC's identity.
     let devices = wait_for("the PLC's devices in a ResourceSlice", MINUTES(1), || {
         let slices = dowser_slices(node);
-        let devices: Vec<Value> = slices
-            .iter()
-            .filter(|s| {
-                s["spec"]["pool"]["name"] == format!("shared/default/{instance}").as_str()
-                    && s["spec"]["nodeSelector"]["nodeSelectorTerms"][0]["matchFields"][0]["values"]
-                        == serde_json::json!([node.name()])
-            })
-            .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
-            .filter(|d| d["attributes"]["instance"]["string"] == instance.as_str())
-            .collect();
+        let devices: Vec<Value> =
+            slices
+                .iter()
+                .filter(|s| {
+                    s["spec"]["pool"]["name"] == format!("shared/default/{instance}").as_str()
+                        && s["spec"]["nodeSelector"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+                            ["values"]
+                            == serde_json::json!([node.name()])
+                })
+                .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+                .filter(|d| d["attributes"]["instance"]["string"] == instance.as_str())
+                .collect();
         if devices.len() == 2 {
             Ok(devices)
         } else {

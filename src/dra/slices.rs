@@ -5,8 +5,9 @@
 //!   namespace, `<node>/<namespace>`, a slice with `nodeName`: the kubelet removes it with
 //!   the node.
 //! - A device several nodes reach is in a pool of its own, `shared/<namespace>/<instance>`,
-//!   a slice whose node selector names every node that sees it: a claim can be satisfied on
-//!   any of them and the device is allocated once cluster-wide. Of the nodes that see it,
+//!   a slice whose node selector names every node that sees it (by `kubernetes.io/hostname`,
+//!   which the kubelet sets to the node's name): a claim can be satisfied on any of them and
+//!   the device is allocated once cluster-wide. Of the nodes that see it,
 //!   the first by name publishes it; every agent applies that rule, so exactly one does.
 //! - An Instance of capacity N is N devices, `<instance>-<slot>`: N claims at once.
 
@@ -27,6 +28,8 @@ pub const MAX_DEVICES_PER_SLICE: usize = 128;
 pub const MAX_ATTRIBUTE_VALUE: usize = 64;
 /// Label on every slice an agent publishes: the node whose agent published it.
 pub const PUBLISHER_LABEL: &str = "dowser.dev/publisher";
+/// The well-known node label a shared device's slice selects its nodes by.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// How a property becomes an attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,10 +281,12 @@ pub fn slices(node: &str, pool: &Pool, generation: i64) -> Vec<ResourceSlice> {
             .collect()
     };
     let count = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
+    // A slice takes exactly one selector term, and a `metadata.name` field requirement only
+    // one value: the nodes are named by the label the kubelet sets to the node's name.
     let node_selector = pool.node_name.is_none().then(|| NodeSelector {
         node_selector_terms: vec![NodeSelectorTerm {
-            match_fields: Some(vec![NodeSelectorRequirement {
-                key: "metadata.name".into(),
+            match_expressions: Some(vec![NodeSelectorRequirement {
+                key: HOSTNAME_LABEL.into(),
                 operator: "In".into(),
                 values: Some(pool.nodes.clone()),
             }]),
@@ -406,17 +411,23 @@ mod tests {
         assert_eq!(pool.node_name, None);
         assert_eq!(pool.nodes, ["node-a", "node-b"]);
         let slice = &slices("node-a", pool, 1)[0];
-        let term = &slice
+        let terms = &slice
             .spec
             .node_selector
             .as_ref()
             .unwrap()
-            .node_selector_terms[0];
-        let fields = term.match_fields.as_ref().unwrap();
-        assert_eq!(fields[0].key, "metadata.name");
+            .node_selector_terms;
+        assert_eq!(terms.len(), 1, "a slice takes exactly one term");
+        let requirements = terms[0].match_expressions.as_ref().unwrap();
+        assert_eq!(requirements[0].key, "kubernetes.io/hostname");
+        assert_eq!(requirements[0].operator, "In");
         assert_eq!(
-            fields[0].values.as_deref(),
+            requirements[0].values.as_deref(),
             Some(&["node-a".to_string(), "node-b".to_string()][..])
+        );
+        assert!(
+            terms[0].match_fields.is_none(),
+            "metadata.name takes one value only"
         );
         assert_eq!(slice.spec.node_name, None);
     }
