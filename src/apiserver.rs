@@ -80,10 +80,71 @@ where
     api.patch_status(name, &params, &Patch::Apply(body)).await
 }
 
+/// Whether the API server serves `K` (its group/version lists the resource): `Ok(None)` if
+/// it does, `Ok(Some(message))` saying what is missing if not — a cluster older than the
+/// version that brought the API, or one that turned it off with `--runtime-config` — and
+/// `Err` if the API server could not be asked.
+pub async fn not_served<K>(client: &kube::Client) -> Result<Option<String>, kube::Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let group_version = K::api_version(&());
+    let listed = match client.list_api_group_resources(&group_version).await {
+        Ok(list) => Some(list),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(missing::<K>(listed.as_ref()))
+}
+
+/// Waits until the API server answers whether it serves `K` (a server not up yet is asked
+/// again, with the watches' backoff), and fails with what is missing and what to do
+/// instead (`instead`) if it does not: a start-up check, so that a process configured for
+/// an API the cluster lacks says so at once instead of waiting for a watch that never syncs.
+pub async fn require<K>(client: &kube::Client, instead: &str) -> anyhow::Result<()>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut backoff = watch_backoff();
+    loop {
+        match not_served::<K>(client).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(missing)) => anyhow::bail!("{missing}: {instead}"),
+            Err(e) => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %e, api = %K::api_version(&()), "cannot ask the API server which APIs it serves; asking again");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// What [`not_served`] decides from the group/version's resource list (`None`: not served).
+fn missing<K>(
+    listed: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList>,
+) -> Option<String>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let plural = K::plural(&());
+    let group_version = K::api_version(&());
+    match listed {
+        Some(list) if list.resources.iter().any(|r| r.name == plural) => None,
+        Some(_) => Some(format!(
+            "the API server serves {group_version} but not its {plural}"
+        )),
+        None => Some(format!("the API server does not serve {group_version}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::Instance;
+    use k8s_openapi::{
+        api::resource::v1::ResourceSlice,
+        apimachinery::pkg::apis::meta::v1::{APIResource, APIResourceList},
+    };
 
     #[test]
     fn apply_bodies_take_version_and_kind_from_the_type() {
@@ -132,5 +193,31 @@ mod tests {
         };
         assert!(is_not_found(&api(404)) && !is_conflict(&api(404)));
         assert!(is_conflict(&api(409)) && !is_not_found(&api(409)));
+    }
+
+    #[test]
+    fn an_api_is_served_when_its_group_version_lists_the_resource() {
+        let list = |names: &[&str]| APIResourceList {
+            group_version: "resource.k8s.io/v1".into(),
+            resources: names
+                .iter()
+                .map(|n| APIResource {
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        assert_eq!(
+            missing::<ResourceSlice>(Some(&list(&["deviceclasses", "resourceslices"]))),
+            None
+        );
+        assert_eq!(
+            missing::<ResourceSlice>(Some(&list(&["deviceclasses"]))).as_deref(),
+            Some("the API server serves resource.k8s.io/v1 but not its resourceslices")
+        );
+        assert_eq!(
+            missing::<ResourceSlice>(None).as_deref(),
+            Some("the API server does not serve resource.k8s.io/v1")
+        );
     }
 }

@@ -120,4 +120,32 @@ fn crds_on_a_real_apiserver() {
     let modbus = &stored["items"][0]["spec"]["discovery"]["modbus"];
     assert_eq!(modbus["maxAddresses"], 4096, "{modbus}");
     assert_eq!(stored["items"][0]["spec"]["capacity"], 1);
+
+    // The start-up check of the agent's DRA mode and the controller's `--broker-devices dra`
+    // asks the API server's discovery: it tells a served API (resource.k8s.io/v1) from one
+    // the server does not serve (v1beta1, off by default since 1.33, as v1 is on a 1.33
+    // cluster), and says what to do instead.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use k8s_openapi::api::resource::{v1, v1beta1};
+        let client = cluster.client().await;
+        assert_eq!(
+            dowser::apiserver::not_served::<v1::ResourceSlice>(&client)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            dowser::apiserver::not_served::<v1::ResourceClaimTemplate>(&client)
+                .await
+                .unwrap(),
+            None
+        );
+        let refused = dowser::apiserver::require::<v1beta1::ResourceSlice>(&client, "use X")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "the API server does not serve resource.k8s.io/v1beta1: use X"
+        );
+    });
 }

@@ -145,6 +145,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         plugins::check_dir(&args.device_plugin_dir)?;
     }
     let client = crate::client::for_component("agent").await?;
+    if args.mode.dra() {
+        crate::apiserver::require::<ResourceSlice>(
+            &client,
+            "the agent's DRA mode publishes ResourceSlices (resource.k8s.io/v1, Kubernetes 1.34 \
+             and later); on this cluster run it with --mode devicePlugin (the chart's \
+             agent.mode: devicePlugin)",
+        )
+        .await?;
+    }
     let node = args.node_name.clone();
     let metrics = Arc::new(metrics::Metrics::default());
     let listener = tokio::net::TcpListener::bind(&args.health_addr).await?;

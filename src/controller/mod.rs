@@ -83,6 +83,16 @@ type LeaseTask = JoinHandle<kube_lease_manager::Result<kube_lease_manager::Lease
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<i32> {
     let client = crate::client::for_component("controller").await?;
+    if args.broker_devices == brokers::BrokerDevices::Dra {
+        crate::apiserver::require::<k8s_openapi::api::resource::v1::ResourceClaimTemplate>(
+            &client,
+            "--broker-devices dra gives brokers ResourceClaims from ResourceClaimTemplates \
+             (resource.k8s.io/v1, Kubernetes 1.34 and later); on this cluster run the \
+             controller with --broker-devices devicePlugin (the chart's agent.mode: \
+             devicePlugin)",
+        )
+        .await?;
+    }
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(&args.health_addr).await?;
