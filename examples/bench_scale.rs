@@ -5,6 +5,15 @@
 //! Runs the release binaries given by DOWSER_BIN and DOWSER_FAKE_KUBELET; the devices are
 //! served in this process. No broker pods: the rows measure discovery and bookkeeping.
 //!
+//! With `--mode dra` the agents publish ResourceSlices instead of registering device plugins
+//! (the fake kubelet takes no part), and a device counts as offered once it is in a slice
+//! rather than allocatable on the Node.
+//!
+//! With `--churn` the first node's devices then go (their simulators stop): the rows say how
+//! long until every Instance is gone and nothing is offered, and the size of the Node object
+//! that is left — device plugins leave one capacity entry per device for good (the kubelet
+//! sets a removed plugin's capacity to 0 and never deletes it), DRA none.
+//!
 //! With `--agent-memory-limit MiB` the first node's agent runs in a memory cgroup of its own
 //! (a child of this process's; cgroup v1 or v2) with that hard limit, as the DaemonSet's
 //! `resources.limits.memory` puts it in one: a row says its peak usage and whether the kernel
@@ -12,7 +21,7 @@
 //!
 //! Writes Markdown table rows (benchmark | dowser | peer | ratio) to `--rows`.
 //! Usage: bench_scale [--work DIR] [--rows FILE] [--nodes N] [--devices-per-node N]
-//!        [--agent-memory-limit MiB]
+//!        [--mode devicePlugin|dra] [--churn] [--agent-memory-limit MiB]
 
 mod support;
 
@@ -24,7 +33,7 @@ use std::{
 
 use dowser::crd::{CONFIGURATION_LABEL, Instance};
 use dowser_sim::modbus::{ListenerConfig, RunningListener, UnitConfig, serve};
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node, resource::v1::ResourceSlice};
 use kube::{Api, Client, api::ListParams};
 use support::{Proc, apply, env, status_kib};
 
@@ -139,12 +148,36 @@ struct FakeNode {
     name: String,
     _kubelet: Proc,
     agent: Proc,
-    _devices: Vec<RunningListener>,
+    devices: Vec<RunningListener>,
+}
+
+/// How the agents offer devices (`--mode`).
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    DevicePlugin,
+    Dra,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::DevicePlugin => "devicePlugin",
+            Mode::Dra => "dra",
+        }
+    }
+
+    /// Where an offered device is.
+    fn offered(self) -> &'static str {
+        match self {
+            Mode::DevicePlugin => "allocatable on the Node",
+            Mode::Dra => "in ResourceSlices",
+        }
+    }
 }
 
 /// A fake node `scale-<n>` with its kubelet, its agent and `devices` Modbus devices on
 /// 127.92.<n>.x:5020 (units 1..=units(devices) each), found by Configuration `scale-<n>`.
-async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
+async fn node(work: &Path, n: u32, devices: u32, mode: Mode, grace: u32) -> FakeNode {
     let name = format!("scale-{n}");
     let dir = work.join(&name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -176,14 +209,25 @@ async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
     apply(&format!(
         "apiVersion: dowser.dev/v1alpha1\nkind: Configuration\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
          discovery: {{modbus: {{targets: [\"127.92.{n}.1-127.92.{n}.{addresses}\"], ports: [5020], unitIds: [\"1-{units}\"], intervalSeconds: 60}}}}\n  \
-         nodeSelector: {{matchLabels: {{bench/node: {name}}}}}\n"
+         nodeSelector: {{matchLabels: {{bench/node: {name}}}}}\n  offlineGracePeriodSeconds: {grace}\n"
     ));
+    let mut agent = Command::new(env("DOWSER_BIN"));
+    agent
+        .args(["agent", "--mode", mode.name(), "--device-plugin-dir"])
+        .arg(dir.join("device-plugins"))
+        .arg("--pod-resources-socket")
+        .arg(dir.join("pod-resources/kubelet.sock"));
+    if mode == Mode::Dra {
+        for (flag, sub) in [
+            ("--kubelet-plugins-dir", "plugins"),
+            ("--plugins-registry-dir", "plugins_registry"),
+            ("--cdi-dir", "cdi"),
+        ] {
+            agent.arg(flag).arg(dir.join(sub));
+        }
+    }
     let agent = Proc(
-        Command::new(env("DOWSER_BIN"))
-            .args(["agent", "--device-plugin-dir"])
-            .arg(dir.join("device-plugins"))
-            .arg("--pod-resources-socket")
-            .arg(dir.join("pod-resources/kubelet.sock"))
+        agent
             .args(["--health-addr", "127.0.0.1:0"])
             .env("NODE_NAME", &name)
             .env("DOWSER_LOG", "warn")
@@ -195,12 +239,13 @@ async fn node(work: &Path, n: u32, devices: u32) -> FakeNode {
         name,
         _kubelet: kubelet,
         agent,
-        _devices: served,
+        devices: served,
     }
 }
 
-/// Instances that exist, and `dowser.dev/` resources allocatable (non-zero) on `nodes`.
-async fn progress(client: &Client, nodes: &[FakeNode]) -> (usize, usize) {
+/// Instances that exist, and devices offered: `dowser.dev/` resources allocatable (non-zero)
+/// on `nodes`, or devices in the driver's ResourceSlices.
+async fn progress(client: &Client, nodes: &[FakeNode], mode: Mode) -> (usize, usize) {
     let instances: Api<Instance> = Api::namespaced(client.clone(), "default");
     let n = instances
         .list_metadata(&ListParams::default())
@@ -218,6 +263,20 @@ async fn progress(client: &Client, nodes: &[FakeNode]) -> (usize, usize) {
                 .count()
         })
         .unwrap_or(0);
+    if mode == Mode::Dra {
+        let slices: Api<ResourceSlice> = Api::all(client.clone());
+        let offered = slices
+            .list(&ListParams::default().fields("spec.driver=dowser.dev"))
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .map(|s| s.spec.devices.as_ref().map_or(0, Vec::len))
+                    .sum()
+            })
+            .unwrap_or(0);
+        return (n, offered);
+    }
     let api: Api<Node> = Api::all(client.clone());
     let mut resources = 0;
     for node in nodes {
@@ -236,27 +295,40 @@ async fn progress(client: &Client, nodes: &[FakeNode]) -> (usize, usize) {
     (n, resources)
 }
 
-/// Seconds until `want` Instances exist and as many resources are allocatable, or what was
-/// reached when the limit ran out.
-async fn converge(
+/// Seconds until `done(Instances, devices offered)`, or what was reached when the limit ran
+/// out.
+async fn until(
     client: &Client,
     nodes: &[FakeNode],
-    want: usize,
+    mode: Mode,
     t0: Instant,
+    done: impl Fn(usize, usize) -> bool,
 ) -> Result<f64, String> {
     loop {
-        let (instances, resources) = progress(client, nodes).await;
-        if instances >= want && resources >= want {
+        let (instances, offered) = progress(client, nodes, mode).await;
+        if done(instances, offered) {
             return Ok(t0.elapsed().as_secs_f64());
         }
         if t0.elapsed() > CONVERGE_LIMIT {
             return Err(format!(
-                "not converged in {} s: {instances} Instances, {resources} resources allocatable",
-                CONVERGE_LIMIT.as_secs()
+                "not converged in {} s: {instances} Instances, {offered} devices offered ({})",
+                CONVERGE_LIMIT.as_secs(),
+                mode.offered()
             ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Seconds until `want` Instances exist and as many devices are offered.
+async fn converge(
+    client: &Client,
+    nodes: &[FakeNode],
+    mode: Mode,
+    want: usize,
+    t0: Instant,
+) -> Result<f64, String> {
+    until(client, nodes, mode, t0, |i, o| i >= want && o >= want).await
 }
 
 /// The Instances that exist now, and how to call the moment: "at steady state" once
@@ -264,9 +336,10 @@ async fn converge(
 async fn instances_reached(
     client: &Client,
     nodes: &[FakeNode],
+    mode: Mode,
     converged: &Result<f64, String>,
 ) -> (usize, &'static str) {
-    let (instances, _) = progress(client, nodes).await;
+    let (instances, _) = progress(client, nodes, mode).await;
     let state = match converged {
         Ok(_) => "at steady state",
         Err(_) => "still converging",
@@ -294,6 +367,7 @@ async fn main() {
     );
     let (mut node_count, mut per_node) = (10u32, 1000u32);
     let mut memory_limit: Option<u64> = None;
+    let (mut mode, mut churn) = (Mode::DevicePlugin, false);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--work" => work = args.next().unwrap().into(),
@@ -301,9 +375,24 @@ async fn main() {
             "--nodes" => node_count = args.next().unwrap().parse().unwrap(),
             "--devices-per-node" => per_node = args.next().unwrap().parse().unwrap(),
             "--agent-memory-limit" => memory_limit = Some(args.next().unwrap().parse().unwrap()),
+            "--mode" => {
+                mode = match args.next().as_deref() {
+                    Some("devicePlugin") => Mode::DevicePlugin,
+                    Some("dra") => Mode::Dra,
+                    other => panic!("--mode devicePlugin|dra, not {other:?}"),
+                }
+            }
+            "--churn" => churn = true,
             other => panic!("unknown argument {other}"),
         }
     }
+    assert!(
+        !churn || node_count == 1,
+        "--churn takes the first node's devices away: only with --nodes 1"
+    );
+    // Long enough for no device to go by chance while 1,000 are identified; short enough
+    // that --churn does not wait the default 30 s.
+    let grace = if churn { 10 } else { 30 };
     std::fs::create_dir_all(&work).unwrap();
     let audit = PathBuf::from(env("DOWSER_AUDIT_LOG"));
     let client = Client::try_default().await.unwrap();
@@ -314,6 +403,13 @@ async fn main() {
         Command::new(env("DOWSER_BIN"))
             .args(["controller", "--health-addr", "127.0.0.1:0"])
             .args(["--instance-name", "bench-scale"])
+            .args([
+                "--broker-devices",
+                match mode {
+                    Mode::DevicePlugin => "devicePlugin",
+                    Mode::Dra => "dra",
+                },
+            ])
             .env("DOWSER_LOG", "warn")
             .stderr(std::fs::File::create(work.join("controller.log")).unwrap())
             .spawn()
@@ -342,7 +438,7 @@ async fn main() {
     // One node with its devices.
     let from = audit_lines(&audit);
     let t0 = Instant::now();
-    let mut nodes = vec![node(&work, 0, per_node).await];
+    let mut nodes = vec![node(&work, 0, per_node, mode, grace).await];
     // Moved before it has connected anywhere: its start-up is a few hundred KiB.
     let cgroup = memory_limit.map(|limit| {
         let cgroup =
@@ -351,7 +447,7 @@ async fn main() {
         cgroup
     });
     let want = per_node_devices as usize;
-    let converged = converge(&client, &nodes, want, t0).await;
+    let converged = converge(&client, &nodes, mode, want, t0).await;
     let (agent_req, controller_req) = (
         audit_count(&audit, from, "dowser-agent/"),
         audit_count(&audit, from, "dowser-controller/"),
@@ -361,26 +457,62 @@ async fn main() {
     let agent_rss = rss_mib(nodes[0].agent.0.id());
     let controller_rss = rss_mib(controller.0.id());
     out.push(format!(
-        "| scale, one node: {want} Modbus devices → all Instances exist and allocatable on the node (s; agent started → converged) | {} | - | - |",
+        "| scale, one node, {}: {want} Modbus devices → all Instances exist and are offered ({}) (s; agent started → converged) | {} | - | - |",
+        mode.name(),
+        mode.offered(),
         match &converged {
             Ok(s) => format!("{s:.1}"),
             Err(e) => e.clone(),
         }
     ));
-    let (reached, state) = instances_reached(&client, &nodes, &converged).await;
+    let (reached, state) = instances_reached(&client, &nodes, mode, &converged).await;
     out.push(format!(
-        "| scale, one node, {reached} Instances: agent / controller RSS {state} (MiB) | {agent_rss:.1} / {controller_rss:.1} | - | - |"
+        "| scale, one node, {}, {reached} Instances: agent / controller RSS {state} (MiB) | {agent_rss:.1} / {controller_rss:.1} | - | - |",
+        mode.name()
     ));
     out.push(format!(
-        "| scale, one node: apiserver requests by agent / controller while converging; per minute after (audit log, {IDLE_SECONDS} s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
+        "| scale, one node, {}: apiserver requests by agent / controller while converging (per device); per minute after (audit log, {IDLE_SECONDS} s) | {agent_req} / {controller_req} ({:.1} / {:.1}); {agent_idle:.0} / {controller_idle:.0} | - | - |",
+        mode.name(),
+        agent_req as f64 / want as f64,
+        controller_req as f64 / want as f64,
     ));
     if let Some(cgroup) = &cgroup {
         let (peak, hit, killed) = cgroup.figures();
         let alive = nodes[0].agent.0.try_wait().unwrap().is_none();
         out.push(format!(
-            "| scale, one node, {reached} Instances: agent in a memory cgroup limited to {} MiB — peak usage (with the page cache it brought in) / limit hit / OOM kills / still running | {peak:.1} MiB / {hit} / {killed} / {} | - | - |",
+            "| scale, one node, {}, {reached} Instances: agent in a memory cgroup limited to {} MiB — peak usage (with the page cache it brought in) / limit hit / OOM kills / still running | {peak:.1} MiB / {hit} / {killed} / {} | - | - |",
+            mode.name(),
             cgroup.limit_mib,
             if alive { "yes" } else { "no" }
+        ));
+    }
+    if churn && converged.is_ok() {
+        // The devices go: every Instance after its grace period, then nothing offered.
+        let t0 = Instant::now();
+        nodes[0].devices.clear();
+        let gone = until(&client, &nodes, mode, t0, |i, o| i == 0 && o == 0).await;
+        let node: Node = Api::all(client.clone()).get(&nodes[0].name).await.unwrap();
+        let status = node.status.clone().unwrap_or_default();
+        let entries = |m: Option<std::collections::BTreeMap<String, _>>| {
+            m.map_or(0, |m| {
+                m.keys().filter(|k| k.starts_with("dowser.dev/")).count()
+            })
+        };
+        let size = serde_json::to_vec(&node).unwrap().len() as f64 / 1024.0;
+        out.push(format!(
+            "| scale, one node, {}: {want} devices went → no Instance, none offered ({}) (s; simulators stopped → done; grace {grace} s, discovery every 60 s) | {} | - | - |",
+            mode.name(),
+            mode.offered(),
+            match &gone {
+                Ok(s) => format!("{s:.1}"),
+                Err(e) => e.clone(),
+            }
+        ));
+        out.push(format!(
+            "| scale, one node, {}: the Node object after {want} devices came and went — size (KiB, JSON) / `dowser.dev/` entries in capacity, allocatable | {size:.1} / {}, {} | - | - |",
+            mode.name(),
+            entries(status.capacity),
+            entries(status.allocatable)
         ));
     }
     if converged.is_err() || node_count < 2 {
@@ -392,10 +524,10 @@ async fn main() {
     let from = audit_lines(&audit);
     let t0 = Instant::now();
     for n in 1..node_count {
-        nodes.push(node(&work, n, per_node).await);
+        nodes.push(node(&work, n, per_node, mode, grace).await);
     }
     let want = per_node_devices as usize * node_count as usize;
-    let converged = converge(&client, &nodes, want, t0).await;
+    let converged = converge(&client, &nodes, mode, want, t0).await;
     let (agent_req, controller_req) = (
         audit_count(&audit, from, "dowser-agent/"),
         audit_count(&audit, from, "dowser-controller/"),
@@ -406,21 +538,27 @@ async fn main() {
     let controller_rss = rss_mib(controller.0.id());
     let added = per_node_devices * (node_count - 1);
     out.push(format!(
-        "| scale, {node_count} nodes: {added} more devices on {} more nodes → all {want} Instances exist and allocatable (s; nodes started → converged; no broker pods) | {} | - | - |",
+        "| scale, {node_count} nodes, {}: {added} more devices on {} more nodes → all {want} Instances exist and are offered ({}) (s; nodes started → converged; no broker pods) | {} | - | - |",
+        mode.name(),
         node_count - 1,
+        mode.offered(),
         match &converged {
             Ok(s) => format!("{s:.1}"),
             Err(e) => e.clone(),
         }
     ));
-    let (reached, state) = instances_reached(&client, &nodes, &converged).await;
+    let (reached, state) = instances_reached(&client, &nodes, mode, &converged).await;
     out.push(format!(
-        "| scale, {node_count} nodes, {reached} Instances: controller RSS; agent RSS mean / max {state} (MiB) | {controller_rss:.1}; {:.1} / {:.1} | - | - |",
+        "| scale, {node_count} nodes, {}, {reached} Instances: controller RSS; agent RSS mean / max {state} (MiB) | {controller_rss:.1}; {:.1} / {:.1} | - | - |",
+        mode.name(),
         agents.iter().sum::<f64>() / agents.len() as f64,
         agents.iter().cloned().fold(0.0, f64::max)
     ));
     out.push(format!(
-        "| scale, {node_count} nodes: apiserver requests by all agents / controller while converging; per minute after (audit log, {IDLE_SECONDS} s) | {agent_req} / {controller_req}; {agent_idle:.0} / {controller_idle:.0} | - | - |"
+        "| scale, {node_count} nodes, {}: apiserver requests by all agents / controller while converging (per device added); per minute after (audit log, {IDLE_SECONDS} s) | {agent_req} / {controller_req} ({:.1} / {:.1}); {agent_idle:.0} / {controller_idle:.0} | - | - |",
+        mode.name(),
+        agent_req as f64 / added as f64,
+        controller_req as f64 / added as f64,
     ));
     std::fs::write(&rows, out.join("\n") + "\n").unwrap();
 }

@@ -28,13 +28,17 @@ apt_install umockdev gir1.2-umockdev-1.0 python3-gi dbus-daemon python3-dbusmock
   || fail "python-dbusmock's bluez5 template (python3-dbusmock) does not load"
 
 k8s_binaries
-
-step "local control plane smoke test (two clusters at once, scheduling, clean stop)"
-tests/cluster/smoke-test.sh >&2
-
 node_prereqs
-step "real nodes smoke test (kubelet + containerd + kube-proxy in namespaces of this host: pods, logs, the kubernetes Service, clean stop)"
-tests/node/smoke-test.sh >&2
+
+# The smoke tests mostly wait (for boots, pods, stops): they run while the lints and builds
+# below use the cores, and their verdict is read before the first test that needs them.
+step "smoke tests in the background: local control plane (two clusters at once, scheduling, clean stop), then real nodes (kubelet + containerd + kube-proxy in namespaces of this host: pods, logs, the kubernetes Service, clean stop)"
+smoke_log=$(mktemp)
+# In a session of its own, so that a lint failing below stops the smoke tests' processes too
+# (their own traps then stop what they booted).
+setsid bash -c 'tests/cluster/smoke-test.sh && tests/node/smoke-test.sh' >"$smoke_log" 2>&1 &
+smoke=$!
+trap 'kill -TERM -- -"$smoke" 2>/dev/null || true; wait "$smoke" 2>/dev/null || true' EXIT
 
 step "formatting and lints"
 cargo fmt --all -- --check
@@ -49,6 +53,15 @@ cargo check --quiet -p dowser --no-default-features --features ble
 
 step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet
+
+step "smoke tests: waiting for their verdict"
+if ! wait "$smoke"; then
+  cat "$smoke_log" >&2
+  fail "a smoke test failed (above): the local control plane or the real node does not work on this machine"
+fi
+trap - EXIT
+grep PASS "$smoke_log" >&2 || true
+rm -f "$smoke_log"
 
 step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI"
 set +e   # a failing test must still reach the summary below
