@@ -71,30 +71,32 @@ cargo test --workspace --no-run --quiet
 # run one binary after the other they kept the two cores about 40 % busy. Every test target
 # of the workspace runs in exactly one of the streams (cargo metadata lists them; targets
 # with `test = false`, run only by scripts/bench, are left out as `cargo test` leaves them).
+# Each command selects the whole workspace, as the build above did: features unify the same,
+# so both streams run the binaries just built instead of building others.
 node_stream=(real_node nodes reliability)
 mapfile -t other_tests < <(/usr/bin/python3 - "${node_stream[@]}" <<'PY'
 import json, subprocess, sys
 meta = json.loads(subprocess.check_output(["cargo", "metadata", "--no-deps", "--format-version", "1"]))
-for package in meta["packages"]:
-    if package["name"] != "dowser":
-        continue
-    for target in package["targets"]:
-        if target["kind"] == ["test"] and target.get("test", True) and target["name"] not in sys.argv[1:]:
-            print(f"--test={target['name']}")
+names = {
+    target["name"]
+    for package in meta["packages"]
+    for target in package["targets"]
+    if target["kind"] == ["test"] and target.get("test", True)
+}
+for name in sorted(names - set(sys.argv[1:])):
+    print(f"--test={name}")
 PY
 )
 step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI; beside them real nodes and the node tier (${node_stream[*]})"
 set +e   # a failing test must still reach the summary below
-cargo test -p dowser --no-fail-fast "${node_stream[@]/#/--test=}" >"$cache/last-test-nodes.log" 2>&1 &
+cargo test --workspace --no-fail-fast "${node_stream[@]/#/--test=}" >"$cache/last-test-nodes.log" 2>&1 &
 node_tests=$!
 {
-  cargo test --workspace --exclude dowser --no-fail-fast
+  cargo test --workspace --no-fail-fast --lib --bins "${other_tests[@]}"
   a=$?
-  cargo test -p dowser --no-fail-fast --lib --bins "${other_tests[@]}"
+  cargo test --workspace --no-fail-fast --doc
   b=$?
-  cargo test -p dowser --no-fail-fast --doc
-  c=$?
-  exit $((a | b | c))
+  exit $((a | b))
 } 2>&1 | tee "$cache/last-test.log"
 status=${PIPESTATUS[0]}
 wait "$node_tests"
