@@ -63,47 +63,13 @@ trap - EXIT
 grep PASS "$smoke_log" >&2 || true
 rm -f "$smoke_log"
 
-step "tests: building every test binary once"
-cargo test --workspace --no-run --quiet
-
-# Two streams side by side: the real-node tier and the longest fake-kubelet binaries in one,
-# everything else in the other. The tests mostly wait (for kubelets, watches, grace periods):
-# run one binary after the other they kept the two cores about 40 % busy. Every test target
-# of the workspace runs in exactly one of the streams (cargo metadata lists them; targets
-# with `test = false`, run only by scripts/bench, are left out as `cargo test` leaves them).
-# Each command selects the whole workspace, as the build above did: features unify the same,
-# so both streams run the binaries just built instead of building others.
-node_stream=(real_node nodes reliability)
-mapfile -t other_tests < <(/usr/bin/python3 - "${node_stream[@]}" <<'PY'
-import json, subprocess, sys
-meta = json.loads(subprocess.check_output(["cargo", "metadata", "--no-deps", "--format-version", "1"]))
-names = {
-    target["name"]
-    for package in meta["packages"]
-    for target in package["targets"]
-    if target["kind"] == ["test"] and target.get("test", True)
-}
-for name in sorted(names - set(sys.argv[1:])):
-    print(f"--test={name}")
-PY
-)
-step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI; beside them real nodes and the node tier (${node_stream[*]})"
+step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI"
+# One test binary after the other: run in two streams side by side the suite took 867 s
+# instead of 1,236, but the load made timing-bound tests fail (a flapping device's Instance
+# was recreated under tests/reliability.rs); they need their own look before that can return.
 set +e   # a failing test must still reach the summary below
-cargo test --workspace --no-fail-fast "${node_stream[@]/#/--test=}" >"$cache/last-test-nodes.log" 2>&1 &
-node_tests=$!
-{
-  cargo test --workspace --no-fail-fast --lib --bins "${other_tests[@]}"
-  a=$?
-  cargo test --workspace --no-fail-fast --doc
-  b=$?
-  exit $((a | b))
-} 2>&1 | tee "$cache/last-test.log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$cache/last-test.log"
 status=${PIPESTATUS[0]}
-wait "$node_tests"
-node_status=$?
-step "tests of the node stream (${node_stream[*]}), run beside the ones above"
-cat "$cache/last-test-nodes.log" | tee -a "$cache/last-test.log"
-(( status == 0 )) && status=$node_status
 set -e
 
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$cache/last-test.log" | awk '{s+=$4} END {print s+0}')

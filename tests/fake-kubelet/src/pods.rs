@@ -704,9 +704,6 @@ impl Kubelet {
                     State::Exited { .. } => {}
                 }
             }
-            if changed {
-                self.post_status(t).await;
-            }
             let all_done = t.containers.iter().all(|c| {
                 matches!(
                     c.state,
@@ -717,8 +714,16 @@ impl Kubelet {
                 )
             });
             if all_done {
-                // A terminal phase: the pod is no longer active and its devices are free.
+                // A terminal phase: the pod is no longer active and its devices are free —
+                // before the API server hears of it, as the kubelet's status manager records
+                // a status locally (what GetActivePods and PodResources go by) before it
+                // syncs it (pkg/kubelet/status/status_manager.go, SetPodStatus).
                 self.runtime.stopped(uid);
+            }
+            if changed {
+                self.post_status(t).await;
+            }
+            if all_done {
                 finished.insert(uid.clone());
                 done.push(uid.clone());
             }
