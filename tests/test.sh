@@ -65,8 +65,9 @@ rm -f "$smoke_log"
 
 step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI"
 # One test binary after the other: run in two streams side by side the suite took 867 s
-# instead of 1,236, but the load made timing-bound tests fail (a flapping device's Instance
-# was recreated under tests/reliability.rs); they need their own look before that can return.
+# instead of 1,236, but under that load two tests failed (the fake kubelet's order of status
+# and PodResources, since fixed; the flapping device of tests/reliability.rs, whose absences
+# are since bounded by the clock). Streams return only after several clean runs with them.
 set +e   # a failing test must still reach the summary below
 cargo test --workspace --no-fail-fast 2>&1 | tee "$cache/last-test.log"
 status=${PIPESTATUS[0]}
