@@ -261,14 +261,33 @@ async fn an_api_server_outage_of_30_seconds_loses_nothing() {
         "the broker of the device that stayed was replaced\n{}",
         logs()
     );
+    // The broker of the gone device is removed: deleted (above), then stopped by its
+    // kubelet and gone from the API server (terminating pods count here).
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let gone_brokers = pods
-        .list(&ListParams::default().labels("dowser.dev/configuration=outage"))
-        .await
-        .unwrap()
-        .items
-        .len();
-    assert_eq!(gone_brokers, 2, "the broker of the gone device is removed");
+    settle(
+        30,
+        "the broker of the gone device removed from the API server",
+        logs,
+        || async {
+            let left: Vec<String> = pods
+                .list(&ListParams::default().labels("dowser.dev/configuration=outage"))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .map(|p| {
+                    let deleting = p.metadata.deletion_timestamp.is_some();
+                    format!("{} (phase {}, deleting {deleting})", p.name_any(), phase(p))
+                })
+                .collect();
+            if left.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("broker pods {left:?}"))
+            }
+        },
+    )
+    .await;
     // Nothing crashed or stopped serving.
     for a in &agents {
         assert!(a.get("/healthz").0.contains("200"));
