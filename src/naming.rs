@@ -177,6 +177,18 @@ pub fn configuration_label(configuration: &str) -> String {
     shorten(configuration.to_string())
 }
 
+/// The prefix of the labels that name the nodes taking part in an Instance.
+pub const NODE_LABEL_PREFIX: &str = "nodes.dowser.dev/";
+
+/// The label a node's agent puts on each Instance it takes part in (it sees the device, or
+/// a pod there holds one of its slots), with an empty value: `nodes.dowser.dev/<node>`, the
+/// node's name shortened like a resource name when longer than 63 characters. Each agent
+/// watches the Instances with its own label only, so its cache holds its node's share of
+/// the cluster; `kubectl get instances -l nodes.dowser.dev/<node>` lists the same.
+pub fn node_label(node: &str) -> String {
+    format!("{NODE_LABEL_PREFIX}{}", shorten(node.to_string()))
+}
+
 /// The field manager of one controller replica's writes to the leader Lease. It must differ
 /// between replicas: server-side apply refuses to hand a field owned by one manager to
 /// another, and that refusal is what keeps a second replica from taking a Lease the first
@@ -462,6 +474,20 @@ mod tests {
                 "palletizer-safety-controllers.building-7.plant-east"
             ),
             "dowser.dev/packaging-line-3.palletizer-safety-controllers.bu__8df983caab06"
+        );
+    }
+
+    #[test]
+    fn node_labels_are_qualified_names_for_any_node_name() {
+        assert_eq!(node_label("edge-7.plant"), "nodes.dowser.dev/edge-7.plant");
+        // Node names are DNS subdomains of up to 253 characters; label names stop at 63.
+        let long = format!("{}.{}", "n".repeat(126), "m".repeat(126));
+        let label = node_label(&long);
+        let name = label.strip_prefix(NODE_LABEL_PREFIX).unwrap();
+        assert!(is_qualified_name(name), "{label}");
+        assert_ne!(
+            label,
+            node_label(&format!("{}.{}", "n".repeat(126), "o".repeat(126)))
         );
     }
 

@@ -10,7 +10,10 @@ use common::{
     eventually,
     plant::{Plant, bound_pod, device, modbus_config, nodes_of, phase, pod},
 };
-use dowser::crd::{Configuration, Instance};
+use dowser::{
+    crd::{Configuration, Instance},
+    naming::node_label,
+};
 use dowser_sim::modbus::UnitConfig;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
@@ -238,9 +241,22 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
         (plant.allocatable("node-a", &resource).await.as_deref() == Some("1")).then_some(())
     })
     .await;
+    // Each node labels the Instances it takes part in (its agent caches those only).
+    let instances: Api<Instance> = Api::namespaced(plant.client.clone(), "default");
+    let labelled = |node: &'static str| {
+        let instances = instances.clone();
+        async move {
+            let selector = node_label(node);
+            let params = ListParams::default().labels(&selector);
+            let list = instances.list(&params).await.unwrap().items;
+            list.iter().map(|i| i.name_any()).collect::<Vec<_>>()
+        }
+    };
+    for node in ["node-a", "node-b", "node-c"] {
+        assert_eq!(labelled(node).await, [name.as_str()], "{node}");
+    }
 
     // kill -9 an agent and start it again: nothing is deleted, recreated or rewritten.
-    let instances: Api<Instance> = Api::namespaced(plant.client.clone(), "default");
     let before = instances.get(&name).await.unwrap();
     let kubelet_b = &plant.kubelets[1];
     plant.agents[1].kill9();
@@ -255,6 +271,28 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
         plant.logs()
     );
 
+    // An Instance without the node's label (as written before nodes labelled theirs): the
+    // agent labels it at start and takes it over, changing nothing else.
+    plant.agents[1].kill9();
+    let unlabel = json!({"metadata": {"labels": {node_label("node-b"): null}}});
+    instances
+        .patch(&name, &PatchParams::default(), &Patch::Merge(unlabel))
+        .await
+        .unwrap();
+    assert!(labelled("node-b").await.is_empty());
+    let before = instances.get(&name).await.unwrap();
+    plant.agents[1] = Agent::start(&plant.cluster, kubelet_b);
+    eventually(30, "node-b's label back", || async {
+        (labelled("node-b").await == [name.as_str()]).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = instances.get(&name).await.unwrap();
+    assert_eq!(after.uid(), before.uid());
+    assert_eq!(after.spec, before.spec);
+    assert_eq!(after.status, before.status, "{}", plant.logs());
+    assert_eq!(cached_instances(&plant.agents[1]), 1, "{}", plant.logs());
+
     // A kubelet restart: the plugin registers again within seconds.
     plant.kubelets[0].restart();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -266,6 +304,28 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
         },
     )
     .await;
+
+    // node-c leaves line 3: it leaves the Instance (the others still see the device), its
+    // label goes and its agent's cache lets go.
+    nodes
+        .patch(
+            "node-c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"site/line": null}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        60,
+        "node-c out of the Instance and its label gone",
+        || async {
+            let i = instances.get(&name).await.ok()?;
+            let out = nodes_of(&i) == ["node-a", "node-b"] && labelled("node-c").await.is_empty();
+            (out && cached_instances(&plant.agents[2]) == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(labelled("node-a").await, [name.as_str()]);
 
     // A Configuration whose details the schema accepts but dowser does not: no discovery,
     // and every selected node says why in the status.
@@ -322,6 +382,16 @@ async fn node_selector_restarts_and_kubelet_restarts_change_nothing_they_should_
         (ok && plant.instances("with-secret").await.len() == 1).then_some(())
     })
     .await;
+}
+
+/// The `dowser_agent_cached_instances` gauge of an agent.
+fn cached_instances(agent: &Agent) -> u64 {
+    let (_, metrics) = agent.get("/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dowser_agent_cached_instances "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dowser_agent_cached_instances in\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,11 @@
 //! entry in `status.nodes` and its claimed slots in `status.slots`, all under one field
 //! manager per node. Every status write carries the node's whole part, so no write can drop
 //! another.
+//!
+//! The node's label ([`naming::node_label`]) marks the Instances it takes part in: it sees
+//! the device, or a pod here holds one of its slots. The agent's cache watches that label
+//! only. It is set with the first write of the Instance's spec (creating or joining it) and
+//! removed when the node's part is empty and the Instance stays for other nodes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,7 +15,7 @@ use std::{
 
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
 };
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -47,11 +52,24 @@ struct SpecPart<'a> {
 struct Part {
     joined: bool,
     claims: BTreeSet<u32>,
+    /// Whether the Instance has this node's label, as this node last wrote or read it.
+    labelled: bool,
     /// The Instance's extended resource ([`naming::instance_resource`]).
     resource: String,
 }
 
 type Key = (String, String);
+
+/// Instances per page when listing them all (once, at start).
+const LIST_PAGE: u32 = 500;
+
+/// Whether `node` takes part in an Instance: it sees the device, or holds one of its slots.
+fn takes_part(instance: &Instance, node: &str) -> bool {
+    instance
+        .status
+        .as_ref()
+        .is_some_and(|s| s.nodes.iter().any(|n| n == node) || s.slots.values().any(|n| n == node))
+}
 
 /// This node's part of every Instance it touches. Each part has its own lock, held across
 /// the write that carries it: writes to one Instance stay in order, writes to different
@@ -60,6 +78,7 @@ pub struct NodeInstances {
     client: Client,
     node: String,
     manager: String,
+    label: String,
     parts: std::sync::Mutex<BTreeMap<Key, Arc<Mutex<Part>>>>,
     metrics: Arc<Metrics>,
 }
@@ -86,6 +105,7 @@ impl NodeInstances {
             client,
             node: node.to_string(),
             manager: format!("dowser-agent-{node}"),
+            label: naming::node_label(node),
             parts: std::sync::Mutex::new(BTreeMap::new()),
             metrics,
         }
@@ -101,6 +121,11 @@ impl NodeInstances {
         &self.manager
     }
 
+    /// The label of the Instances this node takes part in.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// The lock of one Instance's part (made empty on first use).
     fn part(&self, namespace: &str, name: &str) -> Arc<Mutex<Part>> {
         self.parts
@@ -111,6 +136,7 @@ impl NodeInstances {
                 Arc::new(Mutex::new(Part {
                     joined: false,
                     claims: BTreeSet::new(),
+                    labelled: false,
                     resource: naming::instance_resource(namespace, name),
                 }))
             })
@@ -125,19 +151,31 @@ impl NodeInstances {
             .remove(&(namespace.to_string(), name.to_string()));
     }
 
-    /// Takes over this node's part of an existing Instance after a restart (nothing written).
+    /// Takes over this node's part of an existing Instance after a restart. Nothing is
+    /// written, except that an Instance this node no longer takes part in loses its label
+    /// (the agent stopped between leaving and unlabelling it).
     pub async fn adopt(&self, instance: &Instance) {
         let ns = instance.namespace().unwrap_or_default();
         let status = instance.status.clone().unwrap_or_default();
         let part = self.part(&ns, &instance.name_any());
         let mut part = part.lock().await;
         part.joined = status.nodes.contains(&self.node);
+        part.labelled = instance.labels().contains_key(&self.label);
         part.claims = status
             .slots
             .iter()
             .filter(|(_, n)| **n == self.node)
             .filter_map(|(s, _)| s.parse().ok())
             .collect();
+        if part.labelled && !part.joined && part.claims.is_empty() {
+            let api: Api<Instance> = Api::namespaced(self.client.clone(), &ns);
+            if let Err(e) = self
+                .unlabel_if_done(&api, &instance.name_any(), &mut part)
+                .await
+            {
+                warn!(instance = %instance.name_any(), error = %e, "cannot remove the node label");
+            }
+        }
     }
 
     /// Applies `wanted` (the Instance a device becomes) if `current` differs, and joins its
@@ -151,8 +189,16 @@ impl NodeInstances {
         let name = wanted.name_any();
         let ns = wanted.namespace().unwrap_or_default();
         let api: Api<Instance> = Api::namespaced(self.client.clone(), &ns);
-        if current.is_none_or(|c| c.spec != wanted.spec) {
+        // The lock is held from the label to the join: a release that unlabels the
+        // Instance cannot come in between.
+        let part = self.part(&ns, &name);
+        let mut part = part.lock().await;
+        if !part.labelled || current.is_none_or(|c| c.spec != wanted.spec) {
             let mut metadata = wanted.metadata.clone();
+            metadata
+                .labels
+                .get_or_insert_default()
+                .insert(self.label.clone(), String::new());
             metadata.owner_references = config.controller_owner_ref(&()).map(|mut o| {
                 // The Configuration is the owner for garbage collection, not a controller.
                 o.controller = Some(false);
@@ -167,14 +213,13 @@ impl NodeInstances {
                 &Patch::Apply(body),
             )
             .await?;
+            part.labelled = true;
             self.metrics.wrote();
             info!(instance = %name, device = %wanted.spec.device_id, "instance written");
         }
         let status = current.and_then(|c| c.status.as_ref());
         let joined_already = status.is_some_and(|s| s.nodes.contains(&self.node));
         // Instances written before the resource was in the status get it now.
-        let part = self.part(&ns, &name);
-        let mut part = part.lock().await;
         let resource_shown = status.is_some_and(|s| s.resource.as_ref() == Some(&part.resource));
         if !part.joined || !joined_already || !resource_shown {
             part.joined = true;
@@ -205,27 +250,37 @@ impl NodeInstances {
             None => return Ok(()),
         };
         let status = now.status.clone().unwrap_or_default();
-        if status.nodes.is_empty() {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: now.uid(),
-                    resource_version: now.resource_version(),
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(name, &dp).await {
-                Ok(_) => {
-                    self.metrics.wrote();
-                    info!(instance = %name, "last node out: instance deleted");
-                }
-                // Another node joined meanwhile (the precondition failed), or it is gone.
-                Err(e) if is_conflict(&e) || is_not_found(&e) => {
-                    debug!(instance = %name, error = %e, "instance not deleted")
-                }
-                Err(e) => return Err(e),
-            }
-            self.forget(namespace, name);
+        if !status.nodes.is_empty() {
+            // Other nodes still see the device: this node's label goes, unless a pod here
+            // still holds a slot.
+            let part = self.part(namespace, name);
+            let mut part = part.lock().await;
+            return self.unlabel_if_done(&api, name, &mut part).await;
         }
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: now.uid(),
+                resource_version: now.resource_version(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &dp).await {
+            Ok(_) => {
+                self.metrics.wrote();
+                info!(instance = %name, "last node out: instance deleted");
+            }
+            // Another node joined meanwhile (the precondition failed): it stays for that
+            // node, without this one's label.
+            Err(e) if is_conflict(&e) => {
+                debug!(instance = %name, error = %e, "instance not deleted");
+                let part = self.part(namespace, name);
+                let mut part = part.lock().await;
+                return self.unlabel_if_done(&api, name, &mut part).await;
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+        self.forget(namespace, name);
         Ok(())
     }
 
@@ -307,13 +362,84 @@ impl NodeInstances {
         for s in slots {
             part.claims.remove(s);
         }
-        match self.apply_status(&api, name, &part).await {
+        let released = match self.apply_status(&api, name, &part).await {
+            Ok(()) => self.unlabel_if_done(&api, name, &mut part).await,
+            Err(e) => Err(e),
+        };
+        match released {
             Err(e) if is_not_found(&e) => {
                 self.forget(namespace, name);
                 Ok(())
             }
             other => other,
         }
+    }
+
+    /// Removes this node's label from an Instance once its part is empty (not seen here, no
+    /// slot held here), so that the node's cache lets go of it.
+    async fn unlabel_if_done(
+        &self,
+        api: &Api<Instance>,
+        name: &str,
+        part: &mut Part,
+    ) -> Result<(), kube::Error> {
+        if part.joined || !part.claims.is_empty() || !part.labelled {
+            return Ok(());
+        }
+        let patch = serde_json::json!({"metadata": {"labels": {self.label.as_str(): null}}});
+        let params = PatchParams {
+            field_manager: Some(self.manager.clone()),
+            ..PatchParams::default()
+        };
+        match api.patch(name, &params, &Patch::Merge(patch)).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+        part.labelled = false;
+        self.metrics.wrote();
+        debug!(instance = %name, "node label removed");
+        Ok(())
+    }
+
+    /// Labels the Instances this node takes part in that lack its label (written before
+    /// nodes labelled them), so that the agent's watch, which selects by the label, finds
+    /// them: read a page at a time, never all held at once. Returns how many it labelled.
+    pub async fn label_unlabelled(&self) -> Result<usize, kube::Error> {
+        let all: Api<Instance> = Api::all(self.client.clone());
+        let params = PatchParams {
+            field_manager: Some(self.manager.clone()),
+            ..PatchParams::default()
+        };
+        let patch = serde_json::json!({"metadata": {"labels": {self.label.as_str(): ""}}});
+        let mut list = ListParams::default()
+            .labels(&format!("!{}", self.label))
+            .limit(LIST_PAGE);
+        let mut labelled = 0;
+        loop {
+            let page = all.list(&list).await?;
+            for instance in page.items.iter().filter(|i| takes_part(i, &self.node)) {
+                let ns = instance.namespace().unwrap_or_default();
+                let api: Api<Instance> = Api::namespaced(self.client.clone(), &ns);
+                match api
+                    .patch(&instance.name_any(), &params, &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => labelled += 1,
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(e),
+                }
+                self.metrics.wrote();
+            }
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => list = list.continue_token(&token),
+                _ => break,
+            }
+        }
+        if labelled > 0 {
+            info!(instances = labelled, label = %self.label, "labelled the Instances this node takes part in");
+        }
+        Ok(labelled)
     }
 
     /// Every claim of this node, as (namespace, instance, slot).
@@ -362,6 +488,30 @@ impl NodeInstances {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_takes_part_by_seeing_the_device_or_holding_a_slot() {
+        let instance = |status: serde_json::Value| -> Instance {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "dowser.dev/v1alpha1", "kind": "Instance",
+                "metadata": {"name": "plc-1", "namespace": "default"},
+                "spec": {
+                    "configurationName": "plc", "deviceId": "modbus://10.0.0.5:502/1",
+                    "shared": true, "capacity": 1
+                },
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let seen = instance(serde_json::json!({"nodes": ["a", "b"]}));
+        assert!(takes_part(&seen, "a") && takes_part(&seen, "b"));
+        assert!(!takes_part(&seen, "c"));
+        // A pod on c still holds a slot of a device c no longer sees.
+        let held = instance(serde_json::json!({"nodes": ["a"], "slots": {"0": "c"}}));
+        assert!(takes_part(&held, "c"));
+        let nobody = instance(serde_json::json!({"nodes": []}));
+        assert!(!takes_part(&nobody, "a"));
+    }
 
     #[test]
     fn a_node_without_claims_applies_no_slots_map() {

@@ -33,6 +33,7 @@ pub struct Metrics {
     errors: Counter,
     writes: Counter,
     allocations: Counter,
+    cached_instances: Gauge,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -46,6 +47,7 @@ impl Default for Metrics {
         let errors = Counter::default();
         let writes = Counter::default();
         let allocations = Counter::default();
+        let cached_instances = Gauge::default();
         registry.register(
             "dowser_agent_devices",
             "Devices this node sees, by Configuration",
@@ -77,6 +79,11 @@ impl Default for Metrics {
             "Successful device-plugin allocations",
             allocations.clone(),
         );
+        registry.register(
+            "dowser_agent_cached_instances",
+            "Instances in the agent's cache: those this node takes part in",
+            cached_instances.clone(),
+        );
         Self {
             registry,
             devices,
@@ -85,6 +92,7 @@ impl Default for Metrics {
             errors,
             writes,
             allocations,
+            cached_instances,
             ready: Arc::default(),
         }
     }
@@ -125,6 +133,12 @@ impl Metrics {
         self.allocations.inc();
     }
 
+    /// The agent's cache holds `n` Instances.
+    pub fn cached_instances(&self, n: usize) {
+        self.cached_instances
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// Drops the samples of a Configuration this node no longer discovers with.
     pub fn forget(&self, namespace: &str, name: &str) {
         let labels = ConfigurationLabels::new(namespace, name);
@@ -157,6 +171,7 @@ mod tests {
         m.wrote();
         m.wrote();
         m.allocated();
+        m.cached_instances(3);
         let text = m.render();
         for line in [
             "dowser_agent_devices{namespace=\"default\",configuration=\"line3\"} 2",
@@ -165,6 +180,7 @@ mod tests {
             "dowser_agent_discovery_errors_total 0",
             "dowser_agent_api_writes_total 2",
             "dowser_agent_allocations_total 1",
+            "dowser_agent_cached_instances 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }

@@ -178,6 +178,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     let (slice_tx, mut slice_events) = mpsc::unbounded_channel::<()>();
     let (node_tx, mut node_events) =
         mpsc::unbounded_channel::<(BTreeMap<String, String>, node_status::Entries)>();
+    let part = Arc::new(instances::NodeInstances::new(
+        client.clone(),
+        &node,
+        metrics.clone(),
+    ));
+    // The cache holds the Instances this node takes part in, selected by its label; those
+    // written before nodes labelled them get the label first (a paged list, once per start).
+    let mut backoff = crate::apiserver::watch_backoff();
+    while let Err(e) = part.label_unlabelled().await {
+        warn!(error = %e, "cannot label this node's Instances yet; trying again");
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
+    }
     let mut watches = vec![
         tokio::spawn(forward(
             watcher(
@@ -195,7 +207,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         tokio::spawn(forward(
             watcher(
                 Api::<Instance>::all(client.clone()),
-                watcher::Config::default(),
+                watcher::Config::default().labels(part.label()),
             )
             .backoff(crate::apiserver::watch_backoff())
             .modify(forget_managed_fields)
@@ -239,14 +251,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     let mut node_resources = node_status::Entries::new();
     config_store.wait_until_ready().await?;
     instance_store.wait_until_ready().await?;
-    let part = Arc::new(instances::NodeInstances::new(
-        client.clone(),
-        &node,
-        metrics.clone(),
-    ));
     for instance in instance_store.state() {
         part.adopt(&instance).await;
     }
+    metrics.cached_instances(instance_store.len());
     let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(worker::Shared {
         client: client.clone(),
@@ -355,6 +363,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
             }
             Some(()) = instance_events.recv() => {
                 while instance_events.try_recv().is_ok() {}
+                metrics.cached_instances(instance_store.len());
                 if let Some(plugins) = &plugins {
                     plugins.sync().await;
                 }
@@ -415,7 +424,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
 }
 
 /// The caches keep no managedFields: nothing here reads them, and they are a large part of
-/// each cached object (the agent caches every Instance of the cluster).
+/// each cached object.
 fn forget_managed_fields<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
