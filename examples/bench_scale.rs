@@ -50,6 +50,69 @@ const CONVERGE_LIMIT: Duration = Duration::from_secs(300);
 /// How long the requests of a converged, unchanging cluster are counted (per minute in the row).
 const IDLE_SECONDS: u64 = 30;
 
+/// CPU seconds (user + system) each part of the run has used so far, from every process's
+/// `/proc/<pid>/stat`: the control plane by command name, dowser by its subcommand, the
+/// simulated devices being this process.
+fn cpu_seconds() -> std::collections::BTreeMap<&'static str, f64> {
+    // SAFETY: sysconf reads a constant of the C library.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let own = std::process::id().to_string();
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let program = args[0].rsplit('/').next().unwrap_or_default();
+        let part = match program {
+            _ if pid == own => "devices",
+            "kube-apiserver" => "apiserver",
+            "etcd" => "etcd",
+            "kube-scheduler" | "kube-controller-manager" => "scheduler+kcm",
+            "fake-kubelet" => "kubelets",
+            "dowser" if args.iter().any(|a| a == "agent") => "agents",
+            "dowser" if args.iter().any(|a| a == "controller") => "controller",
+            _ => continue,
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command in parentheses: state is field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split(' ').collect())
+            .unwrap_or_default();
+        let used: f64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+            .sum();
+        *out.entry(part).or_default() += used / ticks;
+    }
+    out
+}
+
+/// Where the CPU went between two [`cpu_seconds`] readings over `wall` seconds.
+fn cpu_row(before: &std::collections::BTreeMap<&'static str, f64>, wall: f64) -> String {
+    let after = cpu_seconds();
+    let parts: Vec<String> = after
+        .iter()
+        .map(|(k, v)| format!("{k} {:.0}", v - before.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    let total: f64 = after.values().sum::<f64>() - before.values().sum::<f64>();
+    format!(
+        "{} (total {total:.0} of {:.0} available)",
+        parts.join(", "),
+        wall * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+    )
+}
+
 /// VmRSS in MiB.
 fn rss_mib(pid: u32) -> f64 {
     status_kib(pid, "VmRSS") as f64 / 1024.0
@@ -437,6 +500,7 @@ async fn main() {
 
     // One node with its devices.
     let from = audit_lines(&audit);
+    let cpu = cpu_seconds();
     let t0 = Instant::now();
     let mut nodes = vec![node(&work, 0, per_node, mode, grace).await];
     // Moved before it has connected anywhere: its start-up is a few hundred KiB.
@@ -448,6 +512,7 @@ async fn main() {
     });
     let want = per_node_devices as usize;
     let converged = converge(&client, &nodes, mode, want, t0).await;
+    let cpu = cpu_row(&cpu, t0.elapsed().as_secs_f64());
     let (agent_req, controller_req) = (
         audit_count(&audit, from, "dowser-agent/"),
         audit_count(&audit, from, "dowser-controller/"),
@@ -475,6 +540,10 @@ async fn main() {
         mode.name(),
         agent_req as f64 / want as f64,
         controller_req as f64 / want as f64,
+    ));
+    out.push(format!(
+        "| scale, one node, {}: CPU seconds while converging, by part (devices: the simulators) | {cpu} | - | - |",
+        mode.name()
     ));
     if let Some(cgroup) = &cgroup {
         let (peak, hit, killed) = cgroup.figures();
@@ -522,12 +591,14 @@ async fn main() {
 
     // Nine (or `--nodes` - 1) more nodes, each with as many devices of its own.
     let from = audit_lines(&audit);
+    let cpu = cpu_seconds();
     let t0 = Instant::now();
     for n in 1..node_count {
         nodes.push(node(&work, n, per_node, mode, grace).await);
     }
     let want = per_node_devices as usize * node_count as usize;
     let converged = converge(&client, &nodes, mode, want, t0).await;
+    let cpu = cpu_row(&cpu, t0.elapsed().as_secs_f64());
     let (agent_req, controller_req) = (
         audit_count(&audit, from, "dowser-agent/"),
         audit_count(&audit, from, "dowser-controller/"),
@@ -559,6 +630,10 @@ async fn main() {
         mode.name(),
         agent_req as f64 / added as f64,
         controller_req as f64 / added as f64,
+    ));
+    out.push(format!(
+        "| scale, {node_count} nodes, {}: CPU seconds while converging, by part (devices: the simulators) | {cpu} | - | - |",
+        mode.name()
     ));
     std::fs::write(&rows, out.join("\n") + "\n").unwrap();
 }
