@@ -60,6 +60,9 @@ struct Part {
 
 type Key = (String, String);
 
+/// Reads and deletes a last node out tries before it gives up for this time.
+const DELETE_ATTEMPTS: usize = 5;
+
 /// Instances per page when listing them all (once, at start).
 const LIST_PAGE: u32 = 500;
 
@@ -245,43 +248,47 @@ impl NodeInstances {
             Err(e) => return Err(e),
         }
         drop(part);
-        let now = match api.get_opt(name).await? {
-            Some(i) => i,
-            None => return Ok(()),
-        };
-        let status = now.status.clone().unwrap_or_default();
-        if !status.nodes.is_empty() {
-            // Other nodes still see the device: this node's label goes, unless a pod here
-            // still holds a slot.
-            let part = self.part(namespace, name);
-            let mut part = part.lock().await;
-            return self.unlabel_if_done(&api, name, &mut part).await;
-        }
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: now.uid(),
-                resource_version: now.resource_version(),
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(name, &dp).await {
-            Ok(_) => {
-                self.metrics.wrote();
-                info!(instance = %name, "last node out: instance deleted");
-            }
-            // Another node joined meanwhile (the precondition failed): it stays for that
-            // node, without this one's label.
-            Err(e) if is_conflict(&e) => {
-                debug!(instance = %name, error = %e, "instance not deleted");
+        // The Instance may change between the read and the delete (another node leaves and
+        // unlabels it, or joins): read it again and decide again.
+        let mut conflict = None;
+        for _ in 0..DELETE_ATTEMPTS {
+            let Some(now) = api.get_opt(name).await? else {
+                self.forget(namespace, name);
+                return Ok(());
+            };
+            let status = now.status.clone().unwrap_or_default();
+            if !status.nodes.is_empty() {
+                // Other nodes still see the device: this node's label goes, unless a pod
+                // here still holds a slot.
                 let part = self.part(namespace, name);
                 let mut part = part.lock().await;
                 return self.unlabel_if_done(&api, name, &mut part).await;
             }
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e),
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: now.uid(),
+                    resource_version: now.resource_version(),
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(name, &dp).await {
+                Ok(_) => {
+                    self.metrics.wrote();
+                    info!(instance = %name, "last node out: instance deleted");
+                }
+                Err(e) if is_conflict(&e) => {
+                    debug!(instance = %name, error = %e, "instance changed before its delete; reading it again");
+                    conflict = Some(e);
+                    continue;
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e),
+            }
+            self.forget(namespace, name);
+            return Ok(());
         }
-        self.forget(namespace, name);
-        Ok(())
+        // Still changing: the caller leaves again later, which reads it afresh.
+        conflict.map_or(Ok(()), Err)
     }
 
     /// Claims slots for a pod being admitted here. Fails if another node claims one of them,
