@@ -140,11 +140,11 @@ impl Publisher {
         pool: &Pool,
         current: Vec<&ResourceSlice>,
     ) -> Result<usize, kube::Error> {
-        let generation = current
-            .iter()
-            .map(|s| s.spec.pool.generation)
-            .max()
-            .map_or(1, |g| g + 1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let generation =
+            slices::next_generation(current.iter().map(|s| s.spec.pool.generation).max(), now);
         let new = slices::slices(&self.node, pool, generation);
         let mut writes = 0;
         for slice in &new {

@@ -268,6 +268,15 @@ pub fn slice_name(pool: &str, index: usize) -> String {
     format!("dowser-{}-{index}", short_hash(&pool))
 }
 
+/// The generation of a pool's next write: above the generation its slices have now
+/// (`current`) and never below the clock (`now_millis`, milliseconds since the epoch). The
+/// clock keeps a shared pool moving forward when it changes hands: the node that stops
+/// publishing it may delete its slice before the next publisher has read it, and a pool
+/// that started again at 1 would look older than the one consumers last saw.
+pub fn next_generation(current: Option<i64>, now_millis: i64) -> i64 {
+    current.map_or(1, |g| g.saturating_add(1)).max(now_millis)
+}
+
 /// The ResourceSlices of a pool at `generation`, [`MAX_DEVICES_PER_SLICE`] devices each (one
 /// slice for an empty pool), labelled with the publishing node.
 pub fn slices(node: &str, pool: &Pool, generation: i64) -> Vec<ResourceSlice> {
@@ -381,6 +390,21 @@ mod tests {
             instance: i,
             handler: "modbus",
         }
+    }
+
+    #[test]
+    fn a_pool_moves_forward_even_when_its_slices_are_gone() {
+        // First write of a pool: the clock.
+        assert_eq!(next_generation(None, 1_764_000_000_000), 1_764_000_000_000);
+        // Written again within the same millisecond, or with a clock behind: one more.
+        assert_eq!(
+            next_generation(Some(1_764_000_000_000), 1_764_000_000_000),
+            1_764_000_000_001
+        );
+        assert_eq!(next_generation(Some(7), 3), 8);
+        // Taken over after its slice was deleted: still above what it was before.
+        let before = next_generation(None, 1_764_000_000_000);
+        assert!(next_generation(None, 1_764_000_005_000) > before);
     }
 
     #[test]
