@@ -717,8 +717,11 @@ impl Kubelet {
                 // A terminal phase: the pod is no longer active and its devices are free —
                 // before the API server hears of it, as the kubelet's status manager records
                 // a status locally (what GetActivePods and PodResources go by) before it
-                // syncs it (pkg/kubelet/status/status_manager.go, SetPodStatus).
+                // syncs it (pkg/kubelet/status/status_manager.go, SetPodStatus). PodResources
+                // lists the active pods, so it drops the pod here too, not only after this
+                // round's statuses are posted.
                 self.runtime.stopped(uid);
+                self.active.lock().await.remove(uid);
             }
             if changed {
                 self.post_status(t).await;
