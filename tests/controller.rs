@@ -923,3 +923,51 @@ async fn same_named_configurations_in_two_namespaces_and_the_longest_names_get_t
     .await;
     assert!(wanted[1].starts_with("svc-aaaa"), "{wanted:?}");
 }
+
+/// The controller reads a Configuration's Instances a page at a time: all of them count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_with_more_instances_than_a_page_counts_them_all() {
+    use futures::{StreamExt, TryStreamExt};
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    // Nothing answers on port 1: the agents find no device; the Instances below are all.
+    plant.apply(modbus_config("many", 1, None)).await;
+    const INSTANCES: usize = 600;
+    let api: Api<dowser::crd::Instance> = Api::namespaced(plant.client.clone(), "default");
+    futures::stream::iter(0..INSTANCES)
+        .map(|n| {
+            let api = api.clone();
+            async move {
+                let instance: dowser::crd::Instance = serde_json::from_value(json!({
+                    "apiVersion": "dowser.dev/v1alpha1",
+                    "kind": "Instance",
+                    "metadata": {
+                        "name": format!("many-{n:04}"),
+                        "labels": {"dowser.dev/configuration": "many"},
+                    },
+                    "spec": {
+                        "configurationName": "many",
+                        "deviceId": format!("modbus://10.0.{}.{}:502/1", n / 250, n % 250),
+                        "shared": true,
+                        "capacity": 1,
+                    },
+                }))
+                .unwrap();
+                api.create(&Default::default(), &instance).await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    eventually(60, "all Instances counted in the status", || async {
+        let s = configs.get("many").await.ok()?.status?;
+        (s.instances == Some(INSTANCES as u32)).then_some(())
+    })
+    .await;
+    let listed = api.list(&ListParams::default()).await.unwrap().items.len();
+    assert_eq!(listed, INSTANCES, "{}", controller.log());
+}

@@ -33,7 +33,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, WatchStreamExt, controller,
         events::{Recorder, Reporter},
         reflector::{self, ObjectRef},
         watcher,
@@ -76,6 +76,12 @@ pub struct ControllerArgs {
     /// with the agents in `dra` mode).
     #[arg(long, env = "DOWSER_BROKER_DEVICES", value_enum, default_value_t = brokers::BrokerDevices::DevicePlugin)]
     pub broker_devices: brokers::BrokerDevices,
+    /// How many Configurations are reconciled at once. Each reconcile holds the lists of
+    /// its Configuration's Instances and workloads, so this bounds the controller's memory
+    /// and its share of the API server while thousands of devices arrive.
+    #[arg(long, env = "DOWSER_CONTROLLER_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
 }
 
 /// The task that holds the Lease, and renews or releases it.
@@ -244,6 +250,7 @@ async fn control(
         // A Node that goes away concerns every Configuration that may have devices there.
         .reconcile_all_on(node_deletions)
         .trigger_backoff(crate::apiserver::watch_backoff())
+        .with_config(controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(async move {
             tokio::select! {
                 _ = async { while leader.changed().await.is_ok() && *leader.borrow() {} } => {

@@ -141,6 +141,9 @@ async fn observe(ctx: &Ctx, config: &Configuration) -> Result<Seen, Error> {
     })
 }
 
+/// Lists what carries `params`' label, [`PAGE`] at a time, each object kept without its
+/// managed fields (no rule reads them, and they are a third of an Instance): a reconcile of
+/// a Configuration with thousands of Instances holds one page of response at a time.
 async fn list<K>(
     ctx: &Ctx,
     ns: &str,
@@ -154,12 +157,26 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let list: ObjectList<K> = api
-        .list(params)
-        .await
-        .map_err(|source| Error::Read { what, source })?;
-    Ok(list.items)
+    let mut items = Vec::new();
+    let mut params = params.clone().limit(PAGE);
+    loop {
+        let page: ObjectList<K> = api
+            .list(&params)
+            .await
+            .map_err(|source| Error::Read { what, source })?;
+        items.extend(page.items.into_iter().map(|mut item| {
+            item.meta_mut().managed_fields = None;
+            item
+        }));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(items),
+        }
+    }
 }
+
+/// Objects per page of a list.
+const PAGE: u32 = 250;
 
 /// Which of the `named` Nodes exist. From the watched store when it has them all; else
 /// listed fresh, so that a Node the watch has not delivered yet (or a store not yet filled)
