@@ -638,6 +638,11 @@ async fn main() {
         audit_count(&audit, from, "dowser-agent/"),
         audit_count(&audit, from, "dowser-controller/"),
     );
+    let kinds = format!(
+        "agents: {}; controller: {}",
+        support::audit(&audit, from, "dowser-agent/").kinds_text(),
+        support::audit(&audit, from, "dowser-controller/").kinds_text()
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (agent_idle, controller_idle) = idle(&audit, IDLE_SECONDS).await;
     let agents: Vec<f64> = nodes.iter().map(|n| rss_mib(n.agent.0.id())).collect();
@@ -662,6 +667,10 @@ async fn main() {
         mode.name(),
         agent_req as f64 / added as f64,
         controller_req as f64 / added as f64,
+    ));
+    out.push(format!(
+        "| scale, {node_count} nodes, {}: those requests by verb and resource (audit log) | {kinds} | - | - |",
+        mode.name()
     ));
     out.push(format!(
         "| scale, {node_count} nodes, {}: CPU seconds while converging, by part (devices: the simulators) | {cpu} | - | - |",

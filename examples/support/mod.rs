@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::Write,
     path::Path,
     process::{Child, Command, Stdio},
@@ -75,6 +75,18 @@ pub struct Audit {
     pub writes: usize,
     /// Lines in the log: where the next count starts.
     pub lines: usize,
+    /// The requests by verb and resource (`patch instances/status`).
+    pub kinds: BTreeMap<String, usize>,
+}
+
+impl Audit {
+    /// The kinds of request, most frequent first: `patch instances/status 9000, ...`.
+    pub fn kinds_text(&self) -> String {
+        let mut kinds: Vec<(&String, &usize)> = self.kinds.iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let text: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        text.join(", ")
+    }
 }
 
 /// Requests made with a user agent prefix in the audit log lines from `from` on.
@@ -83,6 +95,7 @@ pub fn audit(log: &Path, from: usize, agent: &str) -> Audit {
     let lines: Vec<&str> = text.lines().collect();
     let mut ids = BTreeSet::new();
     let mut writes = 0;
+    let mut kinds = BTreeMap::new();
     for line in &lines[from.min(lines.len())..] {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -90,18 +103,28 @@ pub fn audit(log: &Path, from: usize, agent: &str) -> Audit {
         if !v["userAgent"].as_str().unwrap_or("").starts_with(agent) {
             continue;
         }
-        if ids.insert(v["auditID"].as_str().unwrap_or("").to_string())
-            && matches!(
-                v["verb"].as_str(),
-                Some("create" | "update" | "patch" | "delete" | "deletecollection")
-            )
-        {
+        if !ids.insert(v["auditID"].as_str().unwrap_or("").to_string()) {
+            continue;
+        }
+        if matches!(
+            v["verb"].as_str(),
+            Some("create" | "update" | "patch" | "delete" | "deletecollection")
+        ) {
             writes += 1;
         }
+        let object = &v["objectRef"];
+        let resource = match (object["resource"].as_str(), object["subresource"].as_str()) {
+            (Some(r), Some(sub)) => format!("{r}/{sub}"),
+            (Some(r), None) => r.to_string(),
+            (None, _) => v["requestURI"].as_str().unwrap_or("?").to_string(),
+        };
+        let kind = format!("{} {resource}", v["verb"].as_str().unwrap_or("?"));
+        *kinds.entry(kind).or_insert(0) += 1;
     }
     Audit {
         requests: ids.len(),
         writes,
         lines: lines.len(),
+        kinds,
     }
 }
