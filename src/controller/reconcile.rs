@@ -142,8 +142,8 @@ async fn observe(ctx: &Ctx, config: &Configuration) -> Result<Seen, Error> {
 }
 
 /// Lists what carries `params`' label, [`PAGE`] at a time, each object kept without its
-/// managed fields (no rule reads them, and they are a third of an Instance): a reconcile of
-/// a Configuration with thousands of Instances holds one page of response at a time.
+/// managed fields (no rule reads them): a reconcile of a Configuration with thousands of
+/// Instances holds one page of response at a time.
 async fn list<K>(
     ctx: &Ctx,
     ns: &str,
