@@ -342,10 +342,10 @@ async fn progress(client: &Client, nodes: &[FakeNode], mode: Mode) -> (usize, us
     (n, resources)
 }
 
-/// How many Instances exist: from a one-item page's `remainingItemCount` (every Instance of
+/// How many Instances exist: a one-item page and its `remainingItemCount` (every Instance of
 /// the bench's cluster is one of its `scale-*` Configurations), so that polling 10,000
-/// Instances every second does not load the API server it measures; counted by label when
-/// the server does not give the count.
+/// Instances every second does not load the API server it measures; a whole list when the
+/// server does not give the count.
 async fn instance_count(client: &Client) -> usize {
     let instances: Api<Instance> = Api::namespaced(client.clone(), "default");
     let Ok(page) = instances
@@ -354,21 +354,14 @@ async fn instance_count(client: &Client) -> usize {
     else {
         return 0;
     };
-    if page.metadata.continue_.is_none() || page.metadata.remaining_item_count.is_some() {
-        let rest = page.metadata.remaining_item_count.unwrap_or(0).max(0) as usize;
-        let scale = |i: &&kube::api::PartialObjectMeta<Instance>| {
-            i.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(CONFIGURATION_LABEL))
-                .is_some_and(|c| c.starts_with("scale-"))
-        };
-        return page.items.iter().filter(scale).count() + rest;
+    match (page.metadata.continue_, page.metadata.remaining_item_count) {
+        (_, Some(rest)) => page.items.len() + rest.max(0) as usize,
+        (None, None) => page.items.len(),
+        (Some(_), None) => instances
+            .list_metadata(&ListParams::default().labels(CONFIGURATION_LABEL))
+            .await
+            .map_or(0, |l| l.items.len()),
     }
-    instances
-        .list_metadata(&ListParams::default().labels(CONFIGURATION_LABEL))
-        .await
-        .map_or(0, |l| l.items.len())
 }
 
 /// Seconds until `done(Instances, devices offered)`, or what was reached when the limit ran
@@ -634,14 +627,15 @@ async fn main() {
     let want = per_node_devices as usize * node_count as usize;
     let converged = converge(&client, &nodes, mode, want, t0).await;
     let cpu = cpu_row(&cpu, t0.elapsed().as_secs_f64());
-    let (agent_req, controller_req) = (
-        audit_count(&audit, from, "dowser-agent/"),
-        audit_count(&audit, from, "dowser-controller/"),
+    let (agents_audit, controller_audit) = (
+        support::audit(&audit, from, "dowser-agent/"),
+        support::audit(&audit, from, "dowser-controller/"),
     );
+    let (agent_req, controller_req) = (agents_audit.requests, controller_audit.requests);
     let kinds = format!(
         "agents: {}; controller: {}",
-        support::audit(&audit, from, "dowser-agent/").kinds_text(),
-        support::audit(&audit, from, "dowser-controller/").kinds_text()
+        agents_audit.kinds_text(),
+        controller_audit.kinds_text()
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (agent_idle, controller_idle) = idle(&audit, IDLE_SECONDS).await;
