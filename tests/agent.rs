@@ -826,3 +826,118 @@ async fn dra_mode_publishes_a_shared_device_once_and_hands_it_over() {
     }
     drop(sim);
 }
+
+/// An asyncua server that takes only the user `operator` with `password`, and tells its
+/// nameplate in a session.
+fn asyncua_with_users(port: u16, password: &str) -> dowser_sim::peers::Peer {
+    use std::io::BufRead;
+    let mut child = dowser_sim::peers::script("asyncua_server.py", "asyncua")
+        .unwrap()
+        .args(["--port", &port.to_string(), "--name", "Filler 7"])
+        .args(["--uri", "urn:plant:filler-7", "--policies", "None"])
+        .args(["--users", &format!("operator:{password}")])
+        .args(["--build-info", "ACME Automation,Filler PLC,4.2.1,1187"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start asyncua");
+    let stdout = child.stdout.take().unwrap();
+    let peer = dowser_sim::peers::Peer(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "asyncua did not start");
+    peer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opcua_server_that_refuses_the_credentials_is_named_in_each_nodes_status() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let port = dowser_sim::peers::free_port();
+    let _server = asyncua_with_users(port, "right-pw");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(plant.client.clone(), "default");
+    let secret = |password: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "filler-login", "namespace": "default"},
+            "stringData": {"username": "operator", "password": password},
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&PostParams::default(), &secret("wrong-pw"))
+        .await
+        .unwrap();
+    plant
+        .apply(json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Configuration",
+            "metadata": {"name": "fillers", "namespace": "default"},
+            "spec": {
+                "discovery": {"opcua": {
+                    "discoveryUrls": [format!("opc.tcp://127.0.0.1:{port}/peer/")],
+                    "intervalSeconds": 1,
+                    "timeoutMs": 3000,
+                    "session": {"userIdentity": "UserName"},
+                    "manufacturerNames": {"include": ["ACME.*"]},
+                }},
+                "properties": [
+                    {"name": "USERNAME", "valueFrom": {"secretKeyRef": {"name": "filler-login", "key": "username"}}},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "filler-login", "key": "password"}}},
+                ],
+                "offlineGracePeriodSeconds": 4,
+            },
+        }))
+        .await;
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    eventually(
+        60,
+        "each node names the server that refused the login",
+        || async {
+            let nodes = configs.get("fillers").await.ok()?.status?.nodes;
+            (nodes.len() == 3
+                && nodes.iter().all(|n| {
+                    n.error.is_none()
+                        && n.problems.len() == 1
+                        && n.problems[0].contains("urn:plant:filler-7")
+                        && n.problems[0].contains("rejected the user identity")
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(plant.instances("fillers").await.is_empty());
+    let status = serde_json::to_string(&configs.get("fillers").await.unwrap().status).unwrap();
+    assert!(!status.contains("wrong-pw"), "{status}");
+
+    // The right password: the server becomes an Instance with its nameplate, the problem goes.
+    secrets
+        .replace("filler-login", &PostParams::default(), &secret("right-pw"))
+        .await
+        .unwrap();
+    let instance = eventually(60, "the server found once the login works", || async {
+        let nodes = configs.get("fillers").await.ok()?.status?.nodes;
+        let list = plant.instances("fillers").await;
+        (nodes
+            .iter()
+            .all(|n| n.problems.is_empty() && n.devices == 1)
+            && list.len() == 1)
+            .then(|| list[0].clone())
+    })
+    .await;
+    assert_eq!(
+        instance.spec.properties["OPCUA_MANUFACTURER_NAME"],
+        "ACME Automation"
+    );
+    assert_eq!(instance.spec.properties["OPCUA_PRODUCT_NAME"], "Filler PLC");
+    assert!(
+        !instance
+            .spec
+            .properties
+            .values()
+            .any(|v| v.contains("right-pw"))
+    );
+}

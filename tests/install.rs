@@ -274,6 +274,7 @@ fn chart_values_change_what_they_claim_to() {
             "/dev",
             "/run/dbus",
             "/run/udev",
+            "/tmp",
             "/var/lib/kubelet/device-plugins",
             "/var/lib/kubelet/pod-resources"
         ]
@@ -332,6 +333,7 @@ fn chart_values_change_what_they_claim_to() {
     assert_eq!(
         m,
         [
+            "/tmp",
             "/var/lib/kubelet/device-plugins",
             "/var/lib/kubelet/plugins",
             "/var/lib/kubelet/plugins_registry",
@@ -392,12 +394,21 @@ fn chart_values_change_what_they_claim_to() {
     assert_eq!(
         m,
         [
+            "/tmp",
             "/var/lib/kubelet/device-plugins",
             "/var/lib/kubelet/pod-resources"
         ]
     );
     let volumes = pod_spec(agent)["volumes"].as_array().unwrap();
-    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    assert_eq!(volumes.len(), 3, "{volumes:?}");
+    // OPC UA's in-memory certificate store goes with the handler.
+    let agent = find(
+        &chart(&["handlers.opcua.enabled=false"]),
+        "DaemonSet",
+        "dowser-agent",
+    )
+    .clone();
+    assert!(!mounts(&agent).contains(&"/tmp".to_string()));
     let agent = find(
         &chart(&["handlers.ble.enabled=false"]),
         "DaemonSet",

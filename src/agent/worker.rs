@@ -70,6 +70,8 @@ impl Shared {
 struct Health {
     devices: usize,
     error: Option<String>,
+    /// What the handler's last round found a user must act on.
+    problems: Vec<String>,
     /// The version of the properties resolved last ([`properties_version`]).
     properties_version: Option<String>,
 }
@@ -146,6 +148,8 @@ struct Worker {
     /// The Instance of each device in `presence`, computed once per device.
     ids: BTreeMap<String, InstanceId>,
     last_health: Option<Health>,
+    /// What the handler's last snapshot said a user must act on.
+    problems: Vec<String>,
     /// The version of the properties the handler runs with (none before they resolve).
     properties_version: Option<String>,
     /// Whether the error reported last is that the properties could not be resolved.
@@ -174,6 +178,7 @@ impl Worker {
             presence: Presence::default(),
             ids: BTreeMap::new(),
             last_health: None,
+            problems: Vec::new(),
             properties_version,
             properties_failed: false,
             unleft: BTreeMap::new(),
@@ -291,6 +296,7 @@ impl Worker {
             snapshot.len(),
             snapshot.round(),
         );
+        self.problems = snapshot.problems().to_vec();
         let changed = self.presence.observe(&snapshot, Instant::now());
         for device in &changed {
             self.id_of(&device.id);
@@ -345,6 +351,11 @@ impl Worker {
     fn health(&self, error: Option<String>) -> Health {
         Health {
             devices: self.presence.len(),
+            problems: if error.is_none() {
+                self.problems.clone()
+            } else {
+                Vec::new()
+            },
             error,
             properties_version: self.properties_version.clone(),
         }
@@ -502,6 +513,7 @@ async fn report(shared: &Shared, config: &Configuration, health: &Health) {
         node: shared.node.clone(),
         devices: u32::try_from(health.devices).unwrap_or(u32::MAX),
         error: health.error.clone(),
+        problems: health.problems.clone(),
         properties_version: health.properties_version.clone(),
         last_change: Some(Time(Timestamp::now())),
     };
@@ -515,6 +527,7 @@ pub async fn report_refusal(shared: &Shared, config: &Configuration, why: &str) 
     let health = Health {
         devices: 0,
         error: Some(why.to_string()),
+        problems: Vec::new(),
         properties_version: None,
     };
     report(shared, config, &health).await;

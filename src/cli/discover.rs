@@ -128,6 +128,9 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<i32> {
             if snapshot.len() == 1 { "" } else { "s" },
             started.elapsed().as_secs_f64()
         );
+        for problem in snapshot.problems() {
+            eprintln!("  problem: {problem}");
+        }
         all.extend(previews(config, &node, &snapshot));
     }
     print(&all, args.output)?;
@@ -263,6 +266,9 @@ async fn watch(
                 }
                 let now = time_of_day();
                 eprintln!("[{now}] {} device(s)", snapshot.len());
+                for problem in snapshot.problems() {
+                    eprintln!("  problem: {problem}");
+                }
                 print(&previews(config, node, &snapshot), args.output)?;
                 last = Some(snapshot);
             }

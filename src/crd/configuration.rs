@@ -277,6 +277,12 @@ pub struct NodeDiscoveryStatus {
     /// Why discovery does not run or failed on this node; absent when healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What a user must act on although discovery runs: targets that answered but could not
+    /// be used, each named (such as an OPC UA server that refused the credentials). At most
+    /// 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(max = 512)))]
+    pub problems: Vec<String>,
     /// Version of the `properties` this node's agent resolved and hands to brokers: a hash
     /// of the literal values and of the versions of the Secrets and ConfigMaps the others
     /// come from (never of their values). A broker on this node is replaced when it changes,

@@ -48,16 +48,23 @@ pub struct Mount {
 
 /// Every device a handler can see at one moment, sorted by id. A device that is missing from
 /// a snapshot is not gone yet: the agent applies the Configuration's offline grace period.
-/// Two snapshots are equal when their devices are; how long the round took is not compared.
+/// Two snapshots are equal when their devices and problems are; how long the round took is
+/// not compared.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     devices: Vec<Device>,
+    problems: Vec<String>,
     round: Option<std::time::Duration>,
 }
 
+/// Most problems a snapshot keeps (the rest are counted in the last one).
+pub const MAX_PROBLEMS: usize = 10;
+/// Longest problem kept, in bytes.
+const MAX_PROBLEM_BYTES: usize = 300;
+
 impl PartialEq for Snapshot {
     fn eq(&self, other: &Self) -> bool {
-        self.devices == other.devices
+        self.devices == other.devices && self.problems == other.problems
     }
 }
 
@@ -71,8 +78,41 @@ impl Snapshot {
         devices.dedup_by(|later, first| later.id == first.id);
         Self {
             devices,
+            problems: Vec::new(),
             round: None,
         }
+    }
+
+    /// Records what a user must act on although the round itself worked: a target that
+    /// answered but could not be used (a server that refused the credentials). Each names
+    /// its target; they must be the same words every round while nothing changes (the agent
+    /// writes them to the Configuration's status when they change). Kept sorted, each at most
+    /// 300 bytes, at most [`MAX_PROBLEMS`] (the last then says how many more there were).
+    pub fn with_problems(mut self, mut problems: Vec<String>) -> Self {
+        problems.sort();
+        problems.dedup();
+        for p in &mut problems {
+            if p.len() > MAX_PROBLEM_BYTES {
+                let mut end = MAX_PROBLEM_BYTES;
+                while !p.is_char_boundary(end) {
+                    end -= 1;
+                }
+                p.truncate(end);
+                p.push('…');
+            }
+        }
+        if problems.len() > MAX_PROBLEMS {
+            let more = problems.len() - (MAX_PROBLEMS - 1);
+            problems.truncate(MAX_PROBLEMS - 1);
+            problems.push(format!("and {more} more"));
+        }
+        self.problems = problems;
+        self
+    }
+
+    /// What a user must act on ([`Snapshot::with_problems`]).
+    pub fn problems(&self) -> &[String] {
+        &self.problems
     }
 
     /// Records how long the discovery round that produced this snapshot took (polled
@@ -114,6 +154,18 @@ mod tests {
             properties: [("X".to_string(), v.to_string())].into(),
             ..Device::default()
         }
+    }
+
+    #[test]
+    fn problems_are_sorted_bounded_and_compared() {
+        let many: Vec<String> = (0..25).rev().map(|i| format!("server {i:02}")).collect();
+        let s = Snapshot::new(vec![]).with_problems(many);
+        assert_eq!(s.problems().len(), MAX_PROBLEMS);
+        assert_eq!(s.problems()[0], "server 00");
+        assert_eq!(s.problems()[MAX_PROBLEMS - 1], "and 16 more");
+        let long = Snapshot::new(vec![]).with_problems(vec!["é".repeat(400)]);
+        assert!(long.problems()[0].len() <= MAX_PROBLEM_BYTES + '…'.len_utf8());
+        assert_ne!(Snapshot::new(vec![]), long);
     }
 
     #[test]

@@ -37,7 +37,11 @@ async fn main() {
     let mut samples = Vec::new();
     for _ in 0..ROUNDS {
         let t = Instant::now();
-        let found = scan(&details).await.expect("round").devices().len();
+        let found = scan(&details, &Default::default())
+            .await
+            .expect("round")
+            .devices()
+            .len();
         samples.push(t.elapsed());
         assert_eq!(found, SERVERS as usize, "servers found");
     }

@@ -7,6 +7,9 @@
 //! endpoint with the required security; the endpoint handed to brokers is chosen by the
 //! configured preference. Both services run on a channel with security policy None, as the
 //! specification allows for discovery, so no certificate is needed to find servers.
+//! A Configuration with `session` also opens a session on each kept server, with the
+//! credentials and certificates of its properties, and reads the server's nameplate
+//! (`ServerStatus.BuildInfo`); a server that refuses it is a problem of the snapshot, named.
 //!
 //! Every connection and service call has a timeout and servers are queried with bounded
 //! concurrency; a server that is silent, answers garbage or sends an absurd amount of data
@@ -14,6 +17,7 @@
 
 mod scan;
 pub mod select;
+pub mod session;
 
 use dowser_discovery_api::{DiscoveryHandler, Properties, SnapshotStream, details::OpcuaDetails};
 use futures::StreamExt;
@@ -27,8 +31,8 @@ pub struct OpcuaHandler;
 impl DiscoveryHandler for OpcuaHandler {
     type Details = OpcuaDetails;
 
-    fn discover(&self, details: OpcuaDetails, _properties: Properties) -> SnapshotStream {
-        let scanner = match Scanner::new(&details) {
+    fn discover(&self, details: OpcuaDetails, properties: Properties) -> SnapshotStream {
+        let scanner = match Scanner::new(&details, &properties) {
             Ok(s) => std::sync::Arc::new(s),
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
         };

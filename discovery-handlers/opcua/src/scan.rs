@@ -8,7 +8,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    DiscoveryError, Snapshot, details::OpcuaDetails, details::opcua::SecurityMode,
+    DiscoveryError, Properties, Snapshot, details::OpcuaDetails, details::opcua::SecurityMode,
 };
 use futures::StreamExt;
 use opcua::{
@@ -16,7 +16,10 @@ use opcua::{
     types::{ApplicationDescription, ApplicationType, EndpointDescription, MessageSecurityMode},
 };
 
-use crate::select::{self, Application, ApplicationKind, Endpoint, Selection};
+use crate::{
+    select::{self, Application, ApplicationKind, Endpoint, Selection},
+    session::{self, Credentials},
+};
 
 /// Most data one server may send in one response. An endpoint list is a few KiB per
 /// endpoint (each carries the server certificate), so this admits hundreds of endpoints and
@@ -32,10 +35,19 @@ pub struct Scanner {
     urls: Vec<String>,
     timeout: Duration,
     concurrency: usize,
+    /// The session in which each server's nameplate is read, when the Configuration asks.
+    credentials: Option<Credentials>,
+}
+
+/// What one server came to: a device, nothing, or a problem a user must act on.
+enum Described {
+    Device(dowser_discovery_api::Device),
+    Problem(String),
+    Nothing,
 }
 
 impl Scanner {
-    pub fn new(details: &OpcuaDetails) -> Result<Self, DiscoveryError> {
+    pub fn new(details: &OpcuaDetails, properties: &Properties) -> Result<Self, DiscoveryError> {
         let compile = |f: &Option<dowser_discovery_api::Filter>| {
             f.as_ref()
                 .map(|f| f.compile())
@@ -50,16 +62,30 @@ impl Scanner {
             policy: details.security_policy,
             mode: details.security_mode,
             preference: details.endpoint_preference,
+            manufacturers: compile(&details.manufacturer_names)?,
+            products: compile(&details.product_names)?,
         };
         let timeout = Duration::from_millis(u64::from(details.timeout_ms));
+        let credentials = details
+            .session
+            .as_ref()
+            .map(|s| Credentials::new(s, properties))
+            .transpose()?;
         // Discovery runs on channels with security policy None: no certificate of our own is
-        // needed, and none is created or written.
+        // needed, and none is created or written. A session on a secure channel uses the
+        // certificate from the properties, in a store of its own.
+        let pki = credentials
+            .as_ref()
+            .and_then(|c| c.pki_dir().map(|p| p.to_path_buf()))
+            .unwrap_or_else(|| std::env::temp_dir().join("dowser-opcua-pki"));
+        let trust_any = credentials.as_ref().is_some_and(|c| !c.trust_list);
         let client = ClientBuilder::new()
             .application_name("dowser")
             .application_uri("urn:dowser:discovery")
             .product_uri("urn:dowser")
             .create_sample_keypair(false)
-            .pki_dir(std::env::temp_dir().join("dowser-opcua-pki"))
+            .pki_dir(pki)
+            .trust_server_certs(trust_any)
             .session_retry_limit(0)
             .request_timeout(timeout)
             .max_message_size(MAX_MESSAGE_BYTES)
@@ -75,6 +101,7 @@ impl Scanner {
             urls: details.discovery_urls.clone(),
             timeout,
             concurrency: details.concurrency.max(1) as usize,
+            credentials,
         })
     }
 
@@ -117,16 +144,25 @@ impl Scanner {
             }
         }
 
-        let devices: Vec<_> = futures::stream::iter(candidates)
+        let described: Vec<Described> = futures::stream::iter(candidates)
             .map(|(app, answered)| {
                 let (this, resolver) = (self.clone(), resolver.clone());
                 async move { this.describe(app, answered.as_deref(), &resolver).await }
             })
             .buffer_unordered(self.concurrency)
-            .filter_map(|d| async move { d })
             .collect()
             .await;
-        Snapshot::new(devices).with_round(started.elapsed())
+        let (mut devices, mut problems) = (Vec::new(), Vec::new());
+        for d in described {
+            match d {
+                Described::Device(d) => devices.push(d),
+                Described::Problem(p) => problems.push(p),
+                Described::Nothing => {}
+            }
+        }
+        Snapshot::new(devices)
+            .with_problems(problems)
+            .with_round(started.elapsed())
     }
 
     async fn find_servers(&self, url: &str) -> Result<Vec<Application>, String> {
@@ -138,13 +174,19 @@ impl Scanner {
         Ok(servers.iter().map(application).collect())
     }
 
-    async fn get_endpoints(&self, url: &str) -> Result<Vec<Endpoint>, String> {
+    async fn get_endpoints(
+        &self,
+        url: &str,
+    ) -> Result<Vec<(Endpoint, EndpointDescription)>, String> {
         let call = self.client.get_server_endpoints_from_url(url);
         let endpoints = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
             .map_err(|e| e.to_string())?;
-        Ok(endpoints.iter().filter_map(endpoint).collect())
+        Ok(endpoints
+            .into_iter()
+            .filter_map(|d| Some((endpoint(&d)?, d)))
+            .collect())
     }
 
     /// GetEndpoints on the server's discovery URLs (the first that answers), then the
@@ -154,7 +196,7 @@ impl Scanner {
         app: Application,
         answered: Option<&str>,
         resolver: &Resolver,
-    ) -> Option<dowser_discovery_api::Device> {
+    ) -> Described {
         for reported in app
             .discovery_urls
             .iter()
@@ -170,14 +212,40 @@ impl Scanner {
             };
             let host = select::split_url(&url).map(|(h, _, _)| h.to_string());
             let mut mended = Vec::with_capacity(endpoints.len());
-            for mut e in endpoints {
+            let mut raw = Vec::with_capacity(endpoints.len());
+            for (mut e, mut d) in endpoints {
                 e.url = resolver.mend(&e.url, host.as_deref()).await;
+                d.endpoint_url = e.url.clone().into();
                 mended.push(e);
+                raw.push(d);
             }
-            let best = self.selection.best(&mended)?;
-            return Some(select::device(&app, &url, &mended, best));
+            let Some(best) = self.selection.best(&mended) else {
+                return Described::Nothing;
+            };
+            let device = select::device(&app, &url, &mended, best);
+            let Some(credentials) = &self.credentials else {
+                return Described::Device(device);
+            };
+            let offered: Vec<_> = mended
+                .iter()
+                .cloned()
+                .zip(raw.iter().map(session::user_tokens))
+                .collect();
+            let chosen = match select::session_endpoint(&offered, &credentials.session) {
+                Ok(i) => raw.swap_remove(i),
+                Err(why) => return Described::Problem(format!("{} at {url} {why}", app.uri)),
+            };
+            return match session::read_nameplate(&self.client, credentials, chosen, self.timeout)
+                .await
+            {
+                Ok(nameplate) if self.selection.keeps_nameplate(&nameplate) => {
+                    Described::Device(select::with_nameplate(device, &nameplate))
+                }
+                Ok(_) => Described::Nothing,
+                Err(why) => Described::Problem(format!("{} at {url}: {why}", app.uri)),
+            };
         }
-        None
+        Described::Nothing
     }
 }
 
@@ -270,6 +338,9 @@ fn endpoint(d: &EndpointDescription) -> Option<Endpoint> {
 }
 
 /// One round with a fresh scanner (for `dowser discover` and tests).
-pub async fn scan(details: &OpcuaDetails) -> Result<Snapshot, DiscoveryError> {
-    Ok(Arc::new(Scanner::new(details)?).round().await)
+pub async fn scan(
+    details: &OpcuaDetails,
+    properties: &Properties,
+) -> Result<Snapshot, DiscoveryError> {
+    Ok(Arc::new(Scanner::new(details, properties)?).round().await)
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use dowser_discovery_api::{
     CompiledFilter, Device,
-    details::opcua::{EndpointPreference, SecurityMode, SecurityPolicy},
+    details::opcua::{
+        EndpointPreference, OpcuaSession, SecurityMode, SecurityPolicy, UserIdentity,
+    },
     env::printable_value,
 };
 
@@ -58,7 +60,7 @@ pub fn policy_name(uri: &str) -> &str {
     uri.strip_prefix(POLICY_PREFIX).unwrap_or(uri)
 }
 
-fn policy_name_of(policy: SecurityPolicy) -> &'static str {
+pub fn policy_name_of(policy: SecurityPolicy) -> &'static str {
     match policy {
         SecurityPolicy::None => "None",
         SecurityPolicy::Basic128Rsa15 => "Basic128Rsa15",
@@ -69,7 +71,7 @@ fn policy_name_of(policy: SecurityPolicy) -> &'static str {
     }
 }
 
-fn mode_name(mode: SecurityMode) -> &'static str {
+pub fn mode_name(mode: SecurityMode) -> &'static str {
     match mode {
         SecurityMode::None => "None",
         SecurityMode::Sign => "Sign",
@@ -94,6 +96,8 @@ pub struct Selection {
     pub policy: Option<SecurityPolicy>,
     pub mode: Option<SecurityMode>,
     pub preference: EndpointPreference,
+    pub manufacturers: CompiledFilter,
+    pub products: CompiledFilter,
 }
 
 impl Selection {
@@ -104,6 +108,12 @@ impl Selection {
             && self.names.accepts(Some(&app.name))
             && self.uris.accepts(Some(&app.uri))
             && self.product_uris.accepts(Some(&app.product_uri))
+    }
+
+    /// Whether a server's nameplate passes the filters on it.
+    pub fn keeps_nameplate(&self, nameplate: &Nameplate) -> bool {
+        self.manufacturers.accepts(Some(&nameplate.manufacturer))
+            && self.products.accepts(Some(&nameplate.product))
     }
 
     /// Whether an endpoint offers the required security policy and mode.
@@ -132,6 +142,85 @@ impl Selection {
             }
         }
     }
+}
+
+/// What a server says of itself in `Server.ServerStatus.BuildInfo` (Part 5, 12.4).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Nameplate {
+    pub manufacturer: String,
+    pub product: String,
+    pub software_version: String,
+    pub build_number: String,
+}
+
+/// The endpoint a session is opened on: the one with the session's policy and mode that
+/// takes the session's kind of user token (the first such, in the server's order). The error
+/// says what the server offers instead, for the Configuration's status.
+pub fn session_endpoint(
+    endpoints: &[(Endpoint, Vec<UserIdentity>)],
+    session: &OpcuaSession,
+) -> Result<usize, String> {
+    let policy = policy_name_of(session.security_policy);
+    let secured: Vec<usize> = (0..endpoints.len())
+        .filter(|&i| {
+            let (e, _) = &endpoints[i];
+            policy_name(&e.policy_uri) == policy
+                && e.mode == session.security_mode
+                && e.url.starts_with("opc.tcp://")
+        })
+        .collect();
+    if secured.is_empty() {
+        let mut offered: Vec<String> = endpoints
+            .iter()
+            .map(|(e, _)| format!("{}/{}", policy_name(&e.policy_uri), mode_name(e.mode)))
+            .collect();
+        offered.sort();
+        offered.dedup();
+        return Err(format!(
+            "offers no endpoint with security {policy}/{} (it offers {})",
+            mode_name(session.security_mode),
+            if offered.is_empty() {
+                "none".to_string()
+            } else {
+                offered.join(", ")
+            }
+        ));
+    }
+    secured
+        .iter()
+        .copied()
+        .find(|&i| endpoints[i].1.contains(&session.user_identity))
+        .ok_or_else(|| {
+            format!(
+                "takes no {} user token on its {policy}/{} endpoint",
+                identity_name(session.user_identity),
+                mode_name(session.security_mode)
+            )
+        })
+}
+
+pub fn identity_name(identity: UserIdentity) -> &'static str {
+    match identity {
+        UserIdentity::Anonymous => "Anonymous",
+        UserIdentity::UserName => "UserName",
+        UserIdentity::Certificate => "Certificate",
+    }
+}
+
+/// Adds a server's nameplate to its device's environment.
+pub fn with_nameplate(mut device: Device, nameplate: &Nameplate) -> Device {
+    let mut put = |k: &str, v: &str| {
+        if !v.is_empty() {
+            device
+                .properties
+                .insert(k.to_string(), printable_value(v, MAX_VALUE_BYTES));
+        }
+    };
+    put("OPCUA_MANUFACTURER_NAME", &nameplate.manufacturer);
+    put("OPCUA_PRODUCT_NAME", &nameplate.product);
+    put("OPCUA_SOFTWARE_VERSION", &nameplate.software_version);
+    put("OPCUA_BUILD_NUMBER", &nameplate.build_number);
+    device
 }
 
 /// Splits `opc.tcp://host:port/path` into (host, port, rest-with-leading-slash). The host of
@@ -248,6 +337,83 @@ mod tests {
                 12,
             ),
         ]
+    }
+
+    #[test]
+    fn a_session_goes_to_the_endpoint_with_its_security_and_token() {
+        let session = |policy, mode, user_identity| OpcuaSession {
+            security_policy: policy,
+            security_mode: mode,
+            user_identity,
+        };
+        let offered: Vec<_> = endpoints()
+            .into_iter()
+            .map(|e| {
+                let tokens = if e.mode == SecurityMode::None {
+                    vec![UserIdentity::Anonymous]
+                } else {
+                    vec![UserIdentity::UserName, UserIdentity::Certificate]
+                };
+                (e, tokens)
+            })
+            .collect();
+        let secure = session(
+            SecurityPolicy::Basic256Sha256,
+            SecurityMode::SignAndEncrypt,
+            UserIdentity::UserName,
+        );
+        assert_eq!(session_endpoint(&offered, &secure), Ok(2));
+        let open = session(
+            SecurityPolicy::None,
+            SecurityMode::None,
+            UserIdentity::UserName,
+        );
+        assert_eq!(
+            session_endpoint(&offered, &open).unwrap_err(),
+            "takes no UserName user token on its None/None endpoint"
+        );
+        let absent = session(
+            SecurityPolicy::Aes256Sha256RsaPss,
+            SecurityMode::Sign,
+            UserIdentity::Anonymous,
+        );
+        assert_eq!(
+            session_endpoint(&offered, &absent).unwrap_err(),
+            "offers no endpoint with security Aes256_Sha256_RsaPss/Sign (it offers \
+             Aes128_Sha256_RsaOaep/SignAndEncrypt, Basic256Sha256/Sign, \
+             Basic256Sha256/SignAndEncrypt, None/None)"
+        );
+    }
+
+    #[test]
+    fn the_nameplate_is_added_and_filtered() {
+        let plate = Nameplate {
+            manufacturer: "ACME Automation".into(),
+            product: "Filler PLC".into(),
+            software_version: "4.2.1".into(),
+            build_number: String::new(),
+        };
+        let e = endpoints();
+        let d = with_nameplate(
+            device(
+                &app("urn:a", ApplicationKind::Server),
+                "opc.tcp://p:4840/",
+                &e,
+                &e[0],
+            ),
+            &plate,
+        );
+        assert_eq!(d.properties["OPCUA_MANUFACTURER_NAME"], "ACME Automation");
+        assert!(!d.properties.contains_key("OPCUA_BUILD_NUMBER"));
+        let only = |f: serde_json::Value| Selection {
+            manufacturers: serde_json::from_value::<Filter>(f)
+                .unwrap()
+                .compile()
+                .unwrap(),
+            ..Selection::default()
+        };
+        assert!(only(serde_json::json!({"include": ["ACME.*"]})).keeps_nameplate(&plate));
+        assert!(!only(serde_json::json!({"exclude": ["ACME.*"]})).keeps_nameplate(&plate));
     }
 
     #[test]

@@ -82,7 +82,7 @@ async fn a_discovery_server_leads_to_every_good_server_and_bad_ones_cost_only_a_
         url_of(&fleet, "urn:plant:noise"),
     ];
     let started = Instant::now();
-    let snapshot = scan(&details(urls)).await.unwrap();
+    let snapshot = scan(&details(urls), &Default::default()).await.unwrap();
     let took = started.elapsed();
     let found = by_id(&snapshot);
     assert_eq!(
@@ -115,8 +115,8 @@ async fn a_discovery_server_leads_to_every_good_server_and_bad_ones_cost_only_a_
 async fn an_unchanged_plant_gives_equal_snapshots() {
     let fleet = plant().await;
     let d = details(vec![url_of(&fleet, "urn:plant:lds")]);
-    let first = scan(&d).await.unwrap();
-    let second = scan(&d).await.unwrap();
+    let first = scan(&d, &Default::default()).await.unwrap();
+    let second = scan(&d, &Default::default()).await.unwrap();
     assert_eq!(first.devices().len(), 3);
     assert_eq!(first, second, "nothing changed, so nothing may be written");
 }
@@ -135,18 +135,18 @@ async fn filters_and_required_security_keep_only_matching_servers() {
         include: vec![],
         exclude: vec![".*press-1".into()],
     });
-    let found = by_id(&scan(&by_name).await.unwrap());
+    let found = by_id(&scan(&by_name, &Default::default()).await.unwrap());
     assert_eq!(found.keys().collect::<Vec<_>>(), ["urn:plant:press-2"]);
 
     let mut secure = details(vec![lds.clone()]);
     secure.security_policy = Some(SecurityPolicy::Basic256Sha256);
     secure.security_mode = Some(SecurityMode::SignAndEncrypt);
-    let found = by_id(&scan(&secure).await.unwrap());
+    let found = by_id(&scan(&secure, &Default::default()).await.unwrap());
     assert_eq!(found.keys().collect::<Vec<_>>(), ["urn:plant:press-2"]);
 
     let mut open = details(vec![lds.clone()]);
     open.endpoint_preference = EndpointPreference::LeastSecure;
-    let found = by_id(&scan(&open).await.unwrap());
+    let found = by_id(&scan(&open, &Default::default()).await.unwrap());
     assert_eq!(found["urn:plant:press-2"]["OPCUA_SECURITY_MODE"], "None");
     assert_eq!(
         found["urn:plant:oven-1"]["OPCUA_SECURITY_POLICY"],
@@ -158,7 +158,13 @@ async fn filters_and_required_security_keep_only_matching_servers() {
         include: vec!["urn:other:.*".into()],
         exclude: vec![],
     });
-    assert!(scan(&product).await.unwrap().devices().is_empty());
+    assert!(
+        scan(&product, &Default::default())
+            .await
+            .unwrap()
+            .devices()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,9 +178,12 @@ async fn a_host_name_the_node_cannot_resolve_is_replaced_by_the_address_that_ans
     .await
     .unwrap();
     let addr = fleet.opcua[0].addr;
-    let snapshot = scan(&details(vec![format!("opc.tcp://{addr}/")]))
-        .await
-        .unwrap();
+    let snapshot = scan(
+        &details(vec![format!("opc.tcp://{addr}/")]),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let found = by_id(&snapshot);
     let press = &found["urn:plant:press-7"];
     assert_eq!(press["OPCUA_DISCOVERY_URL"], format!("opc.tcp://{addr}/"));
@@ -186,7 +195,9 @@ async fn a_server_is_the_same_device_whichever_url_found_it() {
     let fleet = plant().await;
     let direct = url_of(&fleet, "urn:plant:press-1");
     let lds = url_of(&fleet, "urn:plant:lds");
-    let snapshot = scan(&details(vec![direct, lds])).await.unwrap();
+    let snapshot = scan(&details(vec![direct, lds]), &Default::default())
+        .await
+        .unwrap();
     let ids: Vec<_> = snapshot.devices().iter().map(|d| d.id.as_str()).collect();
     assert_eq!(
         ids,
@@ -200,8 +211,11 @@ async fn nothing_listening_gives_an_empty_snapshot_not_an_error() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let snapshot = scan(&details(vec![format!("opc.tcp://{port}/")]))
-        .await
-        .unwrap();
+    let snapshot = scan(
+        &details(vec![format!("opc.tcp://{port}/")]),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(snapshot.devices().is_empty());
 }
