@@ -262,7 +262,7 @@ fn chart_values_change_what_they_claim_to() {
     let controller = find(&objs, "Deployment", "dowser-controller");
     assert_eq!(
         env(agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua,ble,serial,mdns")
+        Some("modbus,opcua,ble,serial,mdns,udev")
     );
     assert_eq!(pod_spec(agent)["hostNetwork"], true);
     assert_eq!(pod_spec(agent)["dnsPolicy"], "ClusterFirstWithHostNet");
@@ -316,6 +316,7 @@ fn chart_values_change_what_they_claim_to() {
         "agent.mode=dra",
         "handlers.ble.enabled=false",
         "handlers.serial.enabled=false",
+        "handlers.udev.enabled=false",
     ]);
     let agent = find(&objs, "DaemonSet", "dowser-agent");
     assert_eq!(env(agent, "DOWSER_AGENT_MODE").as_deref(), Some("dra"));
@@ -381,6 +382,7 @@ fn chart_values_change_what_they_claim_to() {
         "handlers.ble.enabled=false",
         "handlers.serial.enabled=false",
         "handlers.mdns.enabled=false",
+        "handlers.udev.enabled=false",
         "agent.hostNetwork=false",
     ]);
     let agent = find(&objs, "DaemonSet", "dowser-agent");
@@ -419,8 +421,17 @@ fn chart_values_change_what_they_claim_to() {
     assert!(mounts(&agent).contains(&"/dev".to_string()));
     assert_eq!(
         env(&agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua,serial,mdns")
+        Some("modbus,opcua,serial,mdns,udev")
     );
+    // The device nodes and the udev database stay while serial or udev needs them.
+    let only_udev = find(
+        &chart(&["handlers.serial.enabled=false"]),
+        "DaemonSet",
+        "dowser-agent",
+    )
+    .clone();
+    assert!(mounts(&only_udev).contains(&"/dev".to_string()));
+    assert!(mounts(&only_udev).contains(&"/run/udev".to_string()));
 
     // Clear errors for what cannot work.
     let err = helm_template(&["agent.hostNetwork=false"]).unwrap_err();

@@ -246,3 +246,181 @@ impl Drop for Bed {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
+
+/// Lines of a umockdev description.
+struct Lines(String);
+
+impl Lines {
+    fn device(&mut self, path: &str, lines: &[String]) {
+        self.0.push_str(&format!("P: {path}\n"));
+        for l in lines {
+            self.0.push_str(l);
+            self.0.push('\n');
+        }
+        self.0.push('\n');
+    }
+}
+
+/// A USB device in `port` with the given descriptors, as `P:` path and its lines.
+fn usb_device(
+    port: &str,
+    vid: &str,
+    pid: &str,
+    serial: Option<&str>,
+    product: &str,
+) -> (String, Vec<String>) {
+    let (bus, devpath) = port.split_once('-').unwrap();
+    let dev = format!("{HOST}/usb{bus}/{port}");
+    let devnum = 10 + devpath.len();
+    let mut l = vec![
+        format!("N: bus/usb/{bus:0>3}/{devnum:03}"),
+        format!("E: DEVNAME=/dev/bus/usb/{bus:0>3}/{devnum:03}"),
+        "E: DEVTYPE=usb_device".into(),
+        "E: DRIVER=usb".into(),
+        "E: SUBSYSTEM=usb".into(),
+        format!("A: idVendor={vid}"),
+        format!("A: idProduct={pid}"),
+        format!("A: product={product}"),
+        format!("A: devpath={devpath}"),
+    ];
+    if let Some(s) = serial {
+        l.push(format!("A: serial={s}"));
+    }
+    (dev, l)
+}
+
+/// A USB interface `n` of the device at `dev`, bound to `driver`.
+fn usb_interface(dev: &str, n: u8, driver: &str) -> (String, Vec<String>) {
+    let port = dev.rsplit('/').next().unwrap();
+    (
+        format!("{dev}/{port}:1.{n}"),
+        vec![
+            "E: DEVTYPE=usb_interface".into(),
+            format!("E: DRIVER={driver}"),
+            "E: SUBSYSTEM=usb".into(),
+            format!("A: bInterfaceNumber={n:02}"),
+        ],
+    )
+}
+
+/// A UVC webcam (Logitech C270, 046d:0825) in USB `port`: the uvcvideo driver gives it two
+/// video4linux nodes, `video<first>` (capture) and the next (metadata), under its video
+/// interface; udev adds the capability property.
+pub fn uvc_camera(port: &str, serial: &str, first: u32) -> String {
+    let mut s = Lines(String::new());
+    let (dev, l) = usb_device(port, "046d", "0825", Some(serial), "C270 HD WEBCAM");
+    s.device(&dev, &l);
+    let (intf, l) = usb_interface(&dev, 0, "uvcvideo");
+    s.device(&intf, &l);
+    for (n, caps) in [(first, ":capture:"), (first + 1, ":")] {
+        s.device(
+            &format!("{intf}/video4linux/video{n}"),
+            &[
+                format!("N: video{n}"),
+                format!("E: DEVNAME=/dev/video{n}"),
+                "E: MAJOR=81".into(),
+                format!("E: MINOR={n}"),
+                "E: SUBSYSTEM=video4linux".into(),
+                format!("E: ID_V4L_CAPABILITIES={caps}"),
+                "E: ID_MODEL=C270_HD_WEBCAM".into(),
+                "A: name=C270 HD WEBCAM".into(),
+                format!("A: dev=81:{n}"),
+            ],
+        );
+    }
+    s.0
+}
+
+/// A GPIO chip of the platform (gpio-mockup), `/dev/gpiochip0` on the gpio bus.
+pub fn gpio_chip() -> String {
+    let mut s = Lines(String::new());
+    let parent = "/devices/platform/gpio-mockup.0";
+    s.device(
+        parent,
+        &[
+            "E: DRIVER=gpio-mockup".into(),
+            "E: SUBSYSTEM=platform".into(),
+        ],
+    );
+    s.device(
+        &format!("{parent}/gpiochip0"),
+        &[
+            "N: gpiochip0".into(),
+            "E: DEVNAME=/dev/gpiochip0".into(),
+            "E: MAJOR=254".into(),
+            "E: MINOR=0".into(),
+            "E: SUBSYSTEM=gpio".into(),
+            "A: label=gpio-mockup-A".into(),
+            "A: ngpio=8".into(),
+            "A: dev=254:0".into(),
+        ],
+    );
+    s.0
+}
+
+/// A USB keyboard (046d:c31c, no serial number) in `port`: usbhid, its HID device, the
+/// input device and its event node `/dev/input/event<event>`.
+pub fn usb_keyboard(port: &str, event: u32) -> String {
+    let mut s = Lines(String::new());
+    let (dev, l) = usb_device(port, "046d", "c31c", None, "USB Keyboard");
+    s.device(&dev, &l);
+    let (intf, l) = usb_interface(&dev, 0, "usbhid");
+    s.device(&intf, &l);
+    let hid = format!("{intf}/0003:046D:C31C.0001");
+    s.device(
+        &hid,
+        &["E: DRIVER=hid-generic".into(), "E: SUBSYSTEM=hid".into()],
+    );
+    let input = format!("{hid}/input/input{event}");
+    s.device(
+        &input,
+        &[
+            "E: SUBSYSTEM=input".into(),
+            "E: ID_INPUT_KEYBOARD=1".into(),
+            "A: name=Logitech USB Keyboard".into(),
+        ],
+    );
+    s.device(
+        &format!("{input}/event{event}"),
+        &[
+            format!("N: input/event{event}"),
+            format!("E: DEVNAME=/dev/input/event{event}"),
+            "E: MAJOR=13".into(),
+            format!("E: MINOR={}", 64 + event),
+            "E: SUBSYSTEM=input".into(),
+            "E: ID_INPUT=1".into(),
+            "E: ID_INPUT_KEYBOARD=1".into(),
+            format!("A: dev=13:{}", 64 + event),
+        ],
+    );
+    s.0
+}
+
+/// A USB flash drive (SanDisk 0781:5567) in `port`: usb-storage, a SCSI disk `/dev/<disk>`.
+pub fn usb_storage(port: &str, disk: &str) -> String {
+    let mut s = Lines(String::new());
+    let (dev, l) = usb_device(
+        port,
+        "0781",
+        "5567",
+        Some("4C530001230101115243"),
+        "Cruzer Blade",
+    );
+    s.device(&dev, &l);
+    let (intf, l) = usb_interface(&dev, 0, "usb-storage");
+    s.device(&intf, &l);
+    s.device(
+        &format!("{intf}/host6/target6:0:0/6:0:0:0/block/{disk}"),
+        &[
+            format!("N: {disk}"),
+            format!("E: DEVNAME=/dev/{disk}"),
+            "E: DEVTYPE=disk".into(),
+            "E: MAJOR=8".into(),
+            "E: MINOR=16".into(),
+            "E: SUBSYSTEM=block".into(),
+            "E: ID_BUS=usb".into(),
+            "A: dev=8:16".into(),
+        ],
+    );
+    s.0
+}

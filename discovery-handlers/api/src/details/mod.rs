@@ -9,6 +9,7 @@ pub mod mdns;
 pub mod modbus;
 pub mod opcua;
 pub mod serial;
+pub mod udev;
 
 use std::sync::LazyLock;
 
@@ -25,6 +26,7 @@ pub use mdns::MdnsDetails;
 pub use modbus::ModbusDetails;
 pub use opcua::OpcuaDetails;
 pub use serial::SerialDetails;
+pub use udev::UdevDetails;
 
 /// The built-in handlers, in the order of `spec.discovery`'s fields. Everything in dowser
 /// that lists handlers is made from this one table: their names, [`Discovery`] (and so the
@@ -51,6 +53,9 @@ macro_rules! with_handlers {
             serial "serial" Serial($crate::details::SerialDetails) dowser_serial::SerialHandler;
             /// Services announced over multicast DNS (DNS-SD).
             mdns "mdns" Mdns($crate::details::MdnsDetails) dowser_mdns::MdnsHandler;
+            /// Any device the kernel announces on the node, selected by subsystem, device
+            /// node, sysfs attributes (its own and its parents'), udev properties and driver.
+            udev "udev" Udev($crate::details::UdevDetails) dowser_udev::UdevHandler;
         }
     };
 }
