@@ -7,7 +7,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    Filter, Snapshot,
+    Filter, Properties, Snapshot,
     details::{
         OpcuaDetails,
         opcua::{EndpointPreference, SecurityMode, SecurityPolicy},
@@ -16,7 +16,7 @@ use dowser_discovery_api::{
 use dowser_opcua::scan;
 use dowser_sim::{
     Fleet, FleetConfig,
-    opcua::{Kind, Mode, ServerConfig},
+    opcua::{Kind, Mode, Nameplate, ServerConfig},
 };
 
 fn any_port() -> std::net::SocketAddr {
@@ -218,4 +218,57 @@ async fn nothing_listening_gives_an_empty_snapshot_not_an_error() {
     .await
     .unwrap();
     assert!(snapshot.devices().is_empty());
+}
+
+/// A session against dowser-sim (async-opcua's server, the other implementation than
+/// asyncua's): a server that takes one user and tells its nameplate, found through the LDS
+/// beside the hostile servers, which cost a timeout and are no problem of the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_the_nameplate_of_a_sim_server_that_takes_one_user() {
+    let mut lds = ServerConfig::server(any_port(), "Plant LDS", "urn:plant:lds");
+    lds.kind = Kind::Discovery;
+    let config = FleetConfig {
+        opcua: vec![
+            lds,
+            ServerConfig::server(any_port(), "Filler 8", "urn:plant:filler-8")
+                .with_users(&["operator:line8-pw"])
+                .with_build_info(Nameplate {
+                    manufacturer_name: "ACME Automation".into(),
+                    product_name: "Filler PLC".into(),
+                    software_version: "5.0.2".into(),
+                    build_number: "2211".into(),
+                }),
+            ServerConfig::server(any_port(), "Dead", "urn:plant:dead").with_mode(Mode::Silent),
+            ServerConfig::server(any_port(), "Noise", "urn:plant:noise").with_mode(Mode::Garbage),
+        ],
+        ..FleetConfig::default()
+    };
+    let fleet = Fleet::start(&config).await.unwrap();
+    let mut d = details(vec![url_of(&fleet, "urn:plant:lds")]);
+    d.session =
+        Some(serde_json::from_value(serde_json::json!({"userIdentity": "UserName"})).unwrap());
+    let login = |password: &str| -> Properties {
+        [("USERNAME", "operator"), ("PASSWORD", password)]
+            .into_iter()
+            .collect()
+    };
+    let snapshot = scan(&d, &login("line8-pw")).await.unwrap();
+    assert!(snapshot.problems().is_empty(), "{:?}", snapshot.problems());
+    let found = by_id(&snapshot);
+    assert_eq!(found.keys().collect::<Vec<_>>(), ["urn:plant:filler-8"]);
+    let p = &found["urn:plant:filler-8"];
+    assert_eq!(p["OPCUA_MANUFACTURER_NAME"], "ACME Automation");
+    assert_eq!(p["OPCUA_PRODUCT_NAME"], "Filler PLC");
+    assert_eq!(p["OPCUA_SOFTWARE_VERSION"], "5.0.2");
+    assert_eq!(p["OPCUA_BUILD_NUMBER"], "2211");
+
+    let refused = scan(&d, &login("old-pw")).await.unwrap();
+    assert!(refused.devices().is_empty());
+    assert_eq!(refused.problems().len(), 1, "{:?}", refused.problems());
+    assert!(
+        refused.problems()[0].contains("urn:plant:filler-8")
+            && refused.problems()[0].contains("rejected the user identity"),
+        "{:?}",
+        refused.problems()
+    );
 }

@@ -13,11 +13,14 @@ use opcua::types::{
     ChannelSecurityToken, ContextOwned, DateTime, EndpointDescription, FindServersRequest,
     FindServersResponse, GetEndpointsRequest, GetEndpointsResponse, LocalizedText,
     MessageSecurityMode, NodeId, ObjectId, OpenSecureChannelRequest, OpenSecureChannelResponse,
-    ResponseHeader, ServiceFault, StatusCode, UAString, UserTokenPolicy,
+    ResponseHeader, ServiceFault, StatusCode, UAString, UserTokenPolicy, VariableId,
 };
 use opcua_server::{
-    ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerEndpoint,
-    node_manager::memory::{InMemoryNodeManagerBuilder, SimpleNodeManagerBuilder},
+    ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerEndpoint, ServerUserToken,
+    address_space::Variable,
+    node_manager::memory::{
+        InMemoryNodeManagerBuilder, SimpleNodeManager, SimpleNodeManagerBuilder,
+    },
 };
 use serde::Deserialize;
 use tokio::{
@@ -90,6 +93,25 @@ pub struct ServerConfig {
     /// `Aes256_Sha256_RsaPss/Sign`... (default: `None` only).
     #[serde(default = "default_endpoints")]
     pub endpoints: Vec<String>,
+    /// Users as `name:password`: when set, the server takes only these (user-name tokens on
+    /// every endpoint), no anonymous sessions.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// What the server tells of itself in `ServerStatus.BuildInfo`.
+    #[serde(default)]
+    pub build_info: Option<Nameplate>,
+}
+
+/// `ServerStatus.BuildInfo` of a simulated server.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Nameplate {
+    pub manufacturer_name: String,
+    pub product_name: String,
+    #[serde(default)]
+    pub software_version: String,
+    #[serde(default)]
+    pub build_number: String,
 }
 
 fn one() -> u32 {
@@ -121,7 +143,20 @@ impl ServerConfig {
             product_uri: default_product(),
             advertised_host: None,
             endpoints: default_endpoints(),
+            users: Vec::new(),
+            build_info: None,
         }
+    }
+
+    /// Takes only these users (`name:password`), no anonymous sessions.
+    pub fn with_users(mut self, users: &[&str]) -> Self {
+        self.users = users.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn with_build_info(mut self, nameplate: Nameplate) -> Self {
+        self.build_info = Some(nameplate);
+        self
     }
 
     pub fn with_mode(mut self, mode: Mode) -> Self {
@@ -285,7 +320,13 @@ fn parse_endpoint(
 }
 
 fn real_server(config: &ServerConfig, pki: &Path) -> anyhow::Result<opcua_server::Server> {
-    let users = [ANONYMOUS_USER_TOKEN_ID.to_string()];
+    let users: Vec<String> = if config.users.is_empty() {
+        vec![ANONYMOUS_USER_TOKEN_ID.to_string()]
+    } else {
+        (0..config.users.len())
+            .map(|i| format!("user{i}"))
+            .collect()
+    };
     // Discovery services need no address space; an empty namespace satisfies the server.
     let namespace = opcua_server::diagnostics::NamespaceMetadata {
         namespace_uri: format!("urn:dowser-sim:{}", config.application_uri),
@@ -306,6 +347,27 @@ fn real_server(config: &ServerConfig, pki: &Path) -> anyhow::Result<opcua_server
         .private_key_path("private/private.pem")
         .trust_client_certs(true)
         .discovery_urls(vec![url_of(config)]);
+    for (i, user) in config.users.iter().enumerate() {
+        let (name, password) = user
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("user {user:?} is not name:password"))?;
+        builder = builder.add_user_token(
+            format!("user{i}"),
+            ServerUserToken::user_pass(name, password),
+        );
+    }
+    if config.build_info.is_some() {
+        // The server is built without the generated core address space (it would cost every
+        // simulated server thousands of nodes); the nameplate variables of namespace 0 are
+        // served by a node manager of their own instead.
+        let core = opcua_server::diagnostics::NamespaceMetadata {
+            namespace_uri: "http://opcfoundation.org/UA/".into(),
+            ..Default::default()
+        };
+        builder = builder.with_node_manager(InMemoryNodeManagerBuilder::new(
+            SimpleNodeManagerBuilder::new(core, NAMEPLATE_MANAGER),
+        ));
+    }
     for (i, text) in config.endpoints.iter().enumerate() {
         let (policy, mode) = parse_endpoint(text)?;
         builder = builder.add_endpoint(
@@ -313,11 +375,47 @@ fn real_server(config: &ServerConfig, pki: &Path) -> anyhow::Result<opcua_server
             ServerEndpoint::new("/", policy, mode, &users),
         );
     }
-    let (server, _handle) = builder
+    let (server, handle) = builder
         .build()
         .map_err(|e| anyhow::anyhow!("OPC UA server {}: {e}", config.application_uri))?;
+    if let Some(plate) = &config.build_info {
+        let manager = handle
+            .node_managers()
+            .get_by_name::<SimpleNodeManager>(NAMEPLATE_MANAGER)
+            .ok_or_else(|| anyhow::anyhow!("the nameplate node manager is missing"))?;
+        let mut space = manager.address_space().write();
+        for (id, name, value) in [
+            (
+                VariableId::Server_ServerStatus_BuildInfo_ManufacturerName,
+                "ManufacturerName",
+                &plate.manufacturer_name,
+            ),
+            (
+                VariableId::Server_ServerStatus_BuildInfo_ProductName,
+                "ProductName",
+                &plate.product_name,
+            ),
+            (
+                VariableId::Server_ServerStatus_BuildInfo_SoftwareVersion,
+                "SoftwareVersion",
+                &plate.software_version,
+            ),
+            (
+                VariableId::Server_ServerStatus_BuildInfo_BuildNumber,
+                "BuildNumber",
+                &plate.build_number,
+            ),
+        ] {
+            let node_id: NodeId = id.into();
+            let variable = Variable::new(&node_id, name, name, UAString::from(value.as_str()));
+            space.insert::<_, NodeId>(variable, None);
+        }
+    }
     Ok(server)
 }
+
+/// The node manager that serves a simulated server's nameplate.
+const NAMEPLATE_MANAGER: &str = "nameplate";
 
 async fn silent(listener: TcpListener) {
     let mut held = Vec::new();
