@@ -262,7 +262,7 @@ fn chart_values_change_what_they_claim_to() {
     let controller = find(&objs, "Deployment", "dowser-controller");
     assert_eq!(
         env(agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua,ble,serial,mdns,udev")
+        Some("modbus,opcua,ble,serial,mdns,udev,onvif")
     );
     assert_eq!(pod_spec(agent)["hostNetwork"], true);
     assert_eq!(pod_spec(agent)["dnsPolicy"], "ClusterFirstWithHostNet");
@@ -383,6 +383,7 @@ fn chart_values_change_what_they_claim_to() {
         "handlers.serial.enabled=false",
         "handlers.mdns.enabled=false",
         "handlers.udev.enabled=false",
+        "handlers.onvif.enabled=false",
         "agent.hostNetwork=false",
     ]);
     let agent = find(&objs, "DaemonSet", "dowser-agent");
@@ -421,7 +422,7 @@ fn chart_values_change_what_they_claim_to() {
     assert!(mounts(&agent).contains(&"/dev".to_string()));
     assert_eq!(
         env(&agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua,serial,mdns,udev")
+        Some("modbus,opcua,serial,mdns,udev,onvif")
     );
     // The device nodes and the udev database stay while serial or udev needs them.
     let only_udev = find(

@@ -7,6 +7,7 @@
 pub mod mdns;
 pub mod modbus;
 pub mod netns;
+pub mod onvif;
 pub mod opcua;
 pub mod peers;
 pub mod rtu;
@@ -30,6 +31,9 @@ pub struct FleetConfig {
     /// Services announced over mDNS / DNS-SD.
     #[serde(default)]
     pub mdns: Vec<mdns::ServiceConfig>,
+    /// ONVIF cameras (WS-Discovery and their device services).
+    #[serde(default)]
+    pub onvif: Vec<onvif::CameraConfig>,
 }
 
 impl FleetConfig {
@@ -46,6 +50,9 @@ pub struct Fleet {
     /// Certificates of the OPC UA servers (one self-signed key pair shared by all).
     _pki: Option<tempfile::TempDir>,
     pub mdns: Option<mdns::RunningMdns>,
+    pub onvif: Vec<onvif::RunningCamera>,
+    /// Answers WS-Discovery for the cameras; says Bye for them when dropped.
+    _wsd: Option<onvif::Responder>,
 }
 
 impl Fleet {
@@ -75,12 +82,15 @@ impl Fleet {
         } else {
             Some(mdns::RunningMdns::start(&config.mdns)?)
         };
+        let (onvif, wsd) = onvif::serve_all(&config.onvif).await?;
         Ok(Self {
             modbus,
             rtu,
             opcua,
             mdns,
             _pki: pki,
+            onvif,
+            _wsd: wsd,
         })
     }
 
@@ -131,6 +141,17 @@ impl Fleet {
                 s.application_uri,
                 s.product_uri,
                 s.mode,
+            ));
+        }
+        for c in &self.onvif {
+            lines.push(format!(
+                "onvif {} {} manufacturer={:?} model={:?} users={} mode={:?}",
+                c.url,
+                c.endpoint,
+                c.config.manufacturer,
+                c.config.model,
+                c.config.users.len(),
+                c.config.mode,
             ));
         }
         for s in self.mdns.iter().flat_map(|m| m.services()) {

@@ -79,3 +79,21 @@ pub fn reexec() {
         .unwrap_or_else(|e| panic!("cannot run unshare ({e}): install util-linux"));
     std::process::exit(status.code().unwrap_or(1));
 }
+
+/// Inside a namespace made by [`run`]: gives loopback a second, non-loopback address
+/// (`10.77.0.1`) and a multicast route, for peers that will not use a loopback address
+/// (python `wsdiscovery` skips 127.0.0.0/8) and for multicast to the WS-Discovery group.
+pub fn multicast_on_loopback() {
+    assert!(
+        inside(),
+        "multicast_on_loopback runs only in a private network namespace"
+    );
+    for args in [
+        &["addr", "add", "10.77.0.1/32", "dev", "lo"][..],
+        &["link", "set", "lo", "multicast", "on"],
+        &["route", "add", "224.0.0.0/4", "dev", "lo"],
+    ] {
+        let status = Command::new("ip").args(args).status().expect("run ip");
+        assert!(status.success(), "ip {args:?} failed");
+    }
+}

@@ -7,6 +7,7 @@
 pub mod ble;
 pub mod mdns;
 pub mod modbus;
+pub mod onvif;
 pub mod opcua;
 pub mod serial;
 pub mod udev;
@@ -24,6 +25,7 @@ use crate::{
 pub use ble::BleDetails;
 pub use mdns::MdnsDetails;
 pub use modbus::ModbusDetails;
+pub use onvif::OnvifDetails;
 pub use opcua::OpcuaDetails;
 pub use serial::SerialDetails;
 pub use udev::UdevDetails;
@@ -56,6 +58,8 @@ macro_rules! with_handlers {
             /// Any device the kernel announces on the node, selected by subsystem, device
             /// node, sysfs attributes (its own and its parents'), udev properties and driver.
             udev "udev" Udev($crate::details::UdevDetails) dowser_udev::UdevHandler;
+            /// IP cameras found with WS-Discovery and described over ONVIF.
+            onvif "onvif" Onvif($crate::details::OnvifDetails) dowser_onvif::OnvifHandler;
         }
     };
 }
