@@ -81,7 +81,7 @@ fn cameras_are_found_described_and_the_locked_one_is_named() {
                 let s = scan(&details(serde_json::json!({})), &Properties::new())
                     .await
                     .unwrap();
-                assert_eq!(ids(&s), [gate.clone()]);
+                assert_eq!(ids(&s), std::slice::from_ref(&gate));
                 let p = &s.devices()[0].properties;
                 assert_eq!(p["ONVIF_MANUFACTURER"], "AXIS");
                 assert_eq!(p["ONVIF_MODEL"], "P1346");
@@ -150,7 +150,7 @@ fn cameras_are_found_described_and_the_locked_one_is_named() {
                 )
                 .await
                 .unwrap();
-                assert_eq!(ids(&s), [gate.clone()]);
+                assert_eq!(ids(&s), std::slice::from_ref(&gate));
             });
         },
     );
@@ -233,7 +233,7 @@ fn a_camera_announced_by_python_wsdiscovery_is_found_and_leaves_with_its_bye() {
                     Properties::new(),
                 );
                 let found = stream.next().await.unwrap().unwrap();
-                assert_eq!(ids(&found), [endpoint.clone()]);
+                assert_eq!(ids(&found), std::slice::from_ref(&endpoint));
                 let p = &found.devices()[0].properties;
                 assert_eq!(p["ONVIF_MODEL"], "FLEXIDOME 5100i");
                 assert_eq!(p["ONVIF_SCOPES"], "onvif://www.onvif.org/location/dock");
