@@ -262,7 +262,7 @@ fn chart_values_change_what_they_claim_to() {
     let controller = find(&objs, "Deployment", "dowser-controller");
     assert_eq!(
         env(agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua,ble,serial,mdns,udev,onvif")
+        Some("modbus,opcua,ble,serial,mdns,udev,onvif,bacnet")
     );
     assert_eq!(pod_spec(agent)["hostNetwork"], true);
     assert_eq!(pod_spec(agent)["dnsPolicy"], "ClusterFirstWithHostNet");
@@ -384,6 +384,7 @@ fn chart_values_change_what_they_claim_to() {
         "handlers.mdns.enabled=false",
         "handlers.udev.enabled=false",
         "handlers.onvif.enabled=false",
+        "handlers.bacnet.enabled=false",
         "agent.hostNetwork=false",
     ]);
     let agent = find(&objs, "DaemonSet", "dowser-agent");
@@ -422,7 +423,7 @@ fn chart_values_change_what_they_claim_to() {
     assert!(mounts(&agent).contains(&"/dev".to_string()));
     assert_eq!(
         env(&agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua,serial,mdns,udev,onvif")
+        Some("modbus,opcua,serial,mdns,udev,onvif,bacnet")
     );
     // The device nodes and the udev database stay while serial or udev needs them.
     let only_udev = find(

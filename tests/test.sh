@@ -50,6 +50,9 @@ export DOWSER_SLIM_BIN="$cache/slim-target/debug/dowser"
 cargo check --quiet -p dowser --no-default-features --features mdns
 cargo check --quiet -p dowser --no-default-features --features serial
 cargo check --quiet -p dowser --no-default-features --features ble
+cargo check --quiet -p dowser --no-default-features --features udev
+cargo check --quiet -p dowser --no-default-features --features onvif
+cargo check --quiet -p dowser --no-default-features --features bacnet
 
 step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet

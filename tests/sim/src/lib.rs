@@ -4,6 +4,7 @@
 //!
 //! A fleet is described by a small YAML file (or built in code) and served until dropped.
 
+pub mod bacnet;
 pub mod mdns;
 pub mod modbus;
 pub mod netns;
@@ -34,6 +35,9 @@ pub struct FleetConfig {
     /// ONVIF cameras (WS-Discovery and their device services).
     #[serde(default)]
     pub onvif: Vec<onvif::CameraConfig>,
+    /// BACnet/IP devices.
+    #[serde(default)]
+    pub bacnet: Vec<bacnet::DeviceConfig>,
 }
 
 impl FleetConfig {
@@ -51,6 +55,7 @@ pub struct Fleet {
     _pki: Option<tempfile::TempDir>,
     pub mdns: Option<mdns::RunningMdns>,
     pub onvif: Vec<onvif::RunningCamera>,
+    pub bacnet: Vec<bacnet::RunningDevice>,
     /// Answers WS-Discovery for the cameras; says Bye for them when dropped.
     _wsd: Option<onvif::Responder>,
 }
@@ -83,6 +88,10 @@ impl Fleet {
             Some(mdns::RunningMdns::start(&config.mdns)?)
         };
         let (onvif, wsd) = onvif::serve_all(&config.onvif).await?;
+        let mut bacnet = Vec::new();
+        for d in &config.bacnet {
+            bacnet.push(bacnet::serve(d).await?);
+        }
         Ok(Self {
             modbus,
             rtu,
@@ -91,6 +100,7 @@ impl Fleet {
             _pki: pki,
             onvif,
             _wsd: wsd,
+            bacnet,
         })
     }
 
@@ -141,6 +151,17 @@ impl Fleet {
                 s.application_uri,
                 s.product_uri,
                 s.mode,
+            ));
+        }
+        for d in &self.bacnet {
+            lines.push(format!(
+                "bacnet {} device {} name={:?} vendor={:?} model={:?} mode={:?}",
+                d.addr,
+                d.config.instance,
+                d.config.object_name,
+                d.config.vendor_name,
+                d.config.model_name,
+                d.config.mode,
             ));
         }
         for c in &self.onvif {

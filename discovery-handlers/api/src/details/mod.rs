@@ -4,6 +4,7 @@
 //! handlers whatever cargo features a binary was built with, and so that validation runs in
 //! the controller and in `dowser discover` without any protocol code.
 
+pub mod bacnet;
 pub mod ble;
 pub mod mdns;
 pub mod modbus;
@@ -22,6 +23,7 @@ use crate::{
     validation::{Rule, add_rules},
 };
 
+pub use bacnet::BacnetDetails;
 pub use ble::BleDetails;
 pub use mdns::MdnsDetails;
 pub use modbus::ModbusDetails;
@@ -60,6 +62,9 @@ macro_rules! with_handlers {
             udev "udev" Udev($crate::details::UdevDetails) dowser_udev::UdevHandler;
             /// IP cameras found with WS-Discovery and described over ONVIF.
             onvif "onvif" Onvif($crate::details::OnvifDetails) dowser_onvif::OnvifHandler;
+            /// BACnet/IP building automation devices found with Who-Is and described with
+            /// ReadProperty on their Device object.
+            bacnet "bacnet" Bacnet($crate::details::BacnetDetails) dowser_bacnet::BacnetHandler;
         }
     };
 }
