@@ -35,7 +35,9 @@ async def describe(app, address: str, gate: asyncio.Semaphore) -> int:
         for prop in PROPERTIES:
             try:
                 await asyncio.wait_for(app.read_property(Address(address), device, prop), 2)
-            except Exception:  # noqa: BLE001 - a property the device lacks
+            except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+                raise
+            except BaseException:  # noqa: BLE001 - bacpypes3 raises a device's Error this way
                 pass
         return 1
 
