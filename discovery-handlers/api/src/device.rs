@@ -46,6 +46,15 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// What a polled handler's round made of one target: a device, a problem a user must act on
+/// (see [`Snapshot::with_problems`]), or nothing (silent, garbage, filtered out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Device(Device),
+    Problem(String),
+    Nothing,
+}
+
 /// Every device a handler can see at one moment, sorted by id. A device that is missing from
 /// a snapshot is not gone yet: the agent applies the Configuration's offline grace period.
 /// Two snapshots are equal when their devices and problems are; how long the round took is
@@ -108,6 +117,19 @@ impl Snapshot {
         }
         self.problems = problems;
         self
+    }
+
+    /// The snapshot of a round's outcomes: its devices and its problems.
+    pub fn of(outcomes: impl IntoIterator<Item = Outcome>) -> Self {
+        let (mut devices, mut problems) = (Vec::new(), Vec::new());
+        for o in outcomes {
+            match o {
+                Outcome::Device(d) => devices.push(d),
+                Outcome::Problem(p) => problems.push(p),
+                Outcome::Nothing => {}
+            }
+        }
+        Self::new(devices).with_problems(problems)
     }
 
     /// What a user must act on ([`Snapshot::with_problems`]).

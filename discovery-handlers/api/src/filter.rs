@@ -65,6 +65,14 @@ impl Filter {
     }
 }
 
+/// Compiles a filter that may be absent (absent: keeps everything).
+pub fn compile_optional(filter: Option<&Filter>) -> Result<CompiledFilter, regex::Error> {
+    filter
+        .map(Filter::compile)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
 /// Validates the optional filters of a details type, each under `path.<name>`.
 pub fn validate_all(path: &str, filters: &[(&str, &Option<Filter>)]) -> Vec<FieldError> {
     filters

@@ -13,8 +13,8 @@ pub mod handler;
 pub mod properties;
 pub mod validation;
 
-pub use device::{Device, DeviceSpec, Mount, Snapshot};
-pub use filter::{CompiledFilter, Filter};
+pub use device::{Device, DeviceSpec, Mount, Outcome, Snapshot};
+pub use filter::{CompiledFilter, Filter, compile_optional};
 pub use handler::{AnyHandler, DiscoveryError, DiscoveryHandler, SnapshotStream};
 pub use properties::{Properties, UserPassword};
 pub use validation::FieldError;

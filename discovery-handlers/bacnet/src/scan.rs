@@ -10,7 +10,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    DiscoveryError, Snapshot,
+    DiscoveryError, Outcome, Snapshot,
     details::{BacnetDetails, bacnet::parse_address},
 };
 use futures::StreamExt;
@@ -35,12 +35,6 @@ pub struct Scanner {
     window: Duration,
     timeout: Duration,
     concurrency: usize,
-}
-
-enum Described {
-    Device(dowser_discovery_api::Device),
-    Problem(String),
-    Nothing,
 }
 
 impl Scanner {
@@ -71,7 +65,7 @@ impl Scanner {
     pub async fn round(self: &Arc<Self>) -> Result<Snapshot, DiscoveryError> {
         let started = Instant::now();
         let found = self.who_is().await?;
-        let described: Vec<Described> = futures::stream::iter(found)
+        let described: Vec<Outcome> = futures::stream::iter(found)
             .map(|f| {
                 let this = self.clone();
                 async move { this.describe(f).await }
@@ -79,17 +73,7 @@ impl Scanner {
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
-        let (mut devices, mut problems) = (Vec::new(), Vec::new());
-        for d in described {
-            match d {
-                Described::Device(d) => devices.push(d),
-                Described::Problem(p) => problems.push(p),
-                Described::Nothing => {}
-            }
-        }
-        Ok(Snapshot::new(devices)
-            .with_problems(problems)
-            .with_round(started.elapsed()))
+        Ok(Snapshot::of(described).with_round(started.elapsed()))
     }
 
     /// Sends the Who-Is everywhere configured and collects the I-Am answers, one per
@@ -156,12 +140,12 @@ impl Scanner {
     }
 
     /// Reads a device's identity; the object name (required of every device) first.
-    async fn describe(&self, mut f: Found) -> Described {
+    async fn describe(&self, mut f: Found) -> Outcome {
         let Some(address) = f.address else {
-            return Described::Nothing;
+            return Outcome::Nothing;
         };
         let Ok(socket) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
-            return Described::Nothing;
+            return Outcome::Nothing;
         };
         for (i, property) in IDENTITY.iter().enumerate() {
             match self.read(&socket, address, &f, *property, i as u8).await {
@@ -170,7 +154,7 @@ impl Scanner {
                 }
                 Some(None) => {}
                 None if *property == Property::ObjectName => {
-                    return Described::Problem(format!(
+                    return Outcome::Problem(format!(
                         "BACnet device {} at {address} answers Who-Is but not ReadProperty",
                         f.instance
                     ));
@@ -179,9 +163,9 @@ impl Scanner {
             }
         }
         if !self.selection.keeps_identity(&f) {
-            return Described::Nothing;
+            return Outcome::Nothing;
         }
-        Described::Device(select::device(&f))
+        Outcome::Device(select::device(&f))
     }
 
     /// One ReadProperty: `Some(Some(text))` answered, `Some(None)` refused (an optional

@@ -44,10 +44,7 @@ impl BleFilter {
     /// Compiles the details' filters. The details must have been validated.
     pub fn new(details: &BleDetails) -> Result<Self, regex::Error> {
         let compile = |f: &Option<dowser_discovery_api::Filter>| {
-            f.as_ref()
-                .map(|f| f.compile())
-                .transpose()
-                .map(Option::unwrap_or_default)
+            dowser_discovery_api::compile_optional(f.as_ref())
         };
         Ok(Self {
             names: compile(&details.names)?,

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dowser_discovery_api::{Device, DiscoveryError, Properties, Snapshot, details::OnvifDetails};
+use dowser_discovery_api::{DiscoveryError, Outcome, Properties, Snapshot, details::OnvifDetails};
 use futures::StreamExt;
 use tokio::net::UdpSocket;
 
@@ -33,13 +33,6 @@ pub struct Scanner {
     window: Duration,
     timeout: Duration,
     concurrency: usize,
-}
-
-/// What one camera came to.
-enum Described {
-    Device(Device),
-    Problem(String),
-    Nothing,
 }
 
 impl Scanner {
@@ -67,7 +60,7 @@ impl Scanner {
     pub async fn round(self: &Arc<Self>) -> Result<Snapshot, DiscoveryError> {
         let started = Instant::now();
         let cameras = self.probe().await?;
-        let described: Vec<Described> = futures::stream::iter(cameras)
+        let described: Vec<Outcome> = futures::stream::iter(cameras)
             .filter(|m| std::future::ready(self.selection.keeps_match(m)))
             .map(|m| {
                 let this = self.clone();
@@ -76,17 +69,7 @@ impl Scanner {
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
-        let (mut devices, mut problems) = (Vec::new(), Vec::new());
-        for d in described {
-            match d {
-                Described::Device(d) => devices.push(d),
-                Described::Problem(p) => problems.push(p),
-                Described::Nothing => {}
-            }
-        }
-        Ok(Snapshot::new(devices)
-            .with_problems(problems)
-            .with_round(started.elapsed()))
+        Ok(Snapshot::of(described).with_round(started.elapsed()))
     }
 
     /// Sends the probe and collects the cameras that answer within the window, one per
@@ -140,14 +123,14 @@ impl Scanner {
     }
 
     /// Describes one camera over SOAP, on the first of its device services that answers.
-    async fn describe(&self, m: &Match) -> Described {
+    async fn describe(&self, m: &Match) -> Outcome {
         for service in select::device_services(m) {
             match self.call_all(service).await {
                 Ok((info, media)) => {
                     if !self.selection.keeps_information(&info) {
-                        return Described::Nothing;
+                        return Outcome::Nothing;
                     }
-                    return Described::Device(select::device(m, service, &info, media.as_deref()));
+                    return Outcome::Device(select::device(m, service, &info, media.as_deref()));
                 }
                 Err(Failure::NotAuthorized) => {
                     let why = if self.login.is_some() {
@@ -155,7 +138,7 @@ impl Scanner {
                     } else {
                         "demands credentials: set USERNAME and PASSWORD in the Configuration's properties"
                     };
-                    return Described::Problem(format!(
+                    return Outcome::Problem(format!(
                         "ONVIF camera {} at {service} {why}",
                         m.endpoint
                     ));
@@ -163,7 +146,7 @@ impl Scanner {
                 Err(e) => tracing::debug!(camera = %m.endpoint, %service, "not described: {e:?}"),
             }
         }
-        Described::Nothing
+        Outcome::Nothing
     }
 
     async fn call_all(

@@ -21,11 +21,7 @@ pub struct Selection {
 impl Selection {
     pub fn new(details: &OnvifDetails) -> Result<Self, String> {
         let one = |f: &Option<dowser_discovery_api::Filter>| {
-            f.as_ref()
-                .map(|f| f.compile())
-                .transpose()
-                .map(Option::unwrap_or_default)
-                .map_err(|e| e.to_string())
+            dowser_discovery_api::compile_optional(f.as_ref()).map_err(|e| e.to_string())
         };
         Ok(Self {
             scopes: one(&details.scopes)?,

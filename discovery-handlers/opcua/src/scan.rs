@@ -8,7 +8,8 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    DiscoveryError, Properties, Snapshot, details::OpcuaDetails, details::opcua::SecurityMode,
+    DiscoveryError, Outcome, Properties, Snapshot, details::OpcuaDetails,
+    details::opcua::SecurityMode,
 };
 use futures::StreamExt;
 use opcua::{
@@ -39,20 +40,10 @@ pub struct Scanner {
     credentials: Option<Credentials>,
 }
 
-/// What one server came to: a device, nothing, or a problem a user must act on.
-enum Described {
-    Device(dowser_discovery_api::Device),
-    Problem(String),
-    Nothing,
-}
-
 impl Scanner {
     pub fn new(details: &OpcuaDetails, properties: &Properties) -> Result<Self, DiscoveryError> {
         let compile = |f: &Option<dowser_discovery_api::Filter>| {
-            f.as_ref()
-                .map(|f| f.compile())
-                .transpose()
-                .map(Option::unwrap_or_default)
+            dowser_discovery_api::compile_optional(f.as_ref())
                 .map_err(|e| DiscoveryError::Failed(e.to_string()))
         };
         let selection = Selection {
@@ -144,7 +135,7 @@ impl Scanner {
             }
         }
 
-        let described: Vec<Described> = futures::stream::iter(candidates)
+        let described: Vec<Outcome> = futures::stream::iter(candidates)
             .map(|(app, answered)| {
                 let (this, resolver) = (self.clone(), resolver.clone());
                 async move { this.describe(app, answered.as_deref(), &resolver).await }
@@ -152,17 +143,7 @@ impl Scanner {
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
-        let (mut devices, mut problems) = (Vec::new(), Vec::new());
-        for d in described {
-            match d {
-                Described::Device(d) => devices.push(d),
-                Described::Problem(p) => problems.push(p),
-                Described::Nothing => {}
-            }
-        }
-        Snapshot::new(devices)
-            .with_problems(problems)
-            .with_round(started.elapsed())
+        Snapshot::of(described).with_round(started.elapsed())
     }
 
     async fn find_servers(&self, url: &str) -> Result<Vec<Application>, String> {
@@ -196,7 +177,7 @@ impl Scanner {
         app: Application,
         answered: Option<&str>,
         resolver: &Resolver,
-    ) -> Described {
+    ) -> Outcome {
         for reported in app
             .discovery_urls
             .iter()
@@ -220,11 +201,11 @@ impl Scanner {
                 raw.push(d);
             }
             let Some(best) = self.selection.best(&mended) else {
-                return Described::Nothing;
+                return Outcome::Nothing;
             };
             let device = select::device(&app, &url, &mended, best);
             let Some(credentials) = &self.credentials else {
-                return Described::Device(device);
+                return Outcome::Device(device);
             };
             let offered: Vec<_> = mended
                 .iter()
@@ -233,19 +214,19 @@ impl Scanner {
                 .collect();
             let chosen = match select::session_endpoint(&offered, &credentials.session) {
                 Ok(i) => raw.swap_remove(i),
-                Err(why) => return Described::Problem(format!("{} at {url} {why}", app.uri)),
+                Err(why) => return Outcome::Problem(format!("{} at {url} {why}", app.uri)),
             };
             return match session::read_nameplate(&self.client, credentials, chosen, self.timeout)
                 .await
             {
                 Ok(nameplate) if self.selection.keeps_nameplate(&nameplate) => {
-                    Described::Device(select::with_nameplate(device, &nameplate))
+                    Outcome::Device(select::with_nameplate(device, &nameplate))
                 }
-                Ok(_) => Described::Nothing,
-                Err(why) => Described::Problem(format!("{} at {url}: {why}", app.uri)),
+                Ok(_) => Outcome::Nothing,
+                Err(why) => Outcome::Problem(format!("{} at {url}: {why}", app.uri)),
             };
         }
-        Described::Nothing
+        Outcome::Nothing
     }
 }
 

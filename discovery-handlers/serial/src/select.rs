@@ -48,10 +48,7 @@ impl PortFilter {
     /// Compiles the details' filters. The details must have been validated.
     pub fn new(details: &SerialDetails) -> Result<Self, FilterError> {
         let compile = |f: &Option<dowser_discovery_api::Filter>| {
-            f.as_ref()
-                .map(|f| f.compile())
-                .transpose()
-                .map(Option::unwrap_or_default)
+            dowser_discovery_api::compile_optional(f.as_ref())
         };
         let hex = |ids: &[String]| {
             ids.iter()
