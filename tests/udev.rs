@@ -6,13 +6,10 @@
 
 mod doubles;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use doubles::{
-    umockdev::{self, Bed},
+    umockdev::{self, Bed, device_ids as ids, instance as find},
     watch::Watch,
 };
 use serde_json::{Value, json};
@@ -47,39 +44,7 @@ fn plant() -> String {
 
 /// `dowser discover -o json` once, in a testbed made of `devices`.
 fn discover_once(dir: &Path, devices: &str, details: &str) -> Vec<Value> {
-    doubles::require("umockdev-run", "install the Debian package umockdev");
-    let bed = umockdev::write(dir, "plant", devices);
-    let out = Command::new("umockdev-run")
-        .arg("-d")
-        .arg(&bed)
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_dowser"))
-        .args(["discover", "-o", "json", "--node", "node-a", "-f"])
-        .arg(config(dir, details))
-        .output()
-        .expect("run umockdev-run");
-    assert!(
-        out.status.success(),
-        "dowser discover failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn ids(instances: &[Value]) -> Vec<&str> {
-    let mut ids: Vec<&str> = instances
-        .iter()
-        .map(|i| i["deviceId"].as_str().unwrap())
-        .collect();
-    ids.sort();
-    ids
-}
-
-fn find<'a>(instances: &'a [Value], id: &str) -> &'a Value {
-    instances
-        .iter()
-        .find(|i| i["deviceId"] == id)
-        .unwrap_or_else(|| panic!("no device {id} in {instances:?}"))
+    umockdev::discover_json(dir, devices, &config(dir, details))
 }
 
 #[test]

@@ -424,3 +424,42 @@ pub fn usb_storage(port: &str, disk: &str) -> String {
     );
     s.0
 }
+
+/// `dowser discover -o json` once, as node `node-a`, in a testbed made of `devices`.
+pub fn discover_json(dir: &Path, devices: &str, config: &Path) -> Vec<serde_json::Value> {
+    super::require("umockdev-run", "install the Debian package umockdev");
+    let bed = write(dir, "plant", devices);
+    let out = Command::new("umockdev-run")
+        .arg("-d")
+        .arg(&bed)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_dowser"))
+        .args(["discover", "-o", "json", "--node", "node-a", "-f"])
+        .arg(config)
+        .output()
+        .expect("run umockdev-run");
+    assert!(
+        out.status.success(),
+        "dowser discover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The device ids of `dowser discover -o json` output, sorted.
+pub fn device_ids(instances: &[serde_json::Value]) -> Vec<&str> {
+    let mut ids: Vec<&str> = instances
+        .iter()
+        .map(|i| i["deviceId"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The instance of a device in `dowser discover -o json` output.
+pub fn instance<'a>(instances: &'a [serde_json::Value], id: &str) -> &'a serde_json::Value {
+    instances
+        .iter()
+        .find(|i| i["deviceId"] == id)
+        .unwrap_or_else(|| panic!("no device {id} in {instances:?}"))
+}
