@@ -38,15 +38,18 @@ impl DiscoveryHandler for UdevHandler {
                 return futures::stream::once(async move { Err(e) }).boxed();
             }
         };
-        watch(Arc::new(move || scan(&selection)))
+        // The udev database's place is read once per start, not every listing.
+        let reader = sysfs::Reader::default();
+        watch(Arc::new(move || scan(&reader, &selection)))
     }
 }
 
 /// One look at the node's devices.
 pub fn scan(
+    reader: &sysfs::Reader,
     selection: &select::Selection,
 ) -> Result<dowser_discovery_api::Snapshot, DiscoveryError> {
-    let devices = sysfs::Reader::default().devices(
+    let devices = reader.devices(
         &selection.subsystems,
         &selection.attribute_names(),
         &selection.parent_attribute_names(),

@@ -96,6 +96,9 @@ impl Reader {
         let mut up: BTreeSet<String> = parent_attributes.clone();
         up.extend(USB_ATTRIBUTES.iter().map(|s| s.to_string()));
         let mut seen = BTreeSet::new();
+        // Siblings share their parents (a camera's two nodes, its interface and USB device):
+        // each parent is read once per listing.
+        let mut known = BTreeMap::new();
         let mut out = Vec::new();
         for subsystem in subsystems {
             for dir in [
@@ -116,7 +119,7 @@ impl Reader {
                         if &d.subsystem != subsystem {
                             continue;
                         }
-                        d.parents = self.parents(&path, &up);
+                        d.parents = self.parents(&path, &up, &mut known);
                         out.push(d);
                     }
                 }
@@ -182,7 +185,12 @@ impl Reader {
     }
 
     /// The parent devices of `path`, nearest first, up to `/sys/devices`.
-    fn parents(&self, path: &Path, attributes: &BTreeSet<String>) -> Vec<SysDevice> {
+    fn parents(
+        &self,
+        path: &Path,
+        attributes: &BTreeSet<String>,
+        known: &mut BTreeMap<PathBuf, Option<SysDevice>>,
+    ) -> Vec<SysDevice> {
         let top = self.sys.join("devices");
         let mut out = Vec::new();
         let mut at = path.parent();
@@ -190,10 +198,14 @@ impl Reader {
             if !dir.starts_with(&top) || dir == top {
                 break;
             }
-            if dir.join("uevent").is_file()
-                && let Some(d) = self.device(dir, attributes)
-            {
-                out.push(d);
+            let parent = known.entry(dir.to_path_buf()).or_insert_with(|| {
+                dir.join("uevent")
+                    .is_file()
+                    .then(|| self.device(dir, attributes))
+                    .flatten()
+            });
+            if let Some(d) = parent {
+                out.push(d.clone());
             }
             at = dir.parent();
         }
