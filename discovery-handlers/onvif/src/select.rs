@@ -39,13 +39,11 @@ impl Selection {
         } else {
             m.scopes.iter().any(|s| self.scopes.accepts(Some(s)))
         };
-        m.is_camera() && scope_ok && !device_services(m).is_empty() && {
-            let host = device_services(m)
-                .first()
-                .and_then(|u| split_http_url(u))
-                .map(|(h, _, _)| h);
-            self.ip_addresses.accepts(host.as_deref())
-        }
+        let host = device_services(m)
+            .first()
+            .and_then(|u| split_http_url(u))
+            .map(|(h, _, _)| h);
+        m.is_camera() && scope_ok && host.is_some() && self.ip_addresses.accepts(host.as_deref())
     }
 
     /// Whether what GetDeviceInformation said passes.
