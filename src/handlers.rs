@@ -110,6 +110,26 @@ impl Registry {
     }
 }
 
+/// Whether the selected handler's devices can be reached from several nodes. An external
+/// handler the Configuration does not say this of is as it registered: `None` until a handler
+/// of its name has registered with this process.
+pub fn shared(selected: Selected<'_>) -> Option<bool> {
+    match selected {
+        #[cfg(feature = "external")]
+        Selected::External(details) => crate::external::shared(details),
+        _ => Some(selected.shared()),
+    }
+}
+
+/// Waits until [`shared`] knows (an external handler has registered).
+pub async fn registered_sharing(selected: Selected<'_>) -> bool {
+    match selected {
+        #[cfg(feature = "external")]
+        Selected::External(details) => crate::external::registered_sharing(details).await,
+        _ => selected.shared(),
+    }
+}
+
 /// Checks that this binary can run the selected handler (see [`Registry::validate`]).
 pub fn validate(selected: Selected<'_>, path: &str) -> Vec<FieldError> {
     REGISTRY.validate(selected, path)

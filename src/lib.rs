@@ -10,6 +10,8 @@ pub mod crd;
 pub mod device_instance;
 pub mod deviceplugin;
 pub mod dra;
+#[cfg(feature = "external")]
+pub mod external;
 pub mod handlers;
 pub mod naming;
 pub mod slots;

@@ -941,3 +941,128 @@ async fn an_opcua_server_that_refuses_the_credentials_is_named_in_each_nodes_sta
             .any(|v| v.contains("right-pw"))
     );
 }
+
+/// A handler served from the test that registers once and never again (as a handler that
+/// does not watch for the agent's restarts): it streams the ids in `devices` whenever they
+/// change.
+mod once {
+    use std::{path::Path, pin::Pin};
+
+    use dowser_handler_sdk::v0::{
+        self, DiscoverRequest, DiscoverResponse,
+        discovery_handler_server::{DiscoveryHandler, DiscoveryHandlerServer},
+    };
+    use futures::{Stream, StreamExt};
+    use tokio::sync::watch;
+    use tonic::{Request, Response, Status};
+
+    pub struct Handler(watch::Receiver<Vec<String>>);
+
+    type Responses = Pin<Box<dyn Stream<Item = Result<DiscoverResponse, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl DiscoveryHandler for Handler {
+        type DiscoverStream = Responses;
+
+        async fn discover(
+            &self,
+            _: Request<DiscoverRequest>,
+        ) -> Result<Response<Responses>, Status> {
+            let stream = tokio_stream::wrappers::WatchStream::new(self.0.clone()).map(|ids| {
+                Ok(DiscoverResponse {
+                    devices: ids
+                        .into_iter()
+                        .map(|id| v0::Device {
+                            id,
+                            ..Default::default()
+                        })
+                        .collect(),
+                })
+            });
+            Ok(Response::new(stream.boxed()))
+        }
+    }
+
+    /// Serves on `<dir>/<name>.sock` and registers once with the agent there.
+    pub async fn serve(dir: &Path, name: &str, devices: watch::Receiver<Vec<String>>) {
+        let socket = dir.join(format!("{name}.sock"));
+        let agent = dir.join("agent-registration.sock");
+        let registered = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while !agent.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            registered.is_ok(),
+            "the agent never hosted {}",
+            agent.display()
+        );
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(
+            tokio::net::UnixListener::bind(&socket).unwrap(),
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DiscoveryHandlerServer::new(Handler(devices)))
+                .serve_with_incoming(incoming),
+        );
+        let channel = dowser_handler_sdk::connect_unix(&agent).await.unwrap();
+        v0::registration_client::RegistrationClient::new(channel)
+            .register_discovery_handler(v0::RegisterDiscoveryHandlerRequest {
+                name: name.into(),
+                endpoint: socket.display().to_string(),
+                endpoint_type: 0,
+                shared: false,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_dials_the_handlers_registered_before_without_their_help() {
+    let _serial = common::serial().await;
+    let mut plant = Plant::start().await;
+    let (devices, watched) = tokio::sync::watch::channel(vec!["cam-1".to_string()]);
+    let dir = common::agent::handlers_dir(&plant.kubelets[0]);
+    once::serve(&dir, "cams", watched).await;
+    plant
+        .apply(json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Configuration",
+            "metadata": {"name": "cams", "namespace": "default"},
+            "spec": {
+                "discovery": {"external": {"name": "cams"}},
+                "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": "node-a"}},
+                "offlineGracePeriodSeconds": 4,
+            },
+        }))
+        .await;
+    let before = eventually(60, "cam-1's Instance on node-a", || async {
+        let list = plant.instances("cams").await;
+        (list.len() == 1 && nodes_of(&list[0]) == ["node-a"]).then(|| list[0].clone())
+    })
+    .await;
+    assert!(!before.spec.shared, "as the handler registered");
+    assert_eq!(before.spec.device_id, "cam-1");
+
+    // The agent restarts; the handler does not register again. The agent dials it from what
+    // it remembered, keeps cam-1's Instance as it was and hears of cam-2.
+    plant.agents[0].kill9();
+    plant.agents[0] = Agent::start(&plant.cluster, &plant.kubelets[0]);
+    devices.send(vec!["cam-1".into(), "cam-2".into()]).unwrap();
+    eventually(60, "cam-2's Instance from the restarted agent", || async {
+        let list = plant.instances("cams").await;
+        (list.len() == 2).then_some(())
+    })
+    .await;
+    let instances: Api<Instance> = Api::namespaced(plant.client.clone(), "default");
+    let after = instances.get(&before.name_any()).await.unwrap();
+    assert_eq!(after.uid(), before.uid());
+    assert_eq!(after.spec, before.spec);
+    let log = plant.agents[0].log();
+    assert!(
+        log.contains("dialing the discovery handlers registered before this start"),
+        "{log}"
+    );
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use common::{
     controller::ControllerProcess,
@@ -970,4 +970,126 @@ async fn a_configuration_with_more_instances_than_a_page_counts_them_all() {
     .await;
     let listed = api.list(&ListParams::default()).await.unwrap().items.len();
     assert_eq!(listed, INSTANCES, "{}", controller.log());
+}
+
+/// `dowser handler modbus` as its own process on a node, registered with that node's agent.
+struct HandlerProcess(std::process::Child);
+
+impl HandlerProcess {
+    fn start(kubelet: &common::cluster::FakeKubelet, name: &str) -> Self {
+        let socket = common::agent::handlers_dir(kubelet).join("agent-registration.sock");
+        let log = std::fs::File::create(kubelet.root.join(format!("handler-{name}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_dowser"))
+            .args(["handler", "modbus", "--register-as", name, "--shared"])
+            .arg("--registration-socket")
+            .arg(socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run dowser handler");
+        Self(child)
+    }
+}
+
+impl Drop for HandlerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_handler_registers_discovers_and_gets_its_brokers_scheduled() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let sim = device("127.0.0.1:0").await;
+    // The handler runs on node-a and node-b; node-c has none.
+    let mut on_a = Some(HandlerProcess::start(&plant.kubelets[0], "plant-modbus"));
+    let _on_b = HandlerProcess::start(&plant.kubelets[1], "plant-modbus");
+    let mut config = with_broker(modbus_config("ext", sim.addr.port(), None), 1);
+    config["spec"]["discovery"] = json!({"external": {
+        "name": "plant-modbus",
+        "details": format!("targets: [\"{}\"]\nintervalSeconds: 1\nrequestTimeoutMs: 300\n", sim.addr),
+    }});
+    plant.apply(config).await;
+
+    // One Instance (the handler registered its devices as shared) seen by the two nodes
+    // that run the handler, with what the handler found.
+    let found = tokio::time::timeout(
+        Duration::from_secs(60),
+        eventually(90, "one Instance on node-a and node-b", || async {
+            let list = instances(&plant.client, "ext").await;
+            (list.len() == 1 && common::plant::nodes_of(&list[0]) == ["node-a", "node-b"])
+                .then(|| list[0].clone())
+        }),
+    )
+    .await;
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    let instance = match found {
+        Ok(i) => i,
+        Err(_) => panic!(
+            "no Instance on node-a and node-b: {:?}\n{:?}\n{}\n{}",
+            instances(&plant.client, "ext").await,
+            configs.get("ext").await.map(|c| c.status),
+            std::fs::read_to_string(plant.kubelets[0].root.join("handler-plant-modbus.log"))
+                .unwrap_or_default(),
+            plant.logs()
+        ),
+    };
+    assert!(instance.spec.shared);
+    assert_eq!(
+        instance.spec.device_id,
+        format!("modbus+tcp://{}/1", sim.addr)
+    );
+    assert_eq!(instance.spec.properties["MODBUS_VENDOR_NAME"], "Acme");
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let broker = eventually(90, "a broker Running next to the device", || async {
+        let r = running_brokers(&pods, "ext").await;
+        (r.len() == 1).then(|| r[0].clone())
+    })
+    .await;
+    let allocations: serde_json::Value =
+        serde_json::from_str(&broker.annotations()["fake-kubelet.dowser.dev/allocations"]).unwrap();
+    assert_eq!(
+        allocations["broker"][0]["envs"]["MODBUS_PORT"],
+        sim.addr.port().to_string()
+    );
+    // node-c says why it finds nothing.
+    eventually(60, "node-c waiting for the handler", || async {
+        let status = configs.get("ext").await.ok()?.status?;
+        let c = status.nodes.iter().find(|n| n.node == "node-c")?;
+        (c.error.as_deref()
+            == Some(
+                "waiting for a discovery handler named \"plant-modbus\" to register with this \
+                 node's agent",
+            ))
+        .then_some(())
+    })
+    .await;
+
+    // node-a's handler dies: node-a says so at once, and leaves the Instance after the grace
+    // period (4 s); the broker keeps a node that sees the device.
+    on_a.take();
+    eventually(30, "node-a naming its lost handler", || async {
+        let status = configs.get("ext").await.ok()?.status?;
+        let a = status.nodes.iter().find(|n| n.node == "node-a")?;
+        a.problems
+            .iter()
+            .any(|p| p.starts_with("handler at "))
+            .then_some(())
+    })
+    .await;
+    eventually(60, "node-a left the Instance", || async {
+        let list = instances(&plant.client, "ext").await;
+        (list.len() == 1 && common::plant::nodes_of(&list[0]) == ["node-b"]).then_some(())
+    })
+    .await;
+    eventually(90, "the broker on node-b", || async {
+        let r = running_brokers(&pods, "ext").await;
+        (r.len() == 1 && r[0].spec.as_ref()?.node_name.as_deref() == Some("node-b")).then_some(())
+    })
+    .await;
+    drop(controller);
 }

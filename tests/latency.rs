@@ -160,6 +160,8 @@ fn ble_end_to_end(dir: &Path) -> Vec<String> {
             .arg("--pod-resources-socket")
             .arg(node.join("pod-resources/kubelet.sock"))
             .args(["--health-addr", "127.0.0.1:0"])
+            .arg("--handlers-dir")
+            .arg(node.join("handlers"))
             .envs(bluez.env())
             .env("NODE_NAME", "ble-1")
             .env("DOWSER_LOG", "warn")

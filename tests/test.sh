@@ -53,6 +53,7 @@ cargo check --quiet -p dowser --no-default-features --features ble
 cargo check --quiet -p dowser --no-default-features --features udev
 cargo check --quiet -p dowser --no-default-features --features onvif
 cargo check --quiet -p dowser --no-default-features --features bacnet
+cargo check --quiet -p dowser --no-default-features --features external
 
 step "test tools: fake-kubelet"
 cargo build --quiet -p fake-kubelet

@@ -78,6 +78,16 @@ pub struct AgentArgs {
     /// The kubelet's plugin registry, watched by the kubelet for plugins to register.
     #[arg(long, env = "DOWSER_PLUGINS_REGISTRY_DIR", default_value = dra::PLUGINS_REGISTRY_DIR)]
     pub plugins_registry_dir: PathBuf,
+    /// The directory of the discovery handlers that run outside the agent: the agent hosts
+    /// the registration socket `agent-registration.sock` here and remembers registrations in
+    /// `dowser-registrations.json`; handlers usually put their own sockets here. Akri's
+    /// handlers find it by the same variable (set it to `/var/lib/akri` for Akri's layout).
+    #[arg(
+        long,
+        env = "DISCOVERY_HANDLERS_DIRECTORY",
+        default_value = "/var/lib/dowser/handlers"
+    )]
+    pub handlers_dir: PathBuf,
     /// Where the container runtime reads CDI specs; prepared claims' specs are written here.
     #[arg(long, env = "DOWSER_CDI_DIR", default_value = dra::CDI_DIR)]
     pub cdi_dir: PathBuf,
@@ -308,6 +318,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
     } else {
         (None, None)
     };
+    let (registration_stop, registration_stopped) = oneshot::channel::<()>();
+    let registration = start_registration(&args, async {
+        registration_stopped.await.unwrap_or(());
+    })?;
     metrics.ready.store(true, Ordering::Relaxed);
     info!(%node, "agent ready");
 
@@ -411,6 +425,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         warn!("device plugins did not stop within {PLUGINS_STOP:?}");
     }
     drop(dra_stop);
+    drop(registration_stop);
+    if let Some(task) = registration {
+        let _ = tokio::time::timeout(PLUGINS_STOP, task).await;
+    }
     if let Some(task) = dra_plugin
         && tokio::time::timeout(PLUGINS_STOP, task).await.is_err()
     {
@@ -421,6 +439,36 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<i32> {
         w.abort();
     }
     Ok(0)
+}
+
+/// Hosts the registration service of external handlers, when this node runs them.
+#[cfg(feature = "external")]
+fn start_registration(
+    args: &AgentArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let enabled = args
+        .handlers
+        .as_ref()
+        .is_none_or(|list| list.iter().any(|h| h == "external"));
+    if !enabled {
+        return Ok(None);
+    }
+    let serving = crate::external::listen(&args.handlers_dir, shutdown).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot host the discovery handlers' registration socket in {}: {e}",
+            args.handlers_dir.display()
+        )
+    })?;
+    Ok(Some(tokio::spawn(serving)))
+}
+
+#[cfg(not(feature = "external"))]
+fn start_registration(
+    _args: &AgentArgs,
+    _shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    Ok(None)
 }
 
 /// The caches keep no managedFields: nothing here reads them, and they are a large part of

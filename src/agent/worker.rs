@@ -116,7 +116,31 @@ pub async fn run(
     };
     let (refs_tx, mut refs_changed) = mpsc::unbounded_channel();
     let _watchers = WatcherGuard(watch_references(&shared.client, &config, refs_tx));
-    let mut worker = Worker::new(shared, config.clone(), selected.shared());
+    let shared_devices = match handlers::shared(selected) {
+        Some(shared_devices) => shared_devices,
+        None => {
+            // An external handler that has not registered yet: it decides.
+            report_refusal(
+                &shared,
+                &config,
+                &format!(
+                    "waiting for a discovery handler named {:?} to register with this node's agent",
+                    selected.details()["name"].as_str().unwrap_or_default()
+                ),
+            )
+            .await;
+            tokio::select! {
+                shared_devices = handlers::registered_sharing(selected) => shared_devices,
+                reason = &mut stop => {
+                    if reason.unwrap_or(Stop::Shutdown) == Stop::Deselected {
+                        clear_report(&shared, &config).await;
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    let mut worker = Worker::new(shared, config.clone(), shared_devices);
     worker.adopt();
     let reason = loop {
         match worker.session(selected, &mut refs_changed, &mut stop).await {

@@ -1,6 +1,8 @@
 //! The `dowser` command line.
 
 mod discover;
+#[cfg(feature = "external")]
+mod handler;
 
 use std::path::PathBuf;
 
@@ -38,6 +40,11 @@ pub enum Command {
     /// would, run its discovery once (or keep watching) and print the Instances it would
     /// create.
     Discover(DiscoverArgs),
+    /// Run a built-in discovery handler in its own process: it serves the discovery protocol
+    /// (wire-compatible with Akri's) and registers with the node's agent, which then runs
+    /// Configurations that select it with `spec.discovery.external.name`.
+    #[cfg(feature = "external")]
+    Handler(handler::HandlerArgs),
     /// Run the node agent (DaemonSet): discovery, Instances, device plugins.
     Agent(crate::agent::AgentArgs),
     /// Run the controller (Deployment): broker workloads, Services, Configuration status.
@@ -54,6 +61,8 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Discover(args) => discover::run(args).await,
+        #[cfg(feature = "external")]
+        Command::Handler(args) => handler::run(args).await,
         Command::Agent(args) => crate::agent::run(args).await,
         Command::Controller(args) => crate::controller::run(args).await,
         Command::Crds { dir } => {

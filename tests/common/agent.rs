@@ -50,6 +50,8 @@ impl Agent {
                 "2",
             ])
             .args(["--pod-resources-interval-seconds", "1"])
+            .arg("--handlers-dir")
+            .arg(handlers_dir(kubelet))
             .args(args)
             .env("NODE_NAME", &kubelet.node)
             .env(
@@ -88,6 +90,11 @@ impl Agent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The node's directory of external discovery handlers (the agent's registration socket).
+pub fn handlers_dir(kubelet: &FakeKubelet) -> std::path::PathBuf {
+    kubelet.root.join("handlers")
 }
 
 impl Drop for Agent {

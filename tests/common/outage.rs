@@ -299,6 +299,8 @@ impl ProxiedAgent {
             .args(["--health-addr", &health.to_string()])
             .args(["--slot-release-grace-seconds", "2"])
             .args(["--pod-resources-interval-seconds", "1"])
+            .arg("--handlers-dir")
+            .arg(kubelet.root.join("handlers"))
             .env("NODE_NAME", &kubelet.node)
             .env("KUBECONFIG", kubeconfig)
             .env("DOWSER_LOG", "info,kube=warn")

@@ -214,6 +214,8 @@ fn start(
     // The host paths of the node.
     cmd.env("DOWSER_DEVICE_PLUGIN_DIR", &node.plugin_dir);
     cmd.env("DOWSER_POD_RESOURCES_SOCKET", &node.pod_resources);
+    let handlers = node.plugin_dir.parent().unwrap().join("handlers");
+    cmd.env("DISCOVERY_HANDLERS_DIRECTORY", handlers);
     let sa = spec.service_account_name.clone().unwrap_or_default();
     cmd.env(
         "KUBECONFIG",

@@ -6,6 +6,7 @@
 
 pub mod bacnet;
 pub mod ble;
+pub mod external;
 pub mod mdns;
 pub mod modbus;
 pub mod onvif;
@@ -25,6 +26,7 @@ use crate::{
 
 pub use bacnet::BacnetDetails;
 pub use ble::BleDetails;
+pub use external::ExternalDetails;
 pub use mdns::MdnsDetails;
 pub use modbus::ModbusDetails;
 pub use onvif::OnvifDetails;
@@ -41,8 +43,12 @@ pub use udev::UdevDetails;
 /// string (the same; also the cargo feature of the `dowser` package), the [`Selected`]
 /// variant with the details type (which implements [`HandlerDetails`] and has a
 /// `validate(&self, path)` for the rules the schema cannot express), and the handler type
-/// of the handler's crate. The table is handed to the macro `$callback`.
+/// of the handler's crate (the external handler's, `crate::external`, is the `dowser` crate's:
+/// it is the agent's registration service). The table is handed to the macro `$callback`.
 #[macro_export]
+// The external handler lives in the `dowser` crate (it is the agent's registration service):
+// its row names it from there, the one crate that registers handlers.
+#[allow(clippy::crate_in_macro_def)]
 macro_rules! with_handlers {
     ($callback:ident) => {
         $callback! {
@@ -65,6 +71,10 @@ macro_rules! with_handlers {
             /// BACnet/IP building automation devices found with Who-Is and described with
             /// ReadProperty on their Device object.
             bacnet "bacnet" Bacnet($crate::details::BacnetDetails) dowser_bacnet::BacnetHandler;
+            /// A handler in its own process that registered with the node's agent over the
+            /// discovery protocol (wire-compatible with Akri's `v0`): Akri's handler images,
+            /// `dowser handler <name>`, or a handler of your own.
+            external "external" External($crate::details::ExternalDetails) crate::external::ExternalHandler;
         }
     };
 }
