@@ -1,5 +1,6 @@
 //! The `dowser` command line.
 
+mod convert;
 mod discover;
 #[cfg(feature = "external")]
 mod handler;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use convert::ConvertArgs;
 pub use discover::DiscoverArgs;
 
 /// dowser finds industrial and IoT devices from the nodes that can reach them and advertises
@@ -40,6 +42,9 @@ pub enum Command {
     /// would, run its discovery once (or keep watching) and print the Instances it would
     /// create.
     Discover(DiscoverArgs),
+    /// Convert Akri Configurations (akri.sh/v0) into dowser Configurations: the YAML on
+    /// stdout, and on stderr one line for each field that did not map exactly.
+    Convert(ConvertArgs),
     /// Run a built-in discovery handler in its own process: it serves the discovery protocol
     /// (wire-compatible with Akri's) and registers with the node's agent, which then runs
     /// Configurations that select it with `spec.discovery.external.name`.
@@ -61,6 +66,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Discover(args) => discover::run(args).await,
+        Command::Convert(args) => convert::run(args),
         #[cfg(feature = "external")]
         Command::Handler(args) => handler::run(args).await,
         Command::Agent(args) => crate::agent::run(args).await,
