@@ -7,6 +7,7 @@
 mod common;
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -80,15 +81,19 @@ const CHART: &str = "deploy/helm/dowser";
 
 /// `helm template dowser deploy/helm/dowser -n dowser-system` with these `--set`s.
 fn helm_template(sets: &[&str]) -> Result<Vec<Value>, String> {
+    helm_template_with("", sets)
+}
+
+/// [`helm_template`] with a values file too (YAML, given on stdin), unless it is empty.
+fn helm_template_with(values: &str, sets: &[&str]) -> Result<Vec<Value>, String> {
     let mut args = vec!["template", "dowser", CHART, "-n", INSTALL_NAMESPACE];
+    if !values.is_empty() {
+        args.extend(["-f", "-"]);
+    }
     for s in sets {
         args.extend(["--set", s]);
     }
-    let out = Command::new(bin_dir().join("helm"))
-        .args(&args)
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    let out = helm_with_stdin(&args, values);
     if out.status.success() {
         Ok(objects(&String::from_utf8_lossy(&out.stdout)))
     } else {
@@ -96,8 +101,32 @@ fn helm_template(sets: &[&str]) -> Result<Vec<Value>, String> {
     }
 }
 
+/// Runs helm with `stdin` as its standard input.
+fn helm_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(bin_dir().join("helm"))
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("helm");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn chart(sets: &[&str]) -> Vec<Value> {
     helm_template(sets).unwrap_or_else(|e| panic!("helm template {sets:?}: {e}"))
+}
+
+fn chart_with(values: &str, sets: &[&str]) -> Vec<Value> {
+    helm_template_with(values, sets)
+        .unwrap_or_else(|e| panic!("helm template {sets:?} with\n{values}: {e}"))
 }
 
 fn pod_spec(workload: &Value) -> &Value {
@@ -135,6 +164,25 @@ fn cargo_version() -> &'static str {
 fn helm_lint_passes() {
     let out = run(&bin_dir().join("helm"), &["lint", "--strict", CHART]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
+    // With external handlers, and refusing a wrong one.
+    let lint = |values: &str| helm_with_stdin(&["lint", "--strict", CHART, "-f", "-"], values);
+    let out = lint(TWO_HANDLERS);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("0 chart(s) failed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lint("externalHandlers: [{name: modbus-tcp, builtIn: zigbee}]");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && all.contains("/externalHandlers/0/builtIn"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -252,6 +300,18 @@ fn the_chart_knows_every_handler_of_the_binary() {
             "{off}"
         );
     }
+    // externalHandlers[].builtIn: every handler `dowser handler` runs, which is every one but
+    // external itself.
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join(CHART).join("values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let runnable: Vec<&str> = all.iter().copied().filter(|h| *h != "external").collect();
+    assert_eq!(
+        schema["definitions"]["externalHandler"]["properties"]["builtIn"]["enum"],
+        json!(runnable)
+    );
+    assert_eq!(all.last(), Some(&"external"));
 }
 
 #[test]
@@ -262,7 +322,7 @@ fn chart_values_change_what_they_claim_to() {
     let controller = find(&objs, "Deployment", "dowser-controller");
     assert_eq!(
         env(agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua,ble,serial,mdns,udev,onvif,bacnet")
+        Some("modbus,opcua,ble,serial,mdns,udev,onvif,bacnet,external")
     );
     assert_eq!(pod_spec(agent)["hostNetwork"], true);
     assert_eq!(pod_spec(agent)["dnsPolicy"], "ClusterFirstWithHostNet");
@@ -275,6 +335,7 @@ fn chart_values_change_what_they_claim_to() {
             "/run/dbus",
             "/run/udev",
             "/tmp",
+            "/var/lib/dowser/handlers",
             "/var/lib/kubelet/device-plugins",
             "/var/lib/kubelet/pod-resources"
         ]
@@ -335,6 +396,7 @@ fn chart_values_change_what_they_claim_to() {
         m,
         [
             "/tmp",
+            "/var/lib/dowser/handlers",
             "/var/lib/kubelet/device-plugins",
             "/var/lib/kubelet/plugins",
             "/var/lib/kubelet/plugins_registry",
@@ -390,7 +452,7 @@ fn chart_values_change_what_they_claim_to() {
     let agent = find(&objs, "DaemonSet", "dowser-agent");
     assert_eq!(
         env(agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua")
+        Some("modbus,opcua,external")
     );
     assert_eq!(pod_spec(agent)["hostNetwork"], Value::Null);
     let mut m = mounts(agent);
@@ -399,12 +461,13 @@ fn chart_values_change_what_they_claim_to() {
         m,
         [
             "/tmp",
+            "/var/lib/dowser/handlers",
             "/var/lib/kubelet/device-plugins",
             "/var/lib/kubelet/pod-resources"
         ]
     );
     let volumes = pod_spec(agent)["volumes"].as_array().unwrap();
-    assert_eq!(volumes.len(), 3, "{volumes:?}");
+    assert_eq!(volumes.len(), 4, "{volumes:?}");
     // OPC UA's in-memory certificate store goes with the handler.
     let agent = find(
         &chart(&["handlers.opcua.enabled=false"]),
@@ -423,7 +486,7 @@ fn chart_values_change_what_they_claim_to() {
     assert!(mounts(&agent).contains(&"/dev".to_string()));
     assert_eq!(
         env(&agent, "DOWSER_HANDLERS").as_deref(),
-        Some("modbus,opcua,serial,mdns,udev,onvif,bacnet")
+        Some("modbus,opcua,serial,mdns,udev,onvif,bacnet,external")
     );
     // The device nodes and the udev database stay while serial or udev needs them.
     let only_udev = find(
@@ -538,6 +601,485 @@ fn chart_values_change_what_they_claim_to() {
         container(find(&objs, "DaemonSet", "dowser-agent"))["ports"][0]["name"]
     );
     assert!(!objs.iter().any(|o| o["kind"] == "ServiceMonitor"));
+}
+
+/// Two external handlers: one of dowser's own, and one of Akri's images.
+const TWO_HANDLERS: &str = r#"
+externalHandlers:
+  - name: modbus-tcp
+    builtIn: modbus
+    shared: true
+    args: [--registration-socket, /var/lib/dowser/handlers/agent-registration.sock]
+  - name: debug-echo
+    image: ghcr.io/project-akri/akri/debug-echo-discovery:v0.13.8
+    env:
+      - {name: DEBUG_ECHO_INSTANCES_SHARED, value: "false"}
+      - {name: RUST_LOG, value: info}
+"#;
+
+const HANDLERS_DIR: &str = "/var/lib/dowser/handlers";
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn volume<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    pod_spec(workload)["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// `dowser <sub> --help`.
+fn help(sub: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dowser"))
+        .args([sub, "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The DaemonSets of `externalHandlers`.
+fn handler_daemonsets(objs: &[Value]) -> Vec<&Value> {
+    objs.iter()
+        .filter(|o| {
+            o["kind"] == "DaemonSet"
+                && o["metadata"]["labels"]["app.kubernetes.io/component"] == "discovery-handler"
+        })
+        .collect()
+}
+
+/// A DaemonSet running `dowser handler`: its arguments and environment are the binary's.
+fn assert_runs_dowser_handler(ds: &Value) {
+    let help = help("handler");
+    let args = strings(&container(ds)["args"]);
+    assert_eq!(args[0], "handler");
+    for a in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(a), "`dowser handler` has no option {a}");
+    }
+    for e in container(ds)["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        // DOWSER_LOG is read by main.rs, the others are named in the help.
+        assert!(
+            name == "DOWSER_LOG" || help.contains(name),
+            "`dowser handler` reads no {name}"
+        );
+    }
+}
+
+#[test]
+fn external_handlers_are_a_daemonset_each_beside_the_agent() {
+    let objs = chart_with(TWO_HANDLERS, &[]);
+    let agent = find(&objs, "DaemonSet", "dowser-agent");
+    let handlers = handler_daemonsets(&objs);
+    assert_eq!(handlers.len(), 2);
+    let modbus = find(&objs, "DaemonSet", "dowser-handler-modbus-tcp");
+    let echo = find(&objs, "DaemonSet", "dowser-handler-debug-echo");
+
+    // dowser's modbus handler, from the chart's image, registered as the entry's name.
+    assert_eq!(
+        container(modbus)["image"],
+        format!("ghcr.io/dowser-dev/dowser:{}", cargo_version()).as_str()
+    );
+    assert_eq!(
+        strings(&container(modbus)["args"]),
+        [
+            "handler",
+            "modbus",
+            "--register-as",
+            "modbus-tcp",
+            "--shared",
+            "--registration-socket",
+            "/var/lib/dowser/handlers/agent-registration.sock"
+        ]
+    );
+    assert_eq!(container(modbus)["command"], Value::Null);
+    assert_eq!(env(modbus, "DOWSER_LOG_FORMAT").as_deref(), Some("json"));
+    assert_runs_dowser_handler(modbus);
+
+    // Akri's image as it is: its own entrypoint and arguments, the environment given.
+    assert_eq!(
+        container(echo)["image"],
+        "ghcr.io/project-akri/akri/debug-echo-discovery:v0.13.8"
+    );
+    assert_eq!(container(echo)["args"], Value::Null);
+    assert_eq!(container(echo)["command"], Value::Null);
+    assert_eq!(
+        env(echo, "DEBUG_ECHO_INSTANCES_SHARED").as_deref(),
+        Some("false")
+    );
+    assert_eq!(env(echo, "RUST_LOG").as_deref(), Some("info"));
+    assert_eq!(env(echo, "DOWSER_LOG"), None);
+
+    for (ds, name) in [(modbus, "modbus-tcp"), (echo, "debug-echo")] {
+        // Their own pods, told apart from the agent's and from each other's.
+        let labels = &ds["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/component"], "discovery-handler");
+        assert_eq!(labels["dowser.dev/handler"], name);
+        assert_eq!(ds["spec"]["selector"]["matchLabels"], *labels);
+        assert_eq!(ds["metadata"]["labels"]["dowser.dev/handler"], name);
+        // The agent's directory, at the same path, and where it is.
+        assert_eq!(
+            env(ds, "DISCOVERY_HANDLERS_DIRECTORY").as_deref(),
+            Some(HANDLERS_DIR)
+        );
+        assert_eq!(mounts(ds), [HANDLERS_DIR]);
+        assert_eq!(
+            volume(ds, "discovery-handlers"),
+            volume(agent, "discovery-handlers")
+        );
+        assert_eq!(
+            volume(ds, "discovery-handlers")["hostPath"],
+            json!({"path": HANDLERS_DIR, "type": "DirectoryOrCreate"})
+        );
+        // On the agent's nodes.
+        assert_eq!(pod_spec(ds)["tolerations"], pod_spec(agent)["tolerations"]);
+        assert_eq!(pod_spec(ds)["tolerations"], json!([{"operator": "Exists"}]));
+        assert_eq!(pod_spec(ds)["nodeSelector"], Value::Null);
+        // Root for the directory, and nothing else.
+        assert_eq!(
+            container(ds)["securityContext"],
+            json!({
+                "runAsUser": 0,
+                "runAsGroup": 0,
+                "privileged": false,
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]},
+            })
+        );
+        assert_eq!(
+            pod_spec(ds)["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(pod_spec(ds)["hostNetwork"], Value::Null);
+        assert_eq!(pod_spec(ds)["automountServiceAccountToken"], false);
+        assert_eq!(
+            container(ds)["resources"],
+            json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}})
+        );
+        assert_eq!(ds["metadata"]["namespace"], INSTALL_NAMESPACE);
+    }
+    // Without entries, none.
+    assert!(handler_daemonsets(&chart(&[])).is_empty());
+}
+
+/// Every option of an entry.
+const HANDLER_OPTIONS: &str = r#"
+externalHandlers:
+  - name: plant-mdns
+    builtIn: mdns
+    hostNetwork: true
+  - name: usb
+    builtIn: udev
+  - name: rtu
+    builtIn: serial
+    privileged: true
+    nodeSelector: {site/line: line-3}
+    tolerations: []
+    volumes: [{name: lines, hostPath: {path: /dev}}]
+    volumeMounts: [{name: lines, mountPath: /dev}]
+  - name: custom
+    image: registry.plant.local/zigbee-handler:2.0
+    command: [/zigbee-handler]
+    args: [--verbose]
+    securityContext: {readOnlyRootFilesystem: false, capabilities: {add: [NET_ADMIN]}}
+    resources: {limits: {memory: 32Mi}}
+    affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zigbee, operator: Exists}]}]}}}
+  - name: servers
+    builtIn: opcua
+"#;
+
+#[test]
+fn external_handler_options_change_what_they_claim_to() {
+    let objs = chart_with(
+        HANDLER_OPTIONS,
+        &[
+            "image.repository=registry.plant.local/dowser",
+            "image.tag=9.9.9",
+            "handlers.external.directory=/var/lib/akri",
+        ],
+    );
+    let agent = find(&objs, "DaemonSet", "dowser-agent");
+    assert_eq!(handler_daemonsets(&objs).len(), 5);
+    for ds in handler_daemonsets(&objs) {
+        assert_eq!(
+            env(ds, "DISCOVERY_HANDLERS_DIRECTORY").as_deref(),
+            Some("/var/lib/akri")
+        );
+        assert!(mounts(ds).contains(&"/var/lib/akri".to_string()));
+        if ds["metadata"]["name"] != "dowser-handler-custom" {
+            assert_eq!(container(ds)["image"], "registry.plant.local/dowser:9.9.9");
+            assert_runs_dowser_handler(ds);
+        }
+    }
+    assert_eq!(
+        env(agent, "DISCOVERY_HANDLERS_DIRECTORY").as_deref(),
+        Some("/var/lib/akri")
+    );
+
+    // The node's network.
+    let mdns = find(&objs, "DaemonSet", "dowser-handler-plant-mdns");
+    assert_eq!(pod_spec(mdns)["hostNetwork"], true);
+    assert_eq!(pod_spec(mdns)["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert!(
+        !container(mdns)["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--shared"))
+    );
+
+    // A built-in handler gets from the node what the agent would give it.
+    let usb = find(&objs, "DaemonSet", "dowser-handler-usb");
+    let mut m = mounts(usb);
+    m.sort();
+    assert_eq!(m, ["/dev", "/run/udev", "/var/lib/akri"]);
+    assert!(
+        container(usb)["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["mountPath"] != "/var/lib/akri")
+            .all(|m| m["readOnly"] == true)
+    );
+    assert_eq!(volume(usb, "dev"), volume(agent, "dev"));
+    assert_eq!(volume(usb, "udev"), volume(agent, "udev"));
+    assert_eq!(
+        container(usb)["terminationMessagePath"],
+        "/tmp/termination-log"
+    );
+    let servers = find(&objs, "DaemonSet", "dowser-handler-servers");
+    assert_eq!(volume(servers, "tmp"), volume(agent, "tmp"));
+
+    // Privileged, on chosen nodes, its own /dev rather than the one it would get.
+    let rtu = find(&objs, "DaemonSet", "dowser-handler-rtu");
+    let sc = &container(rtu)["securityContext"];
+    assert_eq!(sc["privileged"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], true);
+    assert_eq!(sc["capabilities"], Value::Null);
+    assert_eq!(
+        pod_spec(rtu)["nodeSelector"],
+        json!({"site/line": "line-3"})
+    );
+    assert_eq!(pod_spec(rtu)["tolerations"], Value::Null);
+    let mut m = mounts(rtu);
+    m.sort();
+    assert_eq!(m, ["/dev", "/run/udev", "/var/lib/akri"]);
+    assert_eq!(volume(rtu, "lines")["hostPath"], json!({"path": "/dev"}));
+    assert_eq!(pod_spec(rtu)["volumes"].as_array().unwrap().len(), 3);
+
+    // An image of one's own: its command, arguments, security changes and resources.
+    let custom = find(&objs, "DaemonSet", "dowser-handler-custom");
+    assert_eq!(
+        container(custom)["image"],
+        "registry.plant.local/zigbee-handler:2.0"
+    );
+    assert_eq!(strings(&container(custom)["command"]), ["/zigbee-handler"]);
+    assert_eq!(strings(&container(custom)["args"]), ["--verbose"]);
+    assert_eq!(
+        container(custom)["securityContext"],
+        json!({
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": false,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+        })
+    );
+    assert_eq!(
+        container(custom)["resources"],
+        json!({"limits": {"memory": "32Mi"}})
+    );
+    assert_eq!(
+        pod_spec(custom)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0]["key"],
+        "zigbee"
+    );
+    assert_eq!(mounts(custom), ["/var/lib/akri"]);
+}
+
+/// The agent serves the registration socket in the handlers' directory only with the
+/// external handler; the chart's default is the kustomize base's.
+#[test]
+fn the_agent_shares_the_handlers_directory_only_with_external_enabled() {
+    let base = kustomize();
+    let kustomize_agent = find(&base, "DaemonSet", "dowser-agent");
+    let objs = chart(&[]);
+    let agent = find(&objs, "DaemonSet", "dowser-agent");
+    assert_eq!(
+        volume(agent, "discovery-handlers"),
+        volume(kustomize_agent, "discovery-handlers")
+    );
+    assert!(mounts(kustomize_agent).contains(&HANDLERS_DIR.to_string()));
+    assert!(mounts(agent).contains(&HANDLERS_DIR.to_string()));
+    assert_eq!(
+        env(agent, "DISCOVERY_HANDLERS_DIRECTORY").as_deref(),
+        Some(HANDLERS_DIR)
+    );
+
+    let objs = chart(&["handlers.external.enabled=false"]);
+    let agent = find(&objs, "DaemonSet", "dowser-agent");
+    assert_eq!(env(agent, "DISCOVERY_HANDLERS_DIRECTORY"), None);
+    assert!(!mounts(agent).contains(&HANDLERS_DIR.to_string()));
+    assert!(
+        !pod_spec(agent)["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "discovery-handlers")
+    );
+    assert!(
+        !env(agent, "DOWSER_HANDLERS")
+            .unwrap()
+            .split(',')
+            .any(|h| h == "external")
+    );
+    // Handlers with nothing to register with are refused.
+    let err = helm_template_with(TWO_HANDLERS, &["handlers.external.enabled=false"]).unwrap_err();
+    assert!(
+        err.contains("externalHandlers need handlers.external.enabled=true"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_external_handlers_are_refused_with_the_schemas_message() {
+    let refused = |entry: &str| {
+        helm_template_with(&format!("externalHandlers:\n  - {entry}\n"), &[]).expect_err(entry)
+    };
+    // Neither builtIn nor image.
+    let err = refused("{name: plc}");
+    for part in [
+        "/externalHandlers/0",
+        "missing property 'builtIn'",
+        "missing property 'image'",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    // Both.
+    let err = refused("{name: plc, builtIn: modbus, image: example.org/handler:1}");
+    assert!(err.contains("/externalHandlers/0/image"), "{err}");
+    assert!(err.contains("/externalHandlers/0/builtIn"), "{err}");
+    // What belongs to the other kind.
+    let err = refused("{name: plc, image: example.org/handler:1, shared: true}");
+    assert!(err.contains("/externalHandlers/0/shared"), "{err}");
+    let err = refused("{name: plc, builtIn: modbus, command: [/bin/sh]}");
+    assert!(err.contains("/externalHandlers/0/command"), "{err}");
+    // Names: a DNS label, given, once.
+    let err = refused("{name: Line_3, builtIn: modbus}");
+    assert!(
+        err.contains("/externalHandlers/0/name") && err.contains("does not match pattern"),
+        "{err}"
+    );
+    let err = refused("{builtIn: modbus}");
+    assert!(err.contains("missing property 'name'"), "{err}");
+    let err = refused(&format!("{{name: {}, builtIn: modbus}}", "a".repeat(64)));
+    assert!(err.contains("/externalHandlers/0/name"), "{err}");
+    let err = helm_template_with(
+        "externalHandlers: [{name: plc, builtIn: modbus}, {name: plc, builtIn: opcua}]",
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.contains(r#"two entries are named "plc""#), "{err}");
+    // Handlers dowser has, and fields the chart knows.
+    let err = refused("{name: plc, builtIn: external}");
+    assert!(
+        err.contains("/externalHandlers/0/builtIn") && err.contains("'modbus'"),
+        "{err}"
+    );
+    let err = refused("{name: plc, builtIn: modbus, hostnetwork: true}");
+    assert!(err.contains("'hostnetwork' not allowed"), "{err}");
+    // mDNS multicast needs the node's network, as in the agent.
+    let err = refused("{name: plc, builtIn: mdns}");
+    assert!(
+        err.contains("builtIn mdns needs hostNetwork: true"),
+        "{err}"
+    );
+    let err = helm_template(&["handlers.external.directory=relative"]).unwrap_err();
+    assert!(err.contains("/handlers/external/directory"), "{err}");
+}
+
+/// The kustomize users' external handler (`deploy/handlers/modbus-tcp.yaml`) and the example
+/// Configuration that selects it.
+fn external_handler_example() -> (Value, Value) {
+    let handler = std::fs::read_to_string(repo().join("deploy/handlers/modbus-tcp.yaml")).unwrap();
+    let daemonsets = objects(&handler);
+    assert_eq!(daemonsets.len(), 1);
+    let text =
+        std::fs::read_to_string(repo().join("deploy/examples/external-handler.yaml")).unwrap();
+    let configs = objects(&text);
+    assert_eq!(configs.len(), 1);
+    (daemonsets[0].clone(), configs[0].clone())
+}
+
+/// The kustomize users' example of an external handler is what the chart renders for the
+/// same entry, and the Configuration selects it with details the modbus handler accepts.
+#[test]
+fn the_external_handler_example_matches_the_chart() {
+    let (ds, config) = external_handler_example();
+    assert_eq!(ds["kind"], "DaemonSet");
+    assert_eq!(ds["metadata"]["namespace"], INSTALL_NAMESPACE);
+    assert_runs_dowser_handler(&ds);
+    let args = strings(&container(&ds)["args"]);
+    let registered = args[args.iter().position(|a| *a == "--register-as").unwrap() + 1];
+    let external = &config["spec"]["discovery"]["external"];
+    assert_eq!(external["name"], registered);
+
+    let chart = chart_with(
+        "externalHandlers: [{name: modbus-tcp, builtIn: modbus, shared: true, hostNetwork: true}]",
+        &[],
+    );
+    let rendered = find(&chart, "DaemonSet", "dowser-handler-modbus-tcp");
+    assert_eq!(ds["metadata"]["name"], rendered["metadata"]["name"]);
+    assert_eq!(container(&ds)["image"], container(rendered)["image"]);
+    for field in ["args", "securityContext", "resources", "volumeMounts"] {
+        assert_eq!(container(&ds)[field], container(rendered)[field], "{field}");
+    }
+    for field in [
+        "volumes",
+        "tolerations",
+        "hostNetwork",
+        "dnsPolicy",
+        "automountServiceAccountToken",
+        "securityContext",
+    ] {
+        assert_eq!(pod_spec(&ds)[field], pod_spec(rendered)[field], "{field}");
+    }
+    for e in container(&ds)["env"].as_array().unwrap() {
+        assert_eq!(
+            env(rendered, e["name"].as_str().unwrap()).as_deref(),
+            e["value"].as_str(),
+            "{e}"
+        );
+    }
+    let labels = &ds["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(ds["spec"]["selector"]["matchLabels"], *labels);
+    for key in ["app.kubernetes.io/component", "dowser.dev/handler"] {
+        assert_eq!(
+            labels[key],
+            rendered["spec"]["template"]["metadata"]["labels"][key]
+        );
+    }
+    // The directory the kustomize agent serves its socket in.
+    let base = kustomize();
+    let agent = find(&base, "DaemonSet", "dowser-agent");
+    assert_eq!(
+        volume(&ds, "discovery-handlers"),
+        volume(agent, "discovery-handlers")
+    );
+
+    // The details are what `discovery.modbus` takes.
+    let mut modbus = config.clone();
+    modbus["spec"]["discovery"] = json!({
+        "modbus": serde_yaml::from_str::<Value>(external["details"].as_str().unwrap()).unwrap()
+    });
+    if let Err(errors) = dowser::validate::configuration(&modbus) {
+        panic!("the example's details: {errors:?}");
+    }
 }
 
 /// The manifests pass the binary options it has, and run the user the image has.
@@ -954,6 +1496,25 @@ async fn the_readme_kustomize_install_works_on_a_real_apiserver() {
     pods_of(&cluster, "controller", 2).await;
     check_pod_security(&cluster, "dowser-agent", "dowser-controller");
     check_identities(&cluster);
+
+    // The external handler example: its DaemonSet beside the agent, its Configuration.
+    let (daemonset, _) = external_handler_example();
+    let out = cluster.kubectl(
+        &["apply", "--dry-run=server", "-f", "-"],
+        &daemonset.to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "the example's DaemonSet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster.kubectl_ok(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "deploy/examples/external-handler.yaml",
+    ]);
+    assert!(out.contains("configuration.dowser.dev/"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -999,6 +1560,45 @@ async fn the_readme_helm_install_works_on_a_real_apiserver() {
     }
     check_pod_security(&cluster, "dowser-agent", "dowser-controller");
     check_identities(&cluster);
+
+    // External handlers: the server takes every option, and an upgrade starts one pod of
+    // each beside the agent.
+    for values in [TWO_HANDLERS, HANDLER_OPTIONS] {
+        let rendered = helm_with_stdin(
+            &[
+                "template",
+                "dowser",
+                CHART,
+                "-n",
+                INSTALL_NAMESPACE,
+                "-f",
+                "-",
+            ],
+            values,
+        );
+        assert!(rendered.status.success());
+        let out = cluster.kubectl(
+            &["apply", "--dry-run=server", "-f", "-"],
+            &String::from_utf8_lossy(&rendered.stdout),
+        );
+        assert!(
+            out.status.success(),
+            "helm template with\n{values}\n| kubectl apply --dry-run=server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let values = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(values.path(), TWO_HANDLERS).unwrap();
+    readme::run(
+        &cluster,
+        &format!(
+            "helm upgrade dowser {CHART} -n {INSTALL_NAMESPACE} --reuse-values -f {}",
+            values.path().display()
+        ),
+        None,
+    );
+    pods_of(&cluster, "discovery-handler", 2).await;
+    pods_of(&cluster, "agent", 1).await;
 
     // The README's uninstall.
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();

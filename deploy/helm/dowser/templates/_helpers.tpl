@@ -29,7 +29,7 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The handlers enabled, comma-separated (the agent's DOWSER_HANDLERS). */}}
 {{- define "dowser.handlers" -}}
 {{- $on := list -}}
-{{- range $name := list "modbus" "opcua" "ble" "serial" "mdns" "udev" "onvif" "bacnet" -}}
+{{- range $name := list "modbus" "opcua" "ble" "serial" "mdns" "udev" "onvif" "bacnet" "external" -}}
 {{- if (index $.Values.handlers $name).enabled -}}
 {{- $on = append $on $name -}}
 {{- end -}}
