@@ -34,7 +34,7 @@ peers_venv() {
   step "third-party protocol peers (tests/peers/requirements.txt)"
   local req=tests/peers/requirements.txt venv
   venv="$cache/peers-$(sha256sum "$req" | cut -c1-12)"
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pymodbus, asyncua, zeroconf' 2>/dev/null; then
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pymodbus, asyncua, zeroconf, wsdiscovery, bacpypes3, grpc, grpc_tools, yaml' 2>/dev/null; then
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
