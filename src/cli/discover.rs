@@ -229,28 +229,37 @@ fn selected(config: &Configuration) -> Selected<'_> {
 
 /// Without an agent, an external handler is found where Akri's layout puts it:
 /// `$DISCOVERY_HANDLERS_DIRECTORY/<name>.sock`.
-fn find_external(config: &Configuration) {
+fn find_external(config: &Configuration) -> anyhow::Result<()> {
     #[cfg(feature = "external")]
     if let dowser_discovery_api::details::Selected::External(details) = selected(config) {
         let dir = std::env::var_os(dowser_handler_sdk::DIRECTORY_ENV)
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| dowser_handler_sdk::DEFAULT_DIRECTORY.into());
         let socket = dir.join(format!("{}.sock", details.name));
-        if socket.exists() {
-            crate::external::REGISTRATIONS.add(crate::external::Registration {
-                name: details.name.clone(),
-                endpoint: socket.display().to_string(),
-                network: false,
-                shared: details.shared.unwrap_or(false),
-            });
+        if !socket.exists() {
+            anyhow::bail!(
+                "no discovery handler named {:?} serves {} (a handler serves <dir>/<name>.sock of \
+                 its {} directory; set {} to the directory it uses)",
+                details.name,
+                socket.display(),
+                dowser_handler_sdk::DIRECTORY_ENV,
+                dowser_handler_sdk::DIRECTORY_ENV,
+            );
         }
+        crate::external::REGISTRATIONS.add(crate::external::Registration {
+            name: details.name.clone(),
+            endpoint: socket.display().to_string(),
+            network: false,
+            shared: details.shared.unwrap_or(false),
+        });
     }
     #[cfg(not(feature = "external"))]
     let _ = config;
+    Ok(())
 }
 
 async fn once(config: &Configuration, props: Properties, timeout: u64) -> anyhow::Result<Snapshot> {
-    find_external(config);
+    find_external(config)?;
     let handler = selected(config);
     let mut stream = handlers::discover(handler, props)?;
     let spinner = spinner(&format!(
@@ -273,7 +282,7 @@ async fn watch(
     node: &str,
     args: &DiscoverArgs,
 ) -> anyhow::Result<i32> {
-    find_external(config);
+    find_external(config)?;
     let mut stream = handlers::discover(selected(config), props)?;
     let mut last: Option<Snapshot> = None;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());

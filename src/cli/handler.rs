@@ -90,11 +90,8 @@ impl DiscoveryHandler for BuiltIn {
                 let errors: Vec<String> = errors
                     .iter()
                     .map(|e| {
-                        e.to_string().replacen(
-                            &format!("spec.discovery.{}", self.name),
-                            "details",
-                            1,
-                        )
+                        e.to_string()
+                            .replace(&format!("spec.discovery.{}", self.name), "details")
                     })
                     .collect();
                 return refused(errors.join("; "));

@@ -42,6 +42,8 @@ enum Part {
     Devices(Vec<Device>, Vec<String>),
     /// Lost, with why: its devices are not in the snapshot (so they follow the grace period).
     Lost(String),
+    /// Refused the details (`InvalidArgument`), with its words: the Configuration must change.
+    Refused(String),
 }
 
 type Parts = Arc<Mutex<BTreeMap<String, Part>>>;
@@ -114,10 +116,10 @@ pub async fn run(
                 if let Some(at) = last_sent {
                     tokio::time::sleep_until(at + MIN_INTERVAL).await;
                 }
-                let snapshot = merge(&parts.lock().expect("parts lock"));
-                if let Some(snapshot) = snapshot {
+                let merged = merge(&parts.lock().expect("parts lock"));
+                if let Some(merged) = merged {
                     last_sent = Some(Instant::now());
-                    if tx.send(Ok(snapshot)).await.is_err() {
+                    if tx.send(merged).await.is_err() {
                         return;
                     }
                 }
@@ -132,10 +134,20 @@ fn endpoints(by_name: &ByName, name: &str) -> Vec<Registration> {
     by_name.get(name).cloned().unwrap_or_default()
 }
 
-/// The snapshot of all endpoints, once every one has answered or been lost.
-fn merge(parts: &BTreeMap<String, Part>) -> Option<Snapshot> {
+/// The snapshot of all endpoints, once every one has answered or been lost; an error when
+/// every one refused the details.
+fn merge(
+    parts: &BTreeMap<String, Part>,
+) -> Option<Result<Snapshot, dowser_discovery_api::DiscoveryError>> {
     if parts.values().any(|p| matches!(p, Part::Waiting)) {
         return None;
+    }
+    if let Some(Part::Refused(why)) = parts.values().next()
+        && parts.values().all(|p| matches!(p, Part::Refused(_)))
+    {
+        return Some(Err(dowser_discovery_api::DiscoveryError::Invalid(format!(
+            "the handler refused the details: {why}"
+        ))));
     }
     let mut devices = Vec::new();
     let mut problems = Vec::new();
@@ -147,9 +159,12 @@ fn merge(parts: &BTreeMap<String, Part>) -> Option<Snapshot> {
                 problems.extend(p.iter().map(|p| format!("handler at {endpoint}: {p}")));
             }
             Part::Lost(why) => problems.push(format!("handler at {endpoint}: {why}")),
+            Part::Refused(why) => {
+                problems.push(format!("handler at {endpoint}: refused the details: {why}"));
+            }
         }
     }
-    Some(Snapshot::new(devices).with_problems(problems))
+    Some(Ok(Snapshot::new(devices).with_problems(problems)))
 }
 
 /// Keeps one endpoint's stream open: connects, asks, reads; when lost, says so at once and
@@ -168,70 +183,95 @@ async fn endpoint(
     };
     let mut wait = RETRY_FIRST;
     let mut unreachable_since: Option<Instant> = None;
+    let mut again = REGISTRATIONS.registered();
     loop {
-        let lost =
-            match dowser_handler_sdk::connect(&registration.endpoint, registration.kind()).await {
-                Err(e) => {
-                    let since = *unreachable_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= FORGET_AFTER {
-                        info!(
-                            name = %registration.name,
-                            endpoint = %registration.endpoint,
-                            "discovery handler unreachable for long: forgotten"
-                        );
-                        set(Part::Lost(format!("unreachable: {}", describe(&e))));
-                        REGISTRATIONS.forget(&registration.name, &registration.endpoint);
-                        return;
-                    }
-                    format!("unreachable: {}", describe(&e))
+        again.borrow_and_update();
+        let connected = dowser_handler_sdk::connect(&registration.endpoint, registration.kind());
+        let lost = match connected.await {
+            Err(e) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                let why = Part::Lost(format!("unreachable: {}", describe(&e)));
+                if since.elapsed() >= FORGET_AFTER {
+                    info!(
+                        name = %registration.name,
+                        endpoint = %registration.endpoint,
+                        "discovery handler unreachable for long: forgotten"
+                    );
+                    set(why);
+                    REGISTRATIONS.forget(&registration.name, &registration.endpoint);
+                    return;
                 }
-                Ok(channel) => {
-                    unreachable_since = None;
-                    let mut client = DiscoveryHandlerClient::new(channel)
-                        .max_decoding_message_size(limits.message_bytes);
-                    match tokio::time::timeout(ANSWER, client.discover(request.clone())).await {
-                        Err(_) => format!("did not answer Discover within {}s", ANSWER.as_secs()),
-                        Ok(Err(status)) => format!("refused Discover: {}", status_text(&status)),
-                        Ok(Ok(response)) => {
-                            let opened = Instant::now();
-                            let mut stream = response.into_inner();
-                            loop {
-                                match stream.message().await {
-                                    Ok(Some(response)) => {
-                                        // A stream that stayed open a while is a handler that
-                                        // works: ask again soon if it ends.
-                                        if opened.elapsed() >= STEADY {
-                                            wait = RETRY_FIRST;
-                                        }
-                                        let accepted = wire::accept(response, &limits);
-                                        set(Part::Devices(accepted.devices, accepted.problems));
-                                    }
-                                    Ok(None) => break "closed its discovery stream".to_string(),
-                                    Err(status) => {
-                                        break format!(
-                                            "discovery stream failed: {}",
-                                            status_text(&status)
-                                        );
-                                    }
+                why
+            }
+            Ok(channel) => {
+                unreachable_since = None;
+                let mut client = DiscoveryHandlerClient::new(channel)
+                    .max_decoding_message_size(limits.message_bytes);
+                match tokio::time::timeout(ANSWER, client.discover(request.clone())).await {
+                    Err(_) => Part::Lost(format!(
+                        "did not answer Discover within {}s",
+                        ANSWER.as_secs()
+                    )),
+                    Ok(Err(status)) => failed("refused Discover", &status),
+                    Ok(Ok(response)) => {
+                        let opened = Instant::now();
+                        let mut stream = response.into_inner();
+                        let ended = loop {
+                            match stream.message().await {
+                                Ok(Some(response)) => {
+                                    let accepted = wire::accept(response, &limits);
+                                    set(Part::Devices(accepted.devices, accepted.problems));
                                 }
+                                Ok(None) => {
+                                    break Part::Lost("closed its discovery stream".to_string());
+                                }
+                                Err(status) => break failed("discovery stream failed", &status),
                             }
+                        };
+                        // A stream that stayed open a while was a handler that worked: ask
+                        // again soon.
+                        if opened.elapsed() >= STEADY {
+                            wait = RETRY_FIRST;
                         }
+                        ended
                     }
                 }
-            };
-        debug!(name = %registration.name, endpoint = %registration.endpoint, why = %lost, "discovery handler lost");
-        set(Part::Lost(lost));
-        tokio::time::sleep(wait).await;
+            }
+        };
+        debug!(
+            name = %registration.name,
+            endpoint = %registration.endpoint,
+            why = ?lost,
+            "discovery handler lost"
+        );
+        set(lost);
+        // A handler that registers meanwhile (restarted, it registers again at the same
+        // endpoint) is asked at once.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = again.changed() => {}
+        }
         wait = (wait * 2).min(RETRY_MAX);
     }
 }
 
+/// A handler's error: a refusal of the details (`InvalidArgument`), or the endpoint lost.
+fn failed(what: &str, status: &tonic::Status) -> Part {
+    let text = status_text(status);
+    if status.code() == tonic::Code::InvalidArgument {
+        Part::Refused(text)
+    } else {
+        Part::Lost(format!("{what}: {text}"))
+    }
+}
+
+/// A status with its code first, so that it survives a message cut short.
 fn status_text(status: &tonic::Status) -> String {
     let message = status.message();
     if message.is_empty() {
-        format!("{:?}", status.code())
+        format!("({:?})", status.code())
     } else {
-        format!("{message} ({:?})", status.code())
+        format!("({:?}) {message}", status.code())
     }
 }
 
@@ -276,7 +316,7 @@ mod tests {
                 vec!["1 device(s) refused".into()],
             ),
         );
-        let s = merge(&parts).unwrap();
+        let s = merge(&parts).unwrap().unwrap();
         let ids: Vec<&str> = s.devices().iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, ["x", "y"]);
         assert_eq!(s.problems(), ["handler at /b.sock: 1 device(s) refused"]);
@@ -293,7 +333,7 @@ mod tests {
             "/b.sock".to_string(),
             Part::Lost("closed its discovery stream".into()),
         );
-        let s = merge(&parts).unwrap();
+        let s = merge(&parts).unwrap().unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(
             s.problems(),

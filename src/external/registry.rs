@@ -39,6 +39,9 @@ pub type ByName = BTreeMap<String, Vec<Registration>>;
 /// The registered handlers of this process; changes are published to subscribers.
 pub struct Registrations {
     current: watch::Sender<ByName>,
+    /// Counts registrations, changed or not: a handler that registers again is back, and
+    /// whoever waits to ask it again asks at once.
+    registered: watch::Sender<u64>,
     /// Where they are remembered (none: in memory only, as in `dowser discover`).
     file: Mutex<Option<PathBuf>>,
 }
@@ -53,6 +56,7 @@ impl Default for Registrations {
     fn default() -> Self {
         Self {
             current: watch::Sender::new(ByName::new()),
+            registered: watch::Sender::new(0),
             file: Mutex::new(None),
         }
     }
@@ -94,6 +98,12 @@ impl Registrations {
         if changed {
             self.save();
         }
+        self.registered.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever a handler registers, whether or not anything changed.
+    pub fn registered(&self) -> watch::Receiver<u64> {
+        self.registered.subscribe()
     }
 
     /// Forgets an endpoint (it has been unreachable for long).

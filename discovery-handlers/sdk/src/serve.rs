@@ -170,9 +170,12 @@ async fn stay_registered(options: Options, mut again: mpsc::Receiver<()>) {
     }
 }
 
-/// Which socket file the agent has now (device and inode), if any.
-fn identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+/// Which socket file the agent has now, if any: device, inode and change time (a file
+/// system may give a new socket the inode of the one removed before it, as ext4 does).
+fn identity(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 async fn register(
