@@ -667,6 +667,99 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
     node.clean();
 }
 
+/// An external handler on the real node: the chart runs dowser's Modbus handler in a pod of
+/// its own (the agent's built-in one disabled), the agent finds it through the registration
+/// socket in the hostPath directory both share, and a broker reads the PLC. The handler's
+/// pod is then deleted: its DaemonSet starts another, which registers again, and within the
+/// grace period nothing else changes: the Instance and the broker stay.
+#[test]
+fn an_external_handler_in_its_own_pod_gets_a_broker_that_reads_the_plc() {
+    let (node, _turn) = node();
+    node.clean();
+    let install = readme_block("helm install").trim_end().to_string()
+        + " --set handlers.modbus.enabled=false --set-json \
+           'externalHandlers=[{\"name\":\"plant-modbus\",\"builtIn\":\"modbus\",\"shared\":true}]'";
+    node.run_readme_block(&install);
+    rollout(node);
+    node.kubectl_ok(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/dowser-handler-plant-modbus",
+        "--timeout=180s",
+    ]);
+    let plant = Plant::start(node.host_ip(), &REGISTERS);
+    let modbus = configuration("plc-external", &plant);
+    let details_start = modbus.find("    modbus:\n").unwrap();
+    let details_end = modbus.find("  capacity:").unwrap();
+    let details: String = modbus[details_start..details_end]
+        .lines()
+        .skip(1)
+        .map(|l| format!("        {}\n", l.trim_start()))
+        .collect();
+    let yaml = format!(
+        "{}    external:\n      name: plant-modbus\n      details: |\n{details}{}",
+        &modbus[..details_start],
+        &modbus[details_end..]
+    );
+    let (instance, broker) = broker_of(node, "plc-external", &plant, &yaml);
+    let found = instance_of(node, "plc-external").unwrap();
+    assert_eq!(found["spec"]["shared"], true, "as the handler registered");
+
+    // The handler's pod goes; its replacement registers and finds the PLC again.
+    node.kubectl_ok(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "pods",
+        "-l",
+        "dowser.dev/handler=plant-modbus",
+        "--wait=true",
+    ]);
+    node.kubectl_ok(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/dowser-handler-plant-modbus",
+        "--timeout=180s",
+    ]);
+    wait_for("the node reporting the PLC again", MINUTES(1), || {
+        let config = node.json(&[
+            "get",
+            "configuration.dowser.dev",
+            "plc-external",
+            "-n",
+            "default",
+        ]);
+        let nodes = config["status"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match nodes.as_slice() {
+            [n] if n["devices"] == 1 && n["problems"].as_array().is_none_or(Vec::is_empty) => {
+                Ok(())
+            }
+            _ => Err(format!("status.nodes: {nodes:?}")),
+        }
+    });
+    let after = instance_of(node, "plc-external").unwrap();
+    assert_eq!(after["metadata"]["name"], instance.as_str());
+    assert_eq!(running_broker(node, "plc-external").unwrap(), broker);
+
+    node.kubectl_ok(&[
+        "delete",
+        "configuration.dowser.dev",
+        "plc-external",
+        "-n",
+        "default",
+    ]);
+    wait_pods_gone(node, "the broker pod gone", "plc-external");
+    node.run_readme_block("helm uninstall dowser -n dowser-system");
+    node.clean();
+}
+
 /// The slot claims of an Instance (`status.slots`).
 fn slots(node: &RealNode, configuration: &str) -> Value {
     instance_of(node, configuration)
