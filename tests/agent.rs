@@ -968,13 +968,24 @@ mod once {
             &self,
             _: Request<DiscoverRequest>,
         ) -> Result<Response<Responses>, Status> {
+            // Each camera has a device node and a host directory for its broker.
             let stream = tokio_stream::wrappers::WatchStream::new(self.0.clone()).map(|ids| {
                 Ok(DiscoverResponse {
                     devices: ids
                         .into_iter()
                         .map(|id| v0::Device {
+                            properties: [("CAMERA".to_string(), id.clone())].into(),
+                            device_specs: vec![v0::DeviceSpec {
+                                container_path: "/dev/video0".into(),
+                                host_path: format!("/dev/{id}"),
+                                permissions: "rw".into(),
+                            }],
+                            mounts: vec![v0::Mount {
+                                container_path: "/calibration".into(),
+                                host_path: format!("/var/lib/cams/{id}"),
+                                read_only: true,
+                            }],
                             id,
-                            ..Default::default()
                         })
                         .collect(),
                 })
@@ -1045,6 +1056,12 @@ async fn a_restarted_agent_dials_the_handlers_registered_before_without_their_he
     .await;
     assert!(!before.spec.shared, "as the handler registered");
     assert_eq!(before.spec.device_id, "cam-1");
+    // What the handler said a broker gets: its properties, device nodes and mounts.
+    assert_eq!(before.spec.properties["CAMERA"], "cam-1");
+    assert_eq!(before.spec.devices[0].host_path, "/dev/cam-1");
+    assert_eq!(before.spec.devices[0].permissions, "rw");
+    assert_eq!(before.spec.mounts[0].host_path, "/var/lib/cams/cam-1");
+    assert!(before.spec.mounts[0].read_only);
 
     // The agent restarts; the handler does not register again. The agent dials it from what
     // it remembered, keeps cam-1's Instance as it was and hears of cam-2.

@@ -215,6 +215,40 @@ async fn details_a_built_in_handler_refuses_are_an_error_in_the_handlers_words()
 }
 
 #[tokio::test]
+async fn a_handler_on_the_network_is_reached_at_the_url_it_registered() {
+    let dir = agent_dir().await;
+    let plc = serve(&ListenerConfig::device(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![UnitConfig::identified(1, "Acme", "PLC-200", "2.0")],
+    ))
+    .await
+    .unwrap()
+    .remove(0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}");
+    let _handler = dowser_handler(
+        dir,
+        &["modbus", "--register-as", "modbus-net", "--listen", &listen, "--advertise", &url],
+    );
+    registered("modbus-net").await;
+    let registration = REGISTRATIONS.subscribe().borrow()["modbus-net"][0].clone();
+    assert!(registration.network);
+    assert_eq!(registration.endpoint, url);
+    let discovery = external(
+        "modbus-net",
+        &format!("targets: [\"{}\"]\nunitIds: [\"1\"]\n", plc.addr),
+    );
+    let mut stream = discover(&discovery, Properties::new());
+    let found = until(&mut stream, 20, "the PLC", |s| s.len() == 1).await;
+    assert_eq!(found.devices()[0].properties["MODBUS_PRODUCT_CODE"], "PLC-200");
+}
+
+#[tokio::test]
 async fn a_name_nobody_registered_is_said_and_found_once_it_registers() {
     let dir = agent_dir().await;
     let mut stream = discover(&external("late-echo", ""), Properties::new());
