@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod approval;
 pub mod cli;
 pub mod client;
 pub mod controller;

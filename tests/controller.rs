@@ -1093,3 +1093,223 @@ async fn an_external_handler_registers_discovers_and_gets_its_brokers_scheduled(
     .await;
     drop(controller);
 }
+
+/// `approval: Manual` end to end: RBAC lets only the approver role approve, the API server
+/// records who did, and a device gets its resource and broker only while it is the device
+/// approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_under_manual_approval_gets_a_broker_only_once_a_person_approves_it() {
+    use dowser::crd::{DeviceApproval, DeviceApprovalSpec, Instance};
+    use kube::api::PostParams;
+
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    // The people who decide: an identity bound to dowser-approver in the namespace.
+    let cluster = &plant.cluster;
+    cluster.kubectl_ok(&[
+        "create",
+        "serviceaccount",
+        "plant-security",
+        "-n",
+        "dowser-system",
+    ]);
+    let approver = "system:serviceaccount:dowser-system:plant-security";
+    cluster.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "plant-approvers",
+        "-n",
+        "default",
+        "--clusterrole=dowser-approver",
+        "--serviceaccount=dowser-system:plant-security",
+    ]);
+    let can = |who: &str, verb: &str| {
+        let out = cluster.kubectl(
+            &[
+                "auth",
+                "can-i",
+                verb,
+                "deviceapprovals.dowser.dev",
+                "-n",
+                "default",
+                "--as",
+                who,
+            ],
+            "",
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    assert!(can(approver, "create") && can(approver, "delete"));
+    for component in ["dowser-agent", "dowser-controller"] {
+        let who = format!("system:serviceaccount:dowser-system:{component}");
+        assert!(!can(&who, "create"), "{component} may not approve");
+        assert!(!can(&who, "delete"), "{component} may not revoke");
+    }
+
+    let port = common::free_addr().port();
+    let listen = format!("127.0.0.1:{port}");
+    let sim = device_of(&listen, "Acme").await;
+    let mut config = with_broker(modbus_config("gated", port, None), 1);
+    config["spec"]["approval"] = json!("Manual");
+    plant.apply(config).await;
+
+    // Found, visible, waiting: no broker, no resource on any node.
+    let instance = eventually(60, "the Instance waiting for approval", || async {
+        let list = instances(&plant.client, "gated").await;
+        let i = list.first()?;
+        let c = i
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Approved")?;
+        (c.status == "False" && c.reason == "Pending" && i.status.as_ref()?.nodes.len() == 3)
+            .then(|| i.clone())
+    })
+    .await;
+    let name = instance.name_any();
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    eventually(60, "one pending approval in the status", || async {
+        (configs.get("gated").await.ok()?.status?.pending_approvals == Some(1)).then_some(())
+    })
+    .await;
+    // kubectl shows what waits: the Instance's Approved column, the Configuration's Pending.
+    let instances_table = cluster.kubectl_ok(&["get", "dwi", "-n", "default"]);
+    let configs_table = cluster.kubectl_ok(&["get", "dwc", "gated", "-n", "default"]);
+    eprintln!("{instances_table}{configs_table}");
+    assert!(instances_table.lines().next().unwrap().contains("APPROVED"));
+    assert!(instances_table.contains("Pending"), "{instances_table}");
+    let header: Vec<&str> = configs_table
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = configs_table
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let pending = header
+        .iter()
+        .position(|h| *h == "PENDING")
+        .expect("a PENDING column");
+    assert_eq!(row[pending], "1", "{configs_table}");
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let resource = dowser::naming::instance_resource("default", &name);
+    for node in ["node-a", "node-b", "node-c"] {
+        assert_eq!(
+            plant.allocatable(node, &resource).await,
+            None,
+            "{node} offers it"
+        );
+    }
+    assert!(running_brokers(&pods, "gated").await.is_empty());
+
+    // An approval naming someone else is refused by the API server; the agent's identity
+    // may not approve at all.
+    let identity = instance.status.as_ref().unwrap().identity.clone().unwrap();
+    let approval = |by: &str| {
+        let mut a = DeviceApproval::new(
+            &name,
+            DeviceApprovalSpec {
+                configuration_name: "gated".into(),
+                device_id: instance.spec.device_id.clone(),
+                identity: identity.clone(),
+                approved_by: by.into(),
+                reason: Some("commissioned line 3".into()),
+            },
+        );
+        a.metadata.namespace = Some("default".into());
+        a
+    };
+    let as_approver =
+        common::cluster::Cluster::client_of(&cluster.service_account_kubeconfig("plant-security"))
+            .await;
+    let approvals: Api<DeviceApproval> = Api::namespaced(as_approver, "default");
+    let forged = approvals
+        .create(&PostParams::default(), &approval("alice"))
+        .await
+        .unwrap_err();
+    assert!(
+        forged
+            .to_string()
+            .contains("spec.approvedBy must name the identity approving"),
+        "{forged}"
+    );
+    let as_agent =
+        common::cluster::Cluster::client_of(&cluster.service_account_kubeconfig("dowser-agent"))
+            .await;
+    let refused = Api::<DeviceApproval>::namespaced(as_agent, "default")
+        .create(
+            &PostParams::default(),
+            &approval("system:serviceaccount:dowser-system:dowser-agent"),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("forbidden"), "{refused}");
+
+    // Approved: the resource is offered and the broker runs.
+    approvals
+        .create(&PostParams::default(), &approval(approver))
+        .await
+        .unwrap();
+    eventually(90, "the approved device's broker Running", || async {
+        (running_brokers(&pods, "gated").await.len() == 1).then_some(())
+    })
+    .await;
+    eventually(60, "Approved and nothing pending", || async {
+        let i = Api::<Instance>::namespaced(plant.client.clone(), "default")
+            .get(&name)
+            .await
+            .ok()?;
+        let c = i
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Approved")?;
+        let pending = configs.get("gated").await.ok()?.status?.pending_approvals;
+        (c.status == "True" && c.message == format!("approved by {approver}") && pending == Some(0))
+            .then_some(())
+    })
+    .await;
+
+    // Another device answers at the same address: not the one approved. Its broker goes and
+    // no node offers it until someone approves it again.
+    drop(sim);
+    let _impostor = device_of(&listen, "Evil Corp").await;
+    eventually(60, "IdentityChanged", || async {
+        let i = Api::<Instance>::namespaced(plant.client.clone(), "default")
+            .get(&name)
+            .await
+            .ok()?;
+        let c = i
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Approved")?;
+        (c.status == "False" && c.reason == "IdentityChanged").then_some(())
+    })
+    .await;
+    eventually(60, "the broker gone", || async {
+        running_brokers(&pods, "gated")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    eventually(60, "no node offers the impostor", || async {
+        for node in ["node-a", "node-b", "node-c"] {
+            let offered = plant.allocatable(node, &resource).await;
+            if offered.as_deref().is_some_and(|n| n != "0") {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    drop(controller);
+}

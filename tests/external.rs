@@ -233,7 +233,15 @@ async fn a_handler_on_the_network_is_reached_at_the_url_it_registered() {
     let url = format!("http://127.0.0.1:{port}");
     let _handler = dowser_handler(
         dir,
-        &["modbus", "--register-as", "modbus-net", "--listen", &listen, "--advertise", &url],
+        &[
+            "modbus",
+            "--register-as",
+            "modbus-net",
+            "--listen",
+            &listen,
+            "--advertise",
+            &url,
+        ],
     );
     registered("modbus-net").await;
     let registration = REGISTRATIONS.subscribe().borrow()["modbus-net"][0].clone();
@@ -245,7 +253,10 @@ async fn a_handler_on_the_network_is_reached_at_the_url_it_registered() {
     );
     let mut stream = discover(&discovery, Properties::new());
     let found = until(&mut stream, 20, "the PLC", |s| s.len() == 1).await;
-    assert_eq!(found.devices()[0].properties["MODBUS_PRODUCT_CODE"], "PLC-200");
+    assert_eq!(
+        found.devices()[0].properties["MODBUS_PRODUCT_CODE"],
+        "PLC-200"
+    );
 }
 
 #[tokio::test]

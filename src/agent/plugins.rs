@@ -129,7 +129,8 @@ impl Plugins {
         })
     }
 
-    /// The Instances this node offers: it sees the device, or a pod here holds a slot.
+    /// The Instances this node offers: it sees the device, or a pod here holds a slot, and
+    /// the device is approved (`approval: Manual`).
     fn offered(&self, claims: &BTreeSet<(String, String)>) -> Vec<Arc<Instance>> {
         self.instances
             .state()
@@ -141,6 +142,7 @@ impl Plugins {
                     .is_some_and(|s| s.nodes.contains(&self.node));
                 seen || claims.contains(&(i.namespace().unwrap_or_default(), i.name_any()))
             })
+            .filter(|i| crate::approval::offered_here(&self.configurations, i))
             .collect()
     }
 

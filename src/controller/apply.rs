@@ -85,6 +85,15 @@ impl<'a> Executor<'a> {
                     self.delete_instance(&instance, preconditions).await?;
                     self.nodes_gone(&instance, &gone).await;
                 }
+                Action::RecordApproval {
+                    instance,
+                    identity,
+                    approved_identity,
+                    condition,
+                } => {
+                    self.record_approval(&instance, identity, approved_identity, condition)
+                        .await?;
+                }
                 Action::ForceDeletePod { pod } => {
                     let now = DeleteParams {
                         grace_period_seconds: Some(0),
@@ -140,6 +149,36 @@ impl<'a> Executor<'a> {
             .patch_status(instance, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map_err(instance_error(instance))?;
+        Ok(())
+    }
+
+    async fn record_approval(
+        &self,
+        instance: &str,
+        identity: String,
+        approved_identity: Option<String>,
+        condition: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+    ) -> Result<(), Error> {
+        // The controller is the only writer of an Instance's conditions.
+        let patch = json!({
+            "status": {
+                "identity": identity,
+                "approvedIdentity": approved_identity,
+                "conditions": [condition],
+            },
+        });
+        self.instances
+            .patch_status(instance, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(instance_error(instance))?;
+        let (kind, reason) = if condition.status == "True" {
+            (EventType::Normal, "DeviceApproved")
+        } else {
+            (EventType::Normal, "ApprovalNeeded")
+        };
+        info!(%instance, reason = %condition.reason, "approval recorded");
+        self.event(kind, reason, format!("{instance}: {}", condition.message))
+            .await;
         Ok(())
     }
 

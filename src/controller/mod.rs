@@ -49,7 +49,7 @@ use self::{
     metrics::Metrics,
     reconcile::{Ctx, error_policy, reconcile},
 };
-use crate::crd::{CONFIGURATION_LABEL, Configuration, Instance};
+use crate::crd::{CONFIGURATION_LABEL, Configuration, DeviceApproval, Instance};
 
 /// The controller's field manager, Lease name and Event reporter.
 const MANAGER: &str = "dowser-controller";
@@ -236,6 +236,15 @@ async fn control(
             move |i| {
                 let ns = i.namespace().unwrap_or_default();
                 Some(ObjectRef::<Configuration>::new(&i.spec.configuration_name).within(&ns))
+            },
+        )
+        // An approval given or revoked concerns the Configuration it names.
+        .watches(
+            Api::<DeviceApproval>::all(client.clone()),
+            watcher::Config::default(),
+            move |a| {
+                let ns = a.namespace().unwrap_or_default();
+                Some(ObjectRef::<Configuration>::new(&a.spec.configuration_name).within(&ns))
             },
         )
         .watches(Api::<Pod>::all(client.clone()), owned.clone(), move |p| {

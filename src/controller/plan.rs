@@ -43,7 +43,8 @@ pub use self::action::{Action, Removal};
 use self::workloads::{Jobs, Pods, broker_jobs, broker_pods, services};
 use super::{backoff::Backoff, brokers::BrokerDevices, status::condition};
 use crate::{
-    crd::{Configuration, ConfigurationStatus, INSTANCE_LABEL, Instance},
+    approval,
+    crd::{Configuration, ConfigurationStatus, DeviceApproval, INSTANCE_LABEL, Instance},
     naming, validate,
 };
 
@@ -63,6 +64,8 @@ pub struct Inputs<'a> {
     pub jobs: &'a [Job],
     /// Services with the Configuration's label.
     pub services: &'a [Service],
+    /// The DeviceApprovals of the namespace (`approval: Manual`).
+    pub approvals: &'a [DeviceApproval],
     /// Failures of its broker pods.
     pub backoff: &'a Backoff,
     /// Now, for the backoff.
@@ -97,7 +100,8 @@ pub fn plan(inputs: &Inputs) -> Plan {
         return invalid(inputs, message.join("; "));
     }
     let mut actions = Vec::new();
-    let instances = forget_gone_nodes(inputs, &mut actions);
+    let found = forget_gone_nodes(inputs, &mut actions);
+    let (instances, pending) = approved(inputs, found, &mut actions);
     let pods = broker_pods(inputs, &instances, &mut actions);
     let jobs = broker_jobs(inputs, &instances, &mut actions);
     if inputs.devices == BrokerDevices::Dra {
@@ -109,18 +113,80 @@ pub fn plan(inputs: &Inputs) -> Plan {
     } else {
         jobs.alive
     };
-    let status = status(
+    let mut status = status(
         inputs,
         Verdict::yes("Valid", "the Configuration is valid"),
         ready(inputs.config, &pods, &jobs),
-        instances.len(),
+        instances.len() + pending,
         brokers,
     );
+    if inputs.config.spec.approval == crate::crd::Approval::Manual {
+        status.pending_approvals = Some(pending as u32);
+    }
     Plan {
         actions,
         status,
         requeue: Requeue::After(pods.requeue.unwrap_or(LOOK_AGAIN)),
     }
+}
+
+/// The Instances whose devices may get brokers, and how many others wait for approval;
+/// records where each device stands when that changed (`approval: Manual`).
+fn approved<'a>(
+    inputs: &Inputs<'a>,
+    instances: Vec<Cow<'a, Instance>>,
+    actions: &mut Vec<Action>,
+) -> (Vec<Cow<'a, Instance>>, usize) {
+    if inputs.config.spec.approval == crate::crd::Approval::Automatic {
+        return (instances, 0);
+    }
+    let mut allowed = Vec::new();
+    let mut pending = 0;
+    for instance in instances {
+        let name = instance.name_any();
+        let of_name = inputs.approvals.iter().find(|a| a.name_any() == name);
+        let state = approval::state(inputs.config, &instance, of_name);
+        let identity = approval::identity(&instance.spec);
+        let approved_identity = state.allowed().then(|| identity.clone());
+        let status = instance.status.clone().unwrap_or_default();
+        let old = status.conditions.as_slice();
+        if let Some((ok, reason, message)) = state.condition(&name) {
+            let condition = condition(
+                approval::CONDITION,
+                ok,
+                reason,
+                &message,
+                None,
+                old,
+                inputs.now_utc,
+            );
+            let recorded = old
+                .iter()
+                .find(|c| c.type_ == approval::CONDITION)
+                .is_some_and(|c| {
+                    c.status == condition.status
+                        && c.reason == condition.reason
+                        && c.message == condition.message
+                });
+            if !recorded
+                || status.identity.as_deref() != Some(identity.as_str())
+                || status.approved_identity != approved_identity
+            {
+                actions.push(Action::RecordApproval {
+                    instance: name,
+                    identity,
+                    approved_identity,
+                    condition,
+                });
+            }
+        }
+        if state.allowed() {
+            allowed.push(instance);
+        } else {
+            pending += 1;
+        }
+    }
+    (allowed, pending)
 }
 
 /// The Nodes that `plan` asks about: those that the Instances and broker pods name.
@@ -189,6 +255,7 @@ fn status(
         observed_generation: generation,
         conditions: vec![condition("Accepted", accepted), condition("Ready", ready)],
         instances: Some(instances as u32),
+        pending_approvals: None,
         brokers: Some(brokers as u32),
         resource: Some(naming::configuration_resource(
             &inputs.config.namespace().unwrap_or_default(),

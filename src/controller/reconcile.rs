@@ -30,7 +30,7 @@ use super::{
     status,
 };
 use crate::{
-    crd::{CONFIGURATION_LABEL, Configuration, Instance},
+    crd::{CONFIGURATION_LABEL, Configuration, DeviceApproval, Instance},
     validate,
 };
 
@@ -83,6 +83,7 @@ pub fn error_policy(_: Arc<Configuration>, error: &Error, ctx: Arc<Ctx>) -> cont
 #[derive(Default)]
 struct Seen {
     instances: Vec<Instance>,
+    approvals: Vec<DeviceApproval>,
     nodes: BTreeSet<String>,
     pods: Vec<Pod>,
     jobs: Vec<Job>,
@@ -103,6 +104,7 @@ impl Seen {
             pods: &self.pods,
             jobs: &self.jobs,
             services: &self.services,
+            approvals: &self.approvals,
             backoff,
             now: Instant::now(),
             now_utc: Timestamp::now(),
@@ -131,9 +133,20 @@ async fn observe(ctx: &Ctx, config: &Configuration) -> Result<Seen, Error> {
     let pods = list::<Pod>(ctx, &ns, &by_label, "Pods").await?;
     let jobs = list::<Job>(ctx, &ns, &by_label, "Jobs").await?;
     let services = list::<Service>(ctx, &ns, &by_label, "Services").await?;
+    let approvals = if config.spec.approval == crate::crd::Approval::Manual {
+        let mine = config.name_any();
+        list::<DeviceApproval>(ctx, &ns, &ListParams::default(), "DeviceApprovals")
+            .await?
+            .into_iter()
+            .filter(|a| a.spec.configuration_name == mine)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let nodes = existing_nodes(ctx, plan::nodes_named(&instances, &pods)).await?;
     Ok(Seen {
         instances,
+        approvals,
         nodes,
         pods,
         jobs,

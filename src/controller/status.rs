@@ -44,6 +44,7 @@ pub fn unchanged(old: &ConfigurationStatus, new: &ConfigurationStatus) -> bool {
     old.observed_generation == new.observed_generation
         && old.instances == new.instances
         && old.brokers == new.brokers
+        && old.pending_approvals == new.pending_approvals
         && old.resource == new.resource
         && new.conditions.iter().all(|c| {
             old.conditions.iter().any(|o| {
@@ -114,6 +115,7 @@ mod tests {
             observed_generation: Some(2),
             conditions: vec![c(reason)],
             instances: Some(1),
+            pending_approvals: None,
             brokers: Some(brokers),
             resource: Some("dowser.dev/default.plc".into()),
             nodes: vec![],

@@ -108,6 +108,7 @@ fn default_grace() -> u32 {
     printcolumn = r#"{"name":"Capacity","type":"integer","jsonPath":".spec.capacity","description":"Brokers or pods that may use one device at once"}"#,
     printcolumn = r#"{"name":"Instances","type":"integer","jsonPath":".status.instances","description":"Devices found"}"#,
     printcolumn = r#"{"name":"Brokers","type":"integer","jsonPath":".status.brokers","description":"Broker pods or Jobs running"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","jsonPath":".status.pendingApprovals","description":"Devices waiting for approval (approval: Manual)"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status","description":"Whether the Configuration is valid"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether every broker that should run is running"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -154,10 +155,32 @@ pub struct ConfigurationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub configuration_service_spec: Option<ServiceSpec>,
+    /// Whether a device found gets its resource and broker at once (`Automatic`) or only
+    /// once a person approves it (`Manual`): its Instance is made, with all that discovery
+    /// learned, and waits with the condition `Approved=False` until a DeviceApproval of its
+    /// name (`kubectl dowser approve`, by an identity with the `dowser-approver` role)
+    /// approves its identity. A device whose identity changes (another device answers in its
+    /// place) waits again.
+    #[serde(default, skip_serializing_if = "is_automatic")]
+    pub approval: Approval,
     /// Extra environment variables for every broker, beside the device's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64), transform = broker_property_names, inner(length(max = 4096)))]
     pub broker_properties: BTreeMap<String, String>,
+}
+
+/// How a device found gets its resource and broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Approval {
+    /// At once.
+    #[default]
+    Automatic,
+    /// Once a person approves it (a DeviceApproval).
+    Manual,
+}
+
+fn is_automatic(a: &Approval) -> bool {
+    *a == Approval::Automatic
 }
 
 /// A named value for the discovery handler.
@@ -240,6 +263,9 @@ pub struct ConfigurationStatus {
     /// How many Instances (devices) exist for this Configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<u32>,
+    /// How many devices wait for a person's approval (`approval: Manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_approvals: Option<u32>,
     /// How many broker Pods or Jobs are running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brokers: Option<u32>,

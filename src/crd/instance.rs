@@ -24,6 +24,7 @@ use super::schema::{list_map, list_set};
     printcolumn = r#"{"name":"Shared","type":"boolean","jsonPath":".spec.shared","description":"Whether several nodes can reach the device"}"#,
     printcolumn = r#"{"name":"Capacity","type":"integer","jsonPath":".spec.capacity"}"#,
     printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.nodes","description":"Nodes that see the device"}"#,
+    printcolumn = r#"{"name":"Approved","type":"string","jsonPath":".status.conditions[?(@.type==\"Approved\")].reason","description":"Under approval: Manual, Approved, Pending or IdentityChanged"}"#,
     printcolumn = r#"{"name":"Resource","type":"string","jsonPath":".status.resource","priority":1,"description":"The extended resource a pod requests to get this device"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -71,7 +72,16 @@ pub struct InstanceStatus {
     /// `status.resource` when the part after `dowser.dev/` would be longer than 63 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
-    /// Conditions of the Instance.
+    /// The device's identity now: a hash of what discovery learned of it (`spec`), which a
+    /// DeviceApproval names to approve this device and no other (written by the controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The identity a DeviceApproval approved, under `approval: Manual`; nodes offer the
+    /// device only while it is `identity` (written by the controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_identity: Option<String>,
+    /// Conditions of the Instance: `Approved` under `approval: Manual` (False with reason
+    /// `Pending` or `IdentityChanged`, and what to do, while the device waits).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(transform = condition_list)]
     pub conditions: Vec<Condition>,

@@ -1,12 +1,15 @@
-//! The API of dowser: `Configuration` and `Instance` in `dowser.dev/v1alpha1`.
+//! The API of dowser: `Configuration`, `Instance` and `DeviceApproval` in
+//! `dowser.dev/v1alpha1`.
 //!
 //! The CRDs in `crds/` are generated from these types (`dowser crds`); every doc comment
 //! becomes `kubectl explain` text.
 
+mod approval;
 mod configuration;
 mod instance;
 pub mod schema;
 
+pub use approval::*;
 pub use configuration::*;
 pub use instance::*;
 
@@ -22,7 +25,7 @@ pub const INSTANCE_LABEL: &str = "dowser.dev/instance";
 
 /// The CRDs, in the order they are installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [Configuration::crd(), Instance::crd()]
+    [Configuration::crd(), Instance::crd(), DeviceApproval::crd()]
         .into_iter()
         .map(|crd| {
             let mut v = serde_json::to_value(crd).expect("a CRD serialises");

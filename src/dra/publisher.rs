@@ -77,6 +77,7 @@ impl Publisher {
             .instances
             .state()
             .into_iter()
+            .filter(|i| crate::approval::offered_here(&self.configs, i))
             .filter_map(|i| self.handler(&i).map(|h| (i, h)))
             .collect();
         let seen: Vec<Seen<'_>> = instances

@@ -195,6 +195,8 @@ impl Cluster {
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ];
         let items: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&all)
             .map(|doc| serde_json::Value::deserialize(doc).expect("kustomize output parses"))
@@ -243,7 +245,12 @@ impl Cluster {
 
     /// A client for the cluster, as its administrator.
     pub async fn client(&self) -> kube::Client {
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        Self::client_of(&self.kubeconfig).await
+    }
+
+    /// A client with the identity of a kubeconfig (see [`Self::service_account_kubeconfig`]).
+    pub async fn client_of(kubeconfig: &std::path::Path) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .unwrap();

@@ -32,6 +32,14 @@ pub enum Action {
         resource_version: Option<String>,
         gone: Vec<String>,
     },
+    /// Record where an Instance's device stands under `approval: Manual`: its identity now,
+    /// the identity approved (none: nodes do not offer it) and the `Approved` condition.
+    RecordApproval {
+        instance: String,
+        identity: String,
+        approved_identity: Option<String>,
+        condition: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+    },
     /// Delete a pod at once: it is on a Node that no longer exists, so no kubelet will
     /// confirm a graceful deletion.
     ForceDeletePod {
@@ -102,6 +110,11 @@ impl fmt::Display for Action {
                 freed.join(",")
             ),
             Action::DeleteInstance { instance, .. } => write!(f, "delete instance {instance}"),
+            Action::RecordApproval {
+                instance,
+                condition,
+                ..
+            } => write!(f, "record {instance} {}", condition.reason),
             Action::ForceDeletePod { pod } => write!(f, "force-delete pod {pod}"),
             Action::CreatePod { pod, node } => write!(f, "create pod {} on {node}", pod.name_any()),
             Action::DeletePod { pod, why } => write!(f, "delete pod {pod}: {why}"),

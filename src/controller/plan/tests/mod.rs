@@ -1,6 +1,7 @@
 //! The planner's rules, one table per rule. Each row builds what exists with the `mk_*`
 //! builders and says which actions the plan makes (as their one-line descriptions).
 
+mod approval;
 mod dra;
 mod objects;
 mod pods;
@@ -153,6 +154,7 @@ struct World {
     pods: Vec<Pod>,
     jobs: Vec<Job>,
     services: Vec<Service>,
+    approvals: Vec<crate::crd::DeviceApproval>,
     backoff: Backoff,
     now: Instant,
     devices: brokers::BrokerDevices,
@@ -168,6 +170,7 @@ impl World {
             pods: vec![],
             jobs: vec![],
             services: vec![],
+            approvals: vec![],
             backoff: Backoff::default(),
             now: Instant::now(),
             devices: brokers::BrokerDevices::DevicePlugin,
@@ -199,6 +202,7 @@ impl World {
             pods: &self.pods,
             jobs: &self.jobs,
             services: &self.services,
+            approvals: &self.approvals,
             backoff: &self.backoff,
             now: self.now,
             now_utc: Timestamp::UNIX_EPOCH,
