@@ -1615,3 +1615,119 @@ async fn the_readme_helm_install_works_on_a_real_apiserver() {
     ]);
     assert!(left.trim().is_empty(), "left after uninstall: {left}");
 }
+
+/// The Grafana dashboard's ConfigMap and the PrometheusRule (their own tests are in
+/// tests/monitoring.rs): off by default, rendered with their values, and `helm lint --strict`
+/// passes with both on. The PrometheusRule's CRD is not in the test cluster: rendered only.
+#[test]
+fn monitoring_dashboards_and_rules_render_and_lint() {
+    let objs = chart(&[]);
+    assert!(!objs.iter().any(|o| o["kind"] == "PrometheusRule"));
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "dowser-dashboards")
+    );
+
+    let both = [
+        "monitoring.dashboards.enabled=true",
+        "monitoring.rules.enabled=true",
+    ];
+    let objs = chart(&both);
+    let cm = find(&objs, "ConfigMap", "dowser-dashboards");
+    assert_eq!(cm["metadata"]["namespace"], INSTALL_NAMESPACE);
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value = serde_json::from_str(cm["data"]["dowser.json"].as_str().unwrap())
+        .expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "dowser");
+    let rule = find(&objs, "PrometheusRule", "dowser");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], INSTALL_NAMESPACE);
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert!(alerts.contains(&"DowserAgentDown"), "{alerts:?}");
+    let out = helm_with_stdin(&["lint", "--strict", CHART, "--set", &both.join(",")], "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("0 chart(s) failed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The sidecar's label and namespace, more labels and annotations.
+    let objs = chart_with(
+        r#"
+monitoring:
+  dashboards:
+    enabled: true
+    label: dashboards.example.com/grafana
+    labelValue: plant
+    namespace: grafana
+    labels: {team: ot}
+    annotations: {grafana_folder: dowser}
+  rules:
+    enabled: true
+    labels: {release: kube-prometheus-stack}
+"#,
+        &[],
+    );
+    let cm = find(&objs, "ConfigMap", "dowser-dashboards");
+    assert_eq!(cm["metadata"]["namespace"], "grafana");
+    let labels = &cm["metadata"]["labels"];
+    assert_eq!(labels["dashboards.example.com/grafana"], "plant");
+    assert_eq!(labels["team"], "ot");
+    assert!(labels.get("grafana_dashboard").is_none());
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "dowser");
+    let rule = find(&objs, "PrometheusRule", "dowser");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "dowser"
+    );
+
+    // The agents' job follows the monitor that scrapes them, unless it is given.
+    let up = |objs: &[Value]| -> String {
+        let rule = find(objs, "PrometheusRule", "dowser");
+        rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == "DowserAgentDown")
+            .unwrap()["expr"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        up(&chart(&["monitoring.rules.enabled=true"])),
+        r#"up{job="dowser-agent-metrics"} == 0"#
+    );
+    assert_eq!(
+        up(&chart(&[
+            "monitoring.rules.enabled=true",
+            "metrics.podMonitor.enabled=true"
+        ])),
+        format!(r#"up{{job="{INSTALL_NAMESPACE}/dowser", container="agent"}} == 0"#)
+    );
+    assert_eq!(
+        up(&chart_with(
+            "monitoring: {rules: {enabled: true, agentSelector: 'job=\"kubernetes-pods\", container=\"agent\"'}}",
+            &[],
+        )),
+        r#"up{job="kubernetes-pods", container="agent"} == 0"#
+    );
+    // A selector that is no PromQL label matcher is refused by the schema.
+    let err = helm_template(&[
+        "monitoring.rules.enabled=true",
+        "monitoring.rules.agentSelector=dowser-agent",
+    ])
+    .unwrap_err();
+    assert!(err.contains("agentSelector"), "{err}");
+}

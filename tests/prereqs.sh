@@ -54,6 +54,16 @@ k8s_binaries() {
   "$DOWSER_K8S_BIN/kube-apiserver" --version >&2
 }
 
+# promtool (Prometheus' rule checker and rule unit tester, built from Go modules, cached) for
+# tests/monitoring.rs; exports DOWSER_PROMTOOL.
+promtool_binary() {
+  step "promtool (built from Go modules, cached)"
+  command -v go >/dev/null || fail "go is missing: promtool is built from the Prometheus Go modules"
+  DOWSER_PROMTOOL="$(tests/cluster/build-promtool.sh | tail -n 1)/promtool"
+  export DOWSER_PROMTOOL
+  "$DOWSER_PROMTOOL" --version 2>&1 | head -n 1 >&2
+}
+
 # Real nodes (tests/node/): runc and the CNI plugins from Debian (a Go-built runc refuses seccomp
 # profiles on some hosts), iptables for kube-proxy, busybox-static and a static C compiler for
 # the local test images; kubelet, kube-proxy and containerd 2.x built from Go modules (cached).

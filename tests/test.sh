@@ -28,6 +28,7 @@ apt_install umockdev gir1.2-umockdev-1.0 python3-gi dbus-daemon python3-dbusmock
   || fail "python-dbusmock's bluez5 template (python3-dbusmock) does not load"
 
 k8s_binaries
+promtool_binary
 node_prereqs
 
 # The smoke tests mostly wait (for boots, pods, stops): they run while the lints and builds

@@ -9,6 +9,13 @@ use prometheus_client::{
 use super::Error;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BrokerLabels {
+    namespace: String,
+    configuration: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     error: &'static str,
 }
@@ -21,6 +28,9 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     brokers_created: Counter,
     brokers_removed: Counter,
+    brokers: Family<BrokerLabels, Gauge>,
+    /// The Configurations that have broker series.
+    with_brokers: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -31,6 +41,7 @@ impl Default for Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let brokers_created = Counter::default();
         let brokers_removed = Counter::default();
+        let brokers = Family::<BrokerLabels, Gauge>::default();
         // Counters get `_total` appended: `dowser_controller_reconciles_total` and so on.
         registry.register("leader", "Whether this replica leads", leader.clone());
         registry.register(
@@ -53,6 +64,11 @@ impl Default for Metrics {
             "Broker pods removed or replaced",
             brokers_removed.clone(),
         );
+        registry.register(
+            "brokers",
+            "Broker pods of a Configuration, wanted and running (state), as its last reconcile of this leader saw them",
+            brokers.clone(),
+        );
         // Every error series from the start, at 0.
         for error in Error::LABELS {
             drop(errors.get_or_create(&ErrorLabels { error }));
@@ -64,6 +80,8 @@ impl Default for Metrics {
             errors,
             brokers_created,
             brokers_removed,
+            brokers,
+            with_brokers: Default::default(),
         }
     }
 }
@@ -74,6 +92,52 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// Broker pods of a Configuration, wanted and running.
+    pub fn brokers(&self, namespace: &str, configuration: &str, wanted: usize, running: usize) {
+        for (state, n) in [("wanted", wanted), ("running", running)] {
+            let labels = BrokerLabels {
+                namespace: namespace.to_string(),
+                configuration: configuration.to_string(),
+                state,
+            };
+            self.brokers.get_or_create(&labels).set(n as i64);
+        }
+        self.with_brokers
+            .lock()
+            .expect("broker series lock")
+            .insert((namespace.to_string(), configuration.to_string()));
+    }
+
+    /// Removes the broker series of every Configuration for which `exists` is false.
+    pub fn forget_brokers_unless(&self, exists: impl Fn(&str, &str) -> bool) {
+        let gone: Vec<(String, String)> = self
+            .with_brokers
+            .lock()
+            .expect("broker series lock")
+            .iter()
+            .filter(|(ns, name)| !exists(ns, name))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            self.forget_brokers(&ns, &name);
+        }
+    }
+
+    /// A Configuration gone: its broker series go too.
+    pub fn forget_brokers(&self, namespace: &str, configuration: &str) {
+        self.with_brokers
+            .lock()
+            .expect("broker series lock")
+            .remove(&(namespace.to_string(), configuration.to_string()));
+        for state in ["wanted", "running"] {
+            self.brokers.remove(&BrokerLabels {
+                namespace: namespace.to_string(),
+                configuration: configuration.to_string(),
+                state,
+            });
+        }
     }
 
     pub fn set_leader(&self, leads: bool) {

@@ -194,6 +194,10 @@ async fn control(
         },
     );
     let gauge = metrics.clone();
+    let controller = Controller::new(
+        Api::<Configuration>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         metrics,
@@ -201,11 +205,8 @@ async fn control(
         backoff: Mutex::new(Backoff::default()),
         broker_devices: args.broker_devices,
         nodes,
+        configurations: controller.store(),
     });
-    let controller = Controller::new(
-        Api::<Configuration>::all(client.clone()),
-        watcher::Config::default(),
-    );
     // The label holds the Configuration's name, or a shortened one for names over 63
     // characters: those are looked up among the Configurations of the namespace.
     let configurations = controller.store();

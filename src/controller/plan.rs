@@ -76,6 +76,13 @@ pub struct Inputs<'a> {
     pub devices: BrokerDevices,
 }
 
+/// Broker pods wanted and running (Jobs run once: not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Brokers {
+    pub wanted: usize,
+    pub running: usize,
+}
+
 /// When to reconcile again if nothing changes before.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Requeue {
@@ -88,6 +95,8 @@ pub enum Requeue {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub status: ConfigurationStatus,
+    /// Broker pods the Configuration wants, and how many of them run.
+    pub brokers: Brokers,
     pub requeue: Requeue,
 }
 
@@ -126,6 +135,10 @@ pub fn plan(inputs: &Inputs) -> Plan {
     Plan {
         actions,
         status,
+        brokers: Brokers {
+            wanted: pods.wanted,
+            running: pods.running,
+        },
         requeue: Requeue::After(pods.requeue.unwrap_or(LOOK_AGAIN)),
     }
 }
@@ -307,6 +320,7 @@ fn invalid(inputs: &Inputs, message: String) -> Plan {
     Plan {
         actions,
         status: status(inputs, accepted, ready, inputs.instances.len(), 0),
+        brokers: Brokers::default(),
         requeue: Requeue::AwaitChange,
     }
 }

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub backoff: Mutex<Backoff>,
     /// The Nodes, from a watch.
     pub nodes: Store<PartialObjectMeta<Node>>,
+    /// The Configurations, from the controller's watch.
+    pub configurations: Store<Configuration>,
     /// How brokers ask for their device.
     pub broker_devices: BrokerDevices,
 }
@@ -53,7 +55,9 @@ pub async fn reconcile(
     ctx: Arc<Ctx>,
 ) -> Result<controller::Action, Error> {
     ctx.metrics.reconciled();
+    let namespace = config.namespace().unwrap_or_default();
     if config.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget_brokers(&namespace, &config.name_any());
         return Ok(controller::Action::await_change());
     }
     let seen = observe(&ctx, &config).await?;
@@ -61,6 +65,17 @@ pub async fn reconcile(
         let backoff = ctx.backoff.lock().expect("backoff");
         plan::plan(&seen.inputs(&config, &backoff, ctx.broker_devices))
     };
+    ctx.metrics.brokers(
+        &namespace,
+        &config.name_any(),
+        plan.brokers.wanted,
+        plan.brokers.running,
+    );
+    // The series of Configurations deleted since go (they are not reconciled again).
+    ctx.metrics.forget_brokers_unless(|namespace, name| {
+        let key = ObjectRef::<Configuration>::new(name).within(namespace);
+        ctx.configurations.get(&key).is_some()
+    });
     Executor::new(&ctx, &config).run(plan.actions).await?;
     let configs = Api::namespaced(ctx.client.clone(), &config.namespace().unwrap_or_default());
     status::write(&configs, &config, &plan.status)
