@@ -1,0 +1,322 @@
+//! `kubectl dowser` (the plugin built from `kubectl-dowser/`) run by the real kubectl against a
+//! real API server: the tree of a Configuration with a broker, approving as an approver and
+//! as the agent, revoking.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use common::{
+    cluster::{Cluster, kubectl_output},
+    controller::ControllerProcess,
+    eventually,
+    plant::{Plant, device, modbus_config, running_brokers},
+};
+use dowser::crd::{DeviceApproval, Instance};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+/// The plugin: `DOWSER_KUBECTL_DOWSER`, or next to the test binaries (`cargo test
+/// --workspace` builds it with its own tests).
+fn plugin() -> PathBuf {
+    if let Ok(p) = std::env::var("DOWSER_KUBECTL_DOWSER") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("kubectl-dowser");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p kubectl-dowser`",
+        bin.display()
+    );
+    bin
+}
+
+/// `kubectl dowser ARGS` as the identity of `kubeconfig`: kubectl finds the plugin on the
+/// PATH, as it would once the binary is copied there.
+fn kubectl_dowser(cluster: &Cluster, kubeconfig: &Path, args: &[&str]) -> Output {
+    let plugin = plugin();
+    let mut path = vec![plugin.parent().unwrap().to_path_buf()];
+    path.extend(cluster.kubectl.parent().map(Path::to_path_buf));
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let mut command = Command::new(&cluster.kubectl);
+    command
+        .arg("dowser")
+        .args(args)
+        .env("PATH", std::env::join_paths(path).unwrap())
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("NO_COLOR");
+    let out = kubectl_output(&mut command, "");
+    eprintln!(
+        "$ kubectl dowser {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_dowser_shows_the_tree_and_approves_and_revokes_as_whoever_runs_it() {
+    let _serial = common::serial().await;
+    let plant = Plant::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let controller = ControllerProcess::start(&plant.cluster, scratch.path());
+    let cluster = &plant.cluster;
+    let admin = cluster.kubeconfig.clone();
+    // A person who decides: a ServiceAccount bound to dowser-approver in the namespace.
+    let agent = cluster.service_account_kubeconfig("dowser-agent");
+    cluster.kubectl_ok(&[
+        "create",
+        "serviceaccount",
+        "plant-security",
+        "-n",
+        "dowser-system",
+    ]);
+    cluster.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "plant-approvers",
+        "-n",
+        "default",
+        "--clusterrole=dowser-approver",
+        "--serviceaccount=dowser-system:plant-security",
+    ]);
+    let approver = cluster.service_account_kubeconfig("plant-security");
+    let approver_name = "system:serviceaccount:dowser-system:plant-security";
+
+    let sim = device("127.0.0.1:0").await;
+    let mut config = modbus_config("gated", sim.addr.port(), None);
+    config["spec"]["approval"] = json!("Manual");
+    config["spec"]["brokerSpec"] =
+        json!({"brokerPodSpec": {"containers": [{"name": "broker", "image": "example/broker:1"}]}});
+    config["spec"]["instanceServiceSpec"] =
+        json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+    plant.apply(config).await;
+    let instances: Api<Instance> = Api::namespaced(plant.client.clone(), "default");
+    let instance = eventually(60, "the Instance waiting for approval", || async {
+        let i = plant.instances("gated").await.into_iter().next()?;
+        let status = i.status.as_ref()?;
+        let pending = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Approved" && c.reason == "Pending");
+        (pending && status.nodes.len() == 3).then_some(i)
+    })
+    .await;
+    let name = instance.name_any();
+    let identity = instance.status.unwrap().identity.unwrap();
+
+    // Waiting: the tree says so and what to do.
+    let pending = ok(&kubectl_dowser(cluster, &admin, &["tree", "gated"]));
+    assert!(
+        pending.contains(&format!("Instance/{name}"))
+            && pending.contains("Pending")
+            && pending.contains(&format!("kubectl dowser approve {name}")),
+        "{pending}"
+    );
+
+    // The agent's identity may not approve: the API server's refusal and the way to the role.
+    let refused = kubectl_dowser(cluster, &agent, &["approve", &name]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("Error from server (Forbidden)")
+            && stderr.contains("resource \"deviceapprovals\" in API group \"dowser.dev\"")
+            && stderr.contains("ClusterRole dowser-approver")
+            && stderr.contains(
+                "create rolebinding dowser-approvers --clusterrole=dowser-approver \
+                 --serviceaccount=dowser-system:dowser-agent"
+            ),
+        "{stderr}"
+    );
+
+    // The approver approves: recorded as the approver, and the broker runs.
+    let approved = ok(&kubectl_dowser(
+        cluster,
+        &approver,
+        &["approve", &name, "--reason", "commissioned line 3"],
+    ));
+    assert_eq!(
+        approved,
+        format!("deviceapproval.dowser.dev/{name} created\n")
+    );
+    let approvals: Api<DeviceApproval> = Api::namespaced(plant.client.clone(), "default");
+    let approval = approvals.get(&name).await.unwrap();
+    assert_eq!(approval.spec.approved_by, approver_name);
+    assert_eq!(approval.spec.identity, identity);
+    assert_eq!(approval.spec.configuration_name, "gated");
+    assert_eq!(approval.spec.reason.as_deref(), Some("commissioned line 3"));
+    let again = ok(&kubectl_dowser(cluster, &approver, &["approve", &name]));
+    assert!(again.contains("unchanged (already approved by"), "{again}");
+
+    let pods: Api<Pod> = Api::namespaced(plant.client.clone(), "default");
+    let broker = eventually(90, "the approved device's broker Running", || async {
+        running_brokers(&pods, "gated").await.into_iter().next()
+    })
+    .await;
+    let broker_node = broker.spec.as_ref().unwrap().node_name.clone().unwrap();
+
+    // The tree: the device, the nodes that see it, the slot held on the broker's node and
+    // the broker in it, its Service.
+    let tree = eventually(60, "the tree with the broker in its slot", || async {
+        let out = kubectl_dowser(cluster, &admin, &["tree", "gated"]);
+        let text = String::from_utf8(out.stdout).ok()?;
+        let slot_held = instances
+            .get(&name)
+            .await
+            .ok()?
+            .status?
+            .slots
+            .get("0")
+            .is_some_and(|n| *n == broker_node);
+        (slot_held
+            && text.contains(&format!("Pod/{}", broker.name_any()))
+            && text.contains("Running"))
+        .then_some(text)
+    })
+    .await;
+    for part in [
+        "Configuration/gated".to_string(),
+        format!("Instance/{name}"),
+        "Approved".into(),
+        format!("approved by {approver_name}"),
+        "Node/node-a".into(),
+        "Node/node-b".into(),
+        "Node/node-c".into(),
+        "Slot/0".into(),
+        format!("by Pod/{}", broker.name_any()),
+        format!("Service/{name}-svc"),
+    ] {
+        assert!(tree.contains(&part), "no {part:?} in\n{tree}");
+    }
+    assert!(!tree.contains('\x1b'), "no colour into a pipe");
+    let lines: Vec<&str> = tree.lines().collect();
+    // (The nodes' discovery comes first, then the Instance and the nodes that see it.)
+    let instance_line = lines
+        .iter()
+        .position(|l| l.contains(&format!("Instance/{name}")))
+        .unwrap();
+    let node_line = instance_line
+        + lines[instance_line..]
+            .iter()
+            .position(|l| l.contains(&format!("─Node/{broker_node}")))
+            .unwrap_or_else(|| panic!("{tree}"));
+    assert!(lines[node_line + 1].contains("Slot/0"), "{tree}");
+    assert!(
+        lines[node_line + 2].contains(&format!("Pod/{}", broker.name_any())),
+        "{tree}"
+    );
+    let wide = ok(&kubectl_dowser(
+        cluster,
+        &admin,
+        &["tree", "gated", "-o", "wide"],
+    ));
+    assert!(wide.contains(&format!("identity {identity}")), "{wide}");
+
+    let json: serde_json::Value = serde_json::from_str(&ok(&kubectl_dowser(
+        cluster,
+        &admin,
+        &["tree", "gated", "-o", "json"],
+    )))
+    .expect("-o json parses");
+    assert_eq!(json["kind"], "List");
+    let kinds: Vec<(String, String)> = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap().to_string(),
+                i["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        ("Configuration", "gated".to_string()),
+        ("Instance", name.clone()),
+        ("Pod", broker.name_any()),
+        ("Service", format!("{name}-svc")),
+    ] {
+        assert!(
+            kinds.iter().any(|(k, n)| k == want.0 && *n == want.1),
+            "{want:?} not in {kinds:?}"
+        );
+    }
+    let yaml: serde_json::Value = serde_yaml::from_str(&ok(&kubectl_dowser(
+        cluster,
+        &admin,
+        &["tree", "-o", "yaml"],
+    )))
+    .expect("-o yaml parses");
+    assert_eq!(yaml["items"][0]["kind"], "Configuration");
+
+    // Revoked: the approval goes, and the broker with it.
+    let revoked = ok(&kubectl_dowser(cluster, &approver, &["revoke", &name]));
+    assert_eq!(
+        revoked,
+        format!("deviceapproval.dowser.dev \"{name}\" deleted\n")
+    );
+    assert!(approvals.get_opt(&name).await.unwrap().is_none());
+    eventually(60, "the broker gone", || async {
+        running_brokers(&pods, "gated")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // An approval of another identity (the device that answered before) is replaced.
+    let stale = json!({
+        "apiVersion": "dowser.dev/v1alpha1",
+        "kind": "DeviceApproval",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"configurationName": "gated", "deviceId": instance.spec.device_id,
+                 "identity": "fedcba9876543210fedcba9876543210", "approvedBy": approver_name},
+    });
+    let approver_path = approver.to_str().unwrap();
+    let created = kubectl_output(
+        Command::new(&cluster.kubectl).args(["--kubeconfig", approver_path, "create", "-f", "-"]),
+        &stale.to_string(),
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let out = kubectl_dowser(
+        cluster,
+        &approver,
+        &["approve", &format!("instance/{name}"), "-o", "json"],
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "deviceapproval.dowser.dev/{name} replaced: the device's identity changed"
+        )),
+        "{said}"
+    );
+    assert_eq!(list["items"][0]["spec"]["identity"], identity.as_str());
+    assert_eq!(approvals.get(&name).await.unwrap().spec.identity, identity);
+    drop(controller);
+}
