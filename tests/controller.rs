@@ -1094,12 +1094,27 @@ async fn an_external_handler_registers_discovers_and_gets_its_brokers_scheduled(
     drop(controller);
 }
 
+/// The `Approved` condition of the Instance `name` in `default`.
+async fn approved_condition(
+    client: &kube::Client,
+    name: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let i = Api::<dowser::crd::Instance>::namespaced(client.clone(), "default")
+        .get(name)
+        .await
+        .ok()?;
+    i.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Approved")
+}
+
 /// `approval: Manual` end to end: RBAC lets only the approver role approve, the API server
 /// records who did, and a device gets its resource and broker only while it is the device
 /// approved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_under_manual_approval_gets_a_broker_only_once_a_person_approves_it() {
-    use dowser::crd::{DeviceApproval, DeviceApprovalSpec, Instance};
+    use dowser::crd::{DeviceApproval, DeviceApprovalSpec};
     use kube::api::PostParams;
 
     let _serial = common::serial().await;
@@ -1108,23 +1123,8 @@ async fn a_device_under_manual_approval_gets_a_broker_only_once_a_person_approve
     let controller = ControllerProcess::start(&plant.cluster, scratch.path());
     // The people who decide: an identity bound to dowser-approver in the namespace.
     let cluster = &plant.cluster;
-    cluster.kubectl_ok(&[
-        "create",
-        "serviceaccount",
-        "plant-security",
-        "-n",
-        "dowser-system",
-    ]);
-    let approver = "system:serviceaccount:dowser-system:plant-security";
-    cluster.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "plant-approvers",
-        "-n",
-        "default",
-        "--clusterrole=dowser-approver",
-        "--serviceaccount=dowser-system:plant-security",
-    ]);
+    let (approver_kubeconfig, approver) = cluster.approver("plant-security", "default");
+    let approver = approver.as_str();
     let can = |who: &str, verb: &str| {
         let out = cluster.kubectl(
             &[
@@ -1226,9 +1226,7 @@ async fn a_device_under_manual_approval_gets_a_broker_only_once_a_person_approve
         a.metadata.namespace = Some("default".into());
         a
     };
-    let as_approver =
-        common::cluster::Cluster::client_of(&cluster.service_account_kubeconfig("plant-security"))
-            .await;
+    let as_approver = common::cluster::Cluster::client_of(&approver_kubeconfig).await;
     let approvals: Api<DeviceApproval> = Api::namespaced(as_approver, "default");
     let forged = approvals
         .create(&PostParams::default(), &approval("alice"))
@@ -1262,15 +1260,7 @@ async fn a_device_under_manual_approval_gets_a_broker_only_once_a_person_approve
     })
     .await;
     eventually(60, "Approved and nothing pending", || async {
-        let i = Api::<Instance>::namespaced(plant.client.clone(), "default")
-            .get(&name)
-            .await
-            .ok()?;
-        let c = i
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Approved")?;
+        let c = approved_condition(&plant.client, &name).await?;
         let pending = configs.get("gated").await.ok()?.status?.pending_approvals;
         (c.status == "True" && c.message == format!("approved by {approver}") && pending == Some(0))
             .then_some(())
@@ -1282,15 +1272,7 @@ async fn a_device_under_manual_approval_gets_a_broker_only_once_a_person_approve
     drop(sim);
     let _impostor = device_of(&listen, "Evil Corp").await;
     eventually(60, "IdentityChanged", || async {
-        let i = Api::<Instance>::namespaced(plant.client.clone(), "default")
-            .get(&name)
-            .await
-            .ok()?;
-        let c = i
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Approved")?;
+        let c = approved_condition(&plant.client, &name).await?;
         (c.status == "False" && c.reason == "IdentityChanged").then_some(())
     })
     .await;

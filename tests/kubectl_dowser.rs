@@ -85,24 +85,8 @@ async fn kubectl_dowser_shows_the_tree_and_approves_and_revokes_as_whoever_runs_
     let admin = cluster.kubeconfig.clone();
     // A person who decides: a ServiceAccount bound to dowser-approver in the namespace.
     let agent = cluster.service_account_kubeconfig("dowser-agent");
-    cluster.kubectl_ok(&[
-        "create",
-        "serviceaccount",
-        "plant-security",
-        "-n",
-        "dowser-system",
-    ]);
-    cluster.kubectl_ok(&[
-        "create",
-        "rolebinding",
-        "plant-approvers",
-        "-n",
-        "default",
-        "--clusterrole=dowser-approver",
-        "--serviceaccount=dowser-system:plant-security",
-    ]);
-    let approver = cluster.service_account_kubeconfig("plant-security");
-    let approver_name = "system:serviceaccount:dowser-system:plant-security";
+    let (approver, approver_name) = cluster.approver("plant-security", "default");
+    let approver_name = approver_name.as_str();
 
     let sim = device("127.0.0.1:0").await;
     let mut config = modbus_config("gated", sim.addr.port(), None);

@@ -185,6 +185,24 @@ impl Cluster {
         path
     }
 
+    /// A person who approves devices in `namespace`: the ServiceAccount `name` in the install
+    /// namespace, bound to the ClusterRole `dowser-approver` there. Returns its kubeconfig and
+    /// its user name.
+    pub fn approver(&self, name: &str, namespace: &str) -> (PathBuf, String) {
+        self.kubectl_ok(&["create", "serviceaccount", name, "-n", INSTALL_NAMESPACE]);
+        self.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &format!("{name}-approves"),
+            "-n",
+            namespace,
+            "--clusterrole=dowser-approver",
+            &format!("--serviceaccount={INSTALL_NAMESPACE}:{name}"),
+        ]);
+        let user = format!("system:serviceaccount:{INSTALL_NAMESPACE}:{name}");
+        (self.service_account_kubeconfig(name), user)
+    }
+
     fn install_identities(&self) {
         let deploy = repo().join("deploy");
         let all = self.kubectl_ok(&["kustomize", deploy.to_str().unwrap()]);
