@@ -2,13 +2,15 @@
 
 use std::{
     collections::BTreeMap,
-    io::{IsTerminal, Read, Write},
+    io::{Read, Write},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use dowser_discovery_api::{FieldError, Properties, Snapshot, details::Selected};
+use dowser_discovery_api::{
+    FieldError, Progress, Properties, Snapshot, details::Selected, progress::State,
+};
 use futures::StreamExt;
 use kube::ResourceExt;
 
@@ -261,14 +263,19 @@ fn find_external(config: &Configuration) -> anyhow::Result<()> {
 async fn once(config: &Configuration, props: Properties, timeout: u64) -> anyhow::Result<Snapshot> {
     find_external(config)?;
     let handler = selected(config);
-    let mut stream = handlers::discover(handler, props)?;
-    let spinner = spinner(&format!(
-        "discovering with {} for {}",
-        handler.name(),
-        config.metadata.name.as_deref().unwrap_or("")
-    ));
-    let next = tokio::time::timeout(Duration::from_secs(timeout), stream.next()).await;
-    spinner.finish_and_clear();
+    let mut indicator = Indicator::new(config, true);
+    let mut stream = handlers::discover(handler, props.with_progress(indicator.progress()))?;
+    let next = tokio::time::timeout(Duration::from_secs(timeout), async {
+        let mut tick = tokio::time::interval(Indicator::EVERY);
+        loop {
+            tokio::select! {
+                next = stream.next() => break next,
+                _ = tick.tick() => indicator.update(),
+            }
+        }
+    })
+    .await;
+    indicator.clear();
     match next {
         Err(_) => anyhow::bail!("discovery did not finish within {timeout} s (--timeout)"),
         Ok(None) => anyhow::bail!("the {} handler stopped without a result", handler.name()),
@@ -283,14 +290,26 @@ async fn watch(
     args: &DiscoverArgs,
 ) -> anyhow::Result<i32> {
     find_external(config)?;
-    let mut stream = handlers::discover(selected(config), props)?;
+    let mut indicator = Indicator::new(config, false);
+    let mut stream =
+        handlers::discover(selected(config), props.with_progress(indicator.progress()))?;
     let mut last: Option<Snapshot> = None;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut tick = tokio::time::interval(Indicator::EVERY);
     loop {
         let next = tokio::select! {
             n = stream.next() => n,
-            _ = &mut ctrl_c => return Ok(0),
+            _ = tick.tick() => {
+                indicator.update();
+                continue;
+            }
+            _ = &mut ctrl_c => {
+                indicator.clear();
+                return Ok(0);
+            }
         };
+        // The round is over: its line goes before the devices are printed.
+        indicator.clear();
         let Some(result) = next else { return Ok(0) };
         match result {
             Ok(snapshot) => {
@@ -393,14 +412,126 @@ fn render(previews: &[DeviceInstance], output: Output) -> anyhow::Result<String>
     Ok(out)
 }
 
-fn spinner(message: &str) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
+/// What `dowser discover` shows on stderr while it waits for a round, only on a terminal that
+/// can redraw a line (not piped, `TERM` set and not `dumb`; elsewhere it shows nothing and the
+/// handler counts nothing): a spinner until the handler reports a round
+/// ([`dowser_discovery_api::progress`]), then the targets tried of the total, the devices
+/// found so far, the time elapsed and the time left at the rate so far.
+struct Indicator {
+    progress: Progress,
+    label: String,
+    /// Spin while no round is reported (one round awaited); else show rounds only.
+    spin: bool,
+    bar: Option<indicatif::ProgressBar>,
+    /// The round the bar shows; `None` for the spinner.
+    showing: Option<u64>,
+}
+
+impl Indicator {
+    /// How often the line is brought up to date.
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn new(config: &Configuration, spin: bool) -> Self {
+        // indicatif's rule for drawing on stderr, asked once.
+        let drawn = !indicatif::ProgressDrawTarget::stderr().is_hidden();
+        Self {
+            progress: if drawn {
+                Progress::enabled()
+            } else {
+                Progress::disabled()
+            },
+            label: format!(
+                "{} {}",
+                selected(config).name(),
+                config.metadata.name.as_deref().unwrap_or("")
+            ),
+            spin,
+            bar: None,
+            showing: None,
+        }
     }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(format!("{message}…"));
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
+
+    /// The handle the handler reports on.
+    fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    fn update(&mut self) {
+        if !self.progress.is_enabled() {
+            return;
+        }
+        let running = self.progress.state().filter(|s| !s.finished);
+        let Some(state) = running else {
+            if self.spin && self.bar.is_none() {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_message(format!("{}: discovering…", self.label));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                self.bar = Some(bar);
+            } else if self.showing.is_some() {
+                self.clear();
+            }
+            return;
+        };
+        if self.showing != Some(state.round) {
+            self.clear();
+            let bar = indicatif::ProgressBar::new(state.total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:24}] {msg}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(self.label.clone());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            self.bar = Some(bar);
+            self.showing = Some(state.round);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(state.total);
+            bar.set_position(state.tried);
+            bar.set_message(progress_line(&state));
+        }
+    }
+
+    /// Takes the line off the terminal.
+    fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.showing = None;
+    }
+}
+
+/// `1234/65534 targets, 2 devices found, 2s elapsed, ETA 2m09s`.
+fn progress_line(state: &State) -> String {
+    let found = match state.found {
+        1 => "1 device found".to_string(),
+        n => format!("{n} devices found"),
+    };
+    if state.total == 0 {
+        return format!(
+            "waiting for answers, {found}, {} elapsed",
+            short(state.elapsed)
+        );
+    }
+    let eta = state
+        .eta()
+        .map_or_else(|| "ETA ?".to_string(), |d| format!("ETA {}", short(d)));
+    format!(
+        "{}/{} targets, {found}, {} elapsed, {eta}",
+        state.tried,
+        state.total,
+        short(state.elapsed)
+    )
+}
+
+/// A duration to the second, as `9s`, `2m09s` or `1h05m`.
+fn short(d: Duration) -> String {
+    let s = d.as_secs_f64().round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    }
 }
 
 fn hostname() -> String {
@@ -420,4 +551,55 @@ fn time_of_day() -> String {
         secs / 60 % 60,
         secs % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(total: u64, tried: u64, found: u64, elapsed_ms: u64) -> State {
+        State {
+            round: 1,
+            total,
+            tried,
+            found,
+            elapsed: Duration::from_millis(elapsed_ms),
+            finished: false,
+        }
+    }
+
+    #[test]
+    fn the_progress_line_has_targets_devices_elapsed_and_eta() {
+        assert_eq!(
+            progress_line(&state(65534, 1000, 2, 2000)),
+            "1000/65534 targets, 2 devices found, 2s elapsed, ETA 2m09s"
+        );
+        assert_eq!(
+            progress_line(&state(300, 0, 0, 150)),
+            "0/300 targets, 0 devices found, 0s elapsed, ETA ?"
+        );
+        assert_eq!(
+            progress_line(&state(4, 3, 1, 61_000)),
+            "3/4 targets, 1 device found, 1m01s elapsed, ETA 20s"
+        );
+        // Before a probe's answers are in, there is nothing to count targets against.
+        assert_eq!(
+            progress_line(&state(0, 0, 0, 1400)),
+            "waiting for answers, 0 devices found, 1s elapsed"
+        );
+    }
+
+    #[test]
+    fn durations_are_short() {
+        for (secs, shown) in [
+            (0.4, "0s"),
+            (9.0, "9s"),
+            (59.4, "59s"),
+            (129.0, "2m09s"),
+            (3599.0, "59m59s"),
+            (3900.0, "1h05m"),
+        ] {
+            assert_eq!(short(Duration::from_secs_f64(secs)), shown);
+        }
+    }
 }

@@ -10,11 +10,13 @@ pub mod device;
 pub mod env;
 pub mod filter;
 pub mod handler;
+pub mod progress;
 pub mod properties;
 pub mod validation;
 
 pub use device::{Device, DeviceSpec, Mount, Outcome, Snapshot};
 pub use filter::{CompiledFilter, Filter, compile_optional};
 pub use handler::{AnyHandler, DiscoveryError, DiscoveryHandler, SnapshotStream};
+pub use progress::Progress;
 pub use properties::{Properties, UserPassword};
 pub use validation::FieldError;

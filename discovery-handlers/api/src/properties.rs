@@ -13,7 +13,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use crate::DiscoveryError;
+use crate::{DiscoveryError, Progress};
 
 /// The well-known name of a user name, for protocols that authenticate a user (an OPC UA
 /// user identity token, ...): see [`Properties::user_password`].
@@ -23,22 +23,50 @@ pub const PASSWORD: &str = "PASSWORD";
 
 /// A Configuration's resolved properties, by name. A property from an `optional` key that
 /// does not exist is absent.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Properties(BTreeMap<String, String>);
+///
+/// They also carry where the handler reports the progress of its rounds
+/// ([`Properties::progress`]), which is not a property: two `Properties` with the same values
+/// are equal whatever their progress handles.
+#[derive(Clone, Default)]
+pub struct Properties {
+    values: BTreeMap<String, String>,
+    progress: Progress,
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values
+    }
+}
+
+impl Eq for Properties {}
 
 impl Properties {
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The same properties, with a handle on which the handler reports the progress of its
+    /// rounds (see [`crate::progress`]); whoever starts discovery keeps a clone to read it.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Where the handler reports the progress of its rounds: disabled unless whoever started
+    /// discovery shows it.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
     /// Sets a property (the agent and `dowser discover` resolve them; tests make their own).
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.0.insert(name.into(), value.into());
+        self.values.insert(name.into(), value.into());
     }
 
     /// The value of a property, if it is set.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.values.get(name).map(String::as_str)
     }
 
     /// The value of a property the handler cannot work without; the error names the
@@ -53,20 +81,20 @@ impl Properties {
 
     /// The names of the properties that are set, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.values.keys().map(String::as_str)
     }
 
     /// Every property, name and value, in order of name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.values.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.values.is_empty()
     }
 
     /// The user name and password ([`USERNAME`], [`PASSWORD`]) of a handler that
@@ -83,11 +111,13 @@ impl Properties {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Properties {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self(
-            iter.into_iter()
+        Self {
+            values: iter
+                .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
-        )
+            progress: Progress::default(),
+        }
     }
 }
 
@@ -95,7 +125,7 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Properties {
 impl fmt::Debug for Properties {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.debug_map()
-            .entries(self.0.keys().map(|k| (k, Redacted)))
+            .entries(self.values.keys().map(|k| (k, Redacted)))
             .finish()
     }
 }
@@ -142,6 +172,19 @@ mod tests {
             shown.contains("PASSWORD") && shown.contains("operator"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn the_progress_handle_is_not_a_property() {
+        let plain: Properties = [("MODE", "fast")].into_iter().collect();
+        assert!(!plain.progress().is_enabled());
+        let progress = Progress::enabled();
+        let shown = plain.clone().with_progress(progress.clone());
+        assert_eq!(shown, plain);
+        assert_eq!(shown.names().collect::<Vec<_>>(), ["MODE"]);
+        // The handler's clone reports to the caller's handle.
+        shown.clone().progress().round(3).tried(1, 0);
+        assert_eq!(progress.state().unwrap().tried, 1);
     }
 
     #[test]

@@ -28,9 +28,9 @@ pub struct BacnetHandler;
 impl DiscoveryHandler for BacnetHandler {
     type Details = BacnetDetails;
 
-    fn discover(&self, details: BacnetDetails, _properties: Properties) -> SnapshotStream {
+    fn discover(&self, details: BacnetDetails, properties: Properties) -> SnapshotStream {
         let scanner = match Scanner::new(&details) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => Arc::new(s.reporting(properties.progress().clone())),
             Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
         };
         let interval = Duration::from_secs(details.interval_seconds.into());

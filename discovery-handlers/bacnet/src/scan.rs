@@ -10,7 +10,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    DiscoveryError, Outcome, Snapshot,
+    DiscoveryError, Outcome, Progress, Snapshot,
     details::{BacnetDetails, bacnet::parse_address},
 };
 use futures::StreamExt;
@@ -35,6 +35,8 @@ pub struct Scanner {
     window: Duration,
     timeout: Duration,
     concurrency: usize,
+    /// Where rounds report the devices read.
+    progress: Progress,
 }
 
 impl Scanner {
@@ -58,19 +60,29 @@ impl Scanner {
             window: Duration::from_millis(details.window_ms.into()),
             timeout: Duration::from_millis(details.timeout_ms.into()),
             concurrency: details.concurrency.max(1) as usize,
+            progress: Progress::disabled(),
         })
     }
 
-    /// One round.
+    /// The same scanner, reporting the progress of its rounds on `progress`.
+    pub fn reporting(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// One round. Its targets, for progress, are the devices that answered Who-Is.
     pub async fn round(self: &Arc<Self>) -> Result<Snapshot, DiscoveryError> {
         let started = Instant::now();
+        let progress = self.progress.round(0);
         let found = self.who_is().await?;
+        progress.add_targets(found.len());
         let described: Vec<Outcome> = futures::stream::iter(found)
             .map(|f| {
                 let this = self.clone();
                 async move { this.describe(f).await }
             })
             .buffer_unordered(self.concurrency)
+            .inspect(|o| progress.tried(1, usize::from(matches!(o, Outcome::Device(_)))))
             .collect()
             .await;
         Ok(Snapshot::of(described).with_round(started.elapsed()))

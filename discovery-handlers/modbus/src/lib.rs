@@ -13,7 +13,7 @@ pub mod rtu;
 mod tcp;
 
 use dowser_discovery_api::{
-    DiscoveryHandler, Properties, Snapshot, SnapshotStream, details::ModbusDetails,
+    DiscoveryHandler, Progress, Properties, Snapshot, SnapshotStream, details::ModbusDetails,
 };
 use futures::StreamExt;
 
@@ -26,17 +26,21 @@ pub struct ModbusHandler;
 impl DiscoveryHandler for ModbusHandler {
     type Details = ModbusDetails;
 
-    fn discover(&self, details: ModbusDetails, _properties: Properties) -> SnapshotStream {
+    fn discover(&self, details: ModbusDetails, properties: Properties) -> SnapshotStream {
         let interval = std::time::Duration::from_secs(u64::from(details.interval_seconds));
         let memory = rtu::LineMemory::default();
+        let progress = properties.progress().clone();
         futures::stream::unfold(
             (details, memory, true),
-            move |(details, mut memory, first)| async move {
-                if !first {
-                    tokio::time::sleep(interval).await;
+            move |(details, mut memory, first)| {
+                let progress = progress.clone();
+                async move {
+                    if !first {
+                        tokio::time::sleep(interval).await;
+                    }
+                    let snapshot = round(&details, &mut memory, &progress).await;
+                    Some((Ok(snapshot), (details, memory, false)))
                 }
-                let snapshot = scan_remembering(&details, &mut memory).await;
-                Some((Ok(snapshot), (details, memory, false)))
             },
         )
         .boxed()
@@ -55,10 +59,109 @@ pub async fn scan_remembering(
     details: &ModbusDetails,
     memory: &mut crate::rtu::LineMemory,
 ) -> Snapshot {
+    round(details, memory, &Progress::disabled()).await
+}
+
+/// One round, reporting on `progress` as targets (TCP endpoints, or units of RTU lines) are
+/// tried.
+async fn round(
+    details: &ModbusDetails,
+    memory: &mut crate::rtu::LineMemory,
+    progress: &Progress,
+) -> Snapshot {
     let started = std::time::Instant::now();
     let snapshot = match &details.rtu {
-        Some(lines) => rtu::scan(details, lines, memory).await,
-        None => tcp::scan(details).await,
+        Some(lines) => rtu::scan(details, lines, memory, progress).await,
+        None => tcp::scan(details, progress).await,
     };
     snapshot.with_round(started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dowser_discovery_api::details::modbus::{RtuDetails, SerialLine};
+    use dowser_sim::modbus::{ListenerConfig, UnitConfig, serve};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tcp_sweep_reports_every_endpoint_tried_and_the_devices_found() {
+        let plc = serve(&ListenerConfig::device(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![
+                UnitConfig::identified(1, "Acme", "PLC-100", "1.2"),
+                UnitConfig::identified(2, "Acme", "IO-8", "0.9"),
+            ],
+        ))
+        .await
+        .unwrap()
+        .remove(0);
+        // 40 loopback addresses where nothing listens on the PLC's port, and the PLC.
+        let details = ModbusDetails {
+            targets: vec!["127.0.1.1-127.0.1.40".into(), plc.addr.to_string()],
+            ports: vec![plc.addr.port()],
+            unit_ids: vec!["1-2".into()],
+            max_connections_per_second: 50,
+            ..ModbusDetails::default()
+        };
+        let progress = Progress::enabled();
+        let mut stream =
+            ModbusHandler.discover(details, Properties::new().with_progress(progress.clone()));
+        let round = stream.next();
+        tokio::pin!(round);
+        let mut midway = Vec::new();
+        let snapshot = loop {
+            tokio::select! {
+                s = &mut round => break s.unwrap().unwrap(),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    midway.extend(progress.state());
+                }
+            }
+        };
+        assert_eq!(snapshot.len(), 2);
+        let done = progress.state().unwrap();
+        assert_eq!(
+            (
+                done.round,
+                done.total,
+                done.tried,
+                done.found,
+                done.finished
+            ),
+            (1, 41, 41, 2, true)
+        );
+        // At 50 connections per second the sweep takes most of a second: it was seen going.
+        assert!(
+            midway
+                .iter()
+                .any(|s| !s.finished && s.total == 41 && s.tried > 0 && s.tried < 41),
+            "{midway:?}"
+        );
+        assert!(midway.windows(2).all(|w| w[0].tried <= w[1].tried));
+    }
+
+    #[tokio::test]
+    async fn units_of_a_line_that_cannot_be_opened_count_as_tried() {
+        let details = ModbusDetails {
+            rtu: Some(RtuDetails {
+                lines: vec![SerialLine {
+                    path: "/dev/dowser-no-such-line".into(),
+                    baud_rate: 19200,
+                    parity: Default::default(),
+                    data_bits: 8,
+                    stop_bits: 1,
+                }],
+                inter_frame_delay_ms: None,
+            }),
+            unit_ids: vec!["1-4".into(), "9".into()],
+            ..ModbusDetails::default()
+        };
+        let progress = Progress::enabled();
+        let snapshot = round(&details, &mut rtu::LineMemory::default(), &progress).await;
+        assert!(snapshot.is_empty());
+        let s = progress.state().unwrap();
+        assert_eq!((s.total, s.tried, s.found, s.finished), (5, 5, 0, true));
+    }
 }

@@ -8,11 +8,12 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    Device, DeviceSpec, Snapshot,
+    Device, DeviceSpec, Progress, Snapshot,
     details::{
         ModbusDetails,
         modbus::{Parity, RtuDetails, SerialLine},
     },
+    progress::Round,
 };
 use tokio_modbus::client::{Client, Context, rtu};
 use tokio_serial::{DataBits, SerialPortBuilderExt, StopBits};
@@ -67,24 +68,39 @@ pub struct LineMemory {
 }
 
 enum LineScan {
-    Scanned(Vec<Device>),
+    /// The devices found, and how many unit ids were tried.
+    Scanned(Vec<Device>, usize),
     /// Another process holds the line open exclusively.
     Busy,
     /// The line cannot be opened (missing, no permission, bad settings).
     Unavailable,
 }
 
-pub async fn scan(details: &ModbusDetails, rtu: &RtuDetails, memory: &mut LineMemory) -> Snapshot {
+/// Scans every line once, reporting each unit id tried (or not tried: a line busy, missing
+/// or gone) on `progress`.
+pub async fn scan(
+    details: &ModbusDetails,
+    rtu: &RtuDetails,
+    memory: &mut LineMemory,
+    progress: &Progress,
+) -> Snapshot {
     let filter = IdentityFilter::new(details);
-    let scans = rtu
-        .lines
-        .iter()
-        .map(|line| scan_line(details, rtu, line, &filter));
+    let units = details.unit_id_list().len();
+    let round = progress.round(rtu.lines.len() * units);
+    let scans = rtu.lines.iter().map(|line| async {
+        let scanned = scan_line(details, rtu, line, &filter, &round).await;
+        let tried = match &scanned {
+            LineScan::Scanned(_, tried) => *tried,
+            _ => 0,
+        };
+        round.tried(units - tried, 0);
+        scanned
+    });
     let results = futures::future::join_all(scans).await;
     let mut devices = Vec::new();
     for (line, result) in rtu.lines.iter().zip(results) {
         match result {
-            LineScan::Scanned(found) => {
+            LineScan::Scanned(found, _) => {
                 devices.extend(found.iter().cloned());
                 memory.last.insert(line.path.clone(), found);
             }
@@ -106,6 +122,7 @@ async fn scan_line(
     rtu: &RtuDetails,
     line: &SerialLine,
     filter: &IdentityFilter,
+    round: &Round,
 ) -> LineScan {
     let request_timeout = Duration::from_millis(details.request_timeout_ms.into());
     let gap = inter_frame_delay(rtu, line.baud_rate);
@@ -120,7 +137,10 @@ async fn scan_line(
         }
     };
     let mut devices = Vec::new();
+    let mut tried = 0;
     for unit in details.unit_id_list() {
+        tried += 1;
+        let before = devices.len();
         let outcome = probe_unit(
             &mut ctx,
             unit,
@@ -171,12 +191,14 @@ async fn scan_line(
                     Ok(c) => ctx = c,
                     Err(e) => {
                         debug!(line = %line.path, error = %e, "cannot reopen serial line");
+                        round.tried(1, 0);
                         break;
                     }
                 }
             }
         }
+        round.tried(1, devices.len() - before);
         tokio::time::sleep(gap).await;
     }
-    LineScan::Scanned(devices)
+    LineScan::Scanned(devices, tried)
 }

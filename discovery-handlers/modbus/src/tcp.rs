@@ -8,7 +8,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    Device, Snapshot,
+    Device, Progress, Snapshot,
     details::{
         ModbusDetails,
         modbus::{Host, RegisterProbe},
@@ -63,8 +63,9 @@ struct Endpoint {
     port: u16,
 }
 
-/// Sweeps the TCP targets × ports × unit ids once.
-pub(crate) async fn scan(details: &ModbusDetails) -> Snapshot {
+/// Sweeps the TCP targets × ports × unit ids once, reporting each endpoint tried on
+/// `progress`.
+pub(crate) async fn scan(details: &ModbusDetails, progress: &Progress) -> Snapshot {
     let started = std::time::Instant::now();
     let settings = Arc::new(Settings {
         units: details.unit_id_list(),
@@ -90,12 +91,14 @@ pub(crate) async fn scan(details: &ModbusDetails) -> Snapshot {
         }
     }
     let total = endpoints.len();
+    let round = progress.round(total);
     let devices: Vec<Device> = futures::stream::iter(endpoints)
         .map(|ep| {
             let settings = settings.clone();
             async move { probe_endpoint(ep, &settings).await }
         })
         .buffer_unordered(details.concurrency.max(1) as usize)
+        .inspect(|found| round.tried(1, found.len()))
         .flat_map(futures::stream::iter)
         .collect()
         .await;

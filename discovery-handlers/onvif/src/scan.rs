@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dowser_discovery_api::{DiscoveryError, Outcome, Properties, Snapshot, details::OnvifDetails};
+use dowser_discovery_api::{
+    DiscoveryError, Outcome, Progress, Properties, Snapshot, details::OnvifDetails,
+};
 use futures::StreamExt;
 use tokio::net::UdpSocket;
 
@@ -33,6 +35,8 @@ pub struct Scanner {
     window: Duration,
     timeout: Duration,
     concurrency: usize,
+    /// Where rounds report the cameras described.
+    progress: Progress,
 }
 
 impl Scanner {
@@ -53,20 +57,29 @@ impl Scanner {
             window: Duration::from_millis(details.probe_window_ms.into()),
             timeout: Duration::from_millis(details.timeout_ms.into()),
             concurrency: details.concurrency.max(1) as usize,
+            progress: properties.progress().clone(),
         })
     }
 
-    /// One round: every camera that answered the probe, described and filtered.
+    /// One round: every camera that answered the probe, described and filtered. Its
+    /// targets, for progress, are the cameras kept from the probe's answers.
     pub async fn round(self: &Arc<Self>) -> Result<Snapshot, DiscoveryError> {
         let started = Instant::now();
-        let cameras = self.probe().await?;
+        let progress = self.progress.round(0);
+        let cameras: Vec<Match> = self
+            .probe()
+            .await?
+            .into_iter()
+            .filter(|m| self.selection.keeps_match(m))
+            .collect();
+        progress.add_targets(cameras.len());
         let described: Vec<Outcome> = futures::stream::iter(cameras)
-            .filter(|m| std::future::ready(self.selection.keeps_match(m)))
             .map(|m| {
                 let this = self.clone();
                 async move { this.describe(&m).await }
             })
             .buffer_unordered(self.concurrency)
+            .inspect(|o| progress.tried(1, usize::from(matches!(o, Outcome::Device(_)))))
             .collect()
             .await;
         Ok(Snapshot::of(described).with_round(started.elapsed()))

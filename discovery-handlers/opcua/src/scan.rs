@@ -8,7 +8,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    DiscoveryError, Outcome, Properties, Snapshot, details::OpcuaDetails,
+    DiscoveryError, Outcome, Progress, Properties, Snapshot, details::OpcuaDetails,
     details::opcua::SecurityMode,
 };
 use futures::StreamExt;
@@ -38,6 +38,8 @@ pub struct Scanner {
     concurrency: usize,
     /// The session in which each server's nameplate is read, when the Configuration asks.
     credentials: Option<Credentials>,
+    /// Where rounds report the URLs and servers tried.
+    progress: Progress,
 }
 
 impl Scanner {
@@ -93,13 +95,16 @@ impl Scanner {
             timeout,
             concurrency: details.concurrency.max(1) as usize,
             credentials,
+            progress: properties.progress().clone(),
         })
     }
 
-    /// One round: every server found, described and filtered.
+    /// One round: every server found, described and filtered. Its targets, for progress,
+    /// are the discovery URLs, then the servers they list.
     pub async fn round(self: &Arc<Self>) -> Snapshot {
         let started = Instant::now();
         let resolver = Arc::new(Resolver::new(self.timeout));
+        let progress = self.progress.round(self.urls.len());
 
         // FindServers on every discovery URL, in the configured order (the first URL that
         // reports a server is the one its description is taken from).
@@ -117,6 +122,7 @@ impl Scanner {
                 }
             })
             .buffered(self.concurrency)
+            .inspect(|_| progress.tried(1, 0))
             .collect()
             .await;
 
@@ -135,12 +141,14 @@ impl Scanner {
             }
         }
 
+        progress.add_targets(candidates.len());
         let described: Vec<Outcome> = futures::stream::iter(candidates)
             .map(|(app, answered)| {
                 let (this, resolver) = (self.clone(), resolver.clone());
                 async move { this.describe(app, answered.as_deref(), &resolver).await }
             })
             .buffer_unordered(self.concurrency)
+            .inspect(|o| progress.tried(1, usize::from(matches!(o, Outcome::Device(_)))))
             .collect()
             .await;
         Snapshot::of(described).with_round(started.elapsed())
