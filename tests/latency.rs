@@ -5,7 +5,9 @@
 //! With `--cluster` (KUBECONFIG of a running control plane with the CRDs, DOWSER_BIN,
 //! DOWSER_FAKE_KUBELET), also end to end: a BLE device appears in BlueZ → its Instance
 //! exists in the API server, made by a `dowser agent` of a fake node.
-//! Run: `cargo test --test latency -- [--cluster] [--rows FILE]`; prints Markdown table rows.
+//! Run: `cargo test --test latency -- [--cluster] [--rows FILE] [--samples FILE]`; prints
+//! Markdown table rows. `--samples` also writes every measurement, one a line: the event, a
+//! tab, milliseconds (scripts/plot-latency draws them).
 
 mod doubles;
 
@@ -44,6 +46,25 @@ fn dowser() -> PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_dowser").into())
 }
 
+/// Every measurement of every event, in the order measured.
+#[derive(Default)]
+struct Samples(Vec<(&'static str, Duration)>);
+
+impl Samples {
+    fn add(&mut self, event: &'static str, measured: &[Duration]) {
+        self.0.extend(measured.iter().map(|d| (event, *d)));
+    }
+
+    /// `event<TAB>ms` lines under a header.
+    fn tsv(&self) -> String {
+        let mut text = String::from("event\tms\n");
+        for (event, d) in &self.0 {
+            text.push_str(&format!("{event}\t{:.3}\n", d.as_secs_f64() * 1000.0));
+        }
+        text
+    }
+}
+
 /// p50 / p95 in milliseconds.
 fn p50_p95(v: &mut [Duration]) -> String {
     v.sort();
@@ -51,7 +72,7 @@ fn p50_p95(v: &mut [Duration]) -> String {
     format!("{:.0} / {:.0}", at(0.5), at(0.95))
 }
 
-fn serial(dir: &Path) -> Vec<String> {
+fn serial(dir: &Path, samples: &mut Samples) -> Vec<String> {
     let mut bed = Bed::start();
     bed.add(&umockdev::onboard_uart());
     let watch = Watch::start_bin(
@@ -70,6 +91,8 @@ fn serial(dir: &Path) -> Vec<String> {
         bed.unplug("1-2");
         unplugged.push(watch.until_ids(20, &[]).at - t);
     }
+    samples.add("USB serial plugged → snapshot", &plugged);
+    samples.add("USB serial unplugged → snapshot", &unplugged);
     vec![
         format!(
             "| USB serial adapter plugged → in the snapshot, p50 / p95 of {RUNS} (ms; umockdev uevents) | {} | - | - |",
@@ -82,7 +105,7 @@ fn serial(dir: &Path) -> Vec<String> {
     ]
 }
 
-fn ble(dir: &Path) -> Vec<String> {
+fn ble(dir: &Path, samples: &mut Samples) -> Vec<String> {
     let mut bluez = Bluez::with_adapter();
     let watch = Watch::start_bin(
         &dowser(),
@@ -100,6 +123,8 @@ fn ble(dir: &Path) -> Vec<String> {
         bluez.forget(&address);
         forgotten.push(watch.until_ids(20, &[]).at - t);
     }
+    samples.add("BLE heard → snapshot", &heard);
+    samples.add("BLE forgotten → snapshot", &forgotten);
     vec![
         format!(
             "| BLE device heard by BlueZ → in the snapshot, p50 / p95 of {RUNS} (ms; python-dbusmock bluez5) | {} | - | - |",
@@ -125,7 +150,7 @@ fn env(name: &str) -> String {
 }
 
 /// BLE device appears in BlueZ → Instance exists; forgotten → Instance gone (grace 1 s).
-fn ble_end_to_end(dir: &Path) -> Vec<String> {
+fn ble_end_to_end(dir: &Path, samples: &mut Samples) -> Vec<String> {
     use dowser::crd::Instance;
     use kube::{Api, Client, api::ListParams};
     use std::process::Command;
@@ -221,6 +246,8 @@ fn ble_end_to_end(dir: &Path) -> Vec<String> {
         }
         gone.push(t.elapsed());
     }
+    samples.add("BLE heard → Instance exists", &appeared);
+    samples.add("BLE forgotten → Instance deleted (grace 1 s)", &gone);
     vec![
         format!(
             "| BLE device heard by BlueZ → Instance exists in the API server, p50 / p95 of {RUNS} (ms; event-driven, budget p50 500) | {} | - | - |",
@@ -235,23 +262,28 @@ fn ble_end_to_end(dir: &Path) -> Vec<String> {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut rows_file, mut cluster) = (None, false);
+    let (mut rows_file, mut samples_file, mut cluster) = (None, None, false);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rows" => rows_file = args.next(),
+            "--samples" => samples_file = args.next(),
             "--cluster" => cluster = true,
             other => panic!("unknown argument {other}"),
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut rows = serial(dir.path());
-    rows.extend(ble(dir.path()));
+    let mut samples = Samples::default();
+    let mut rows = serial(dir.path(), &mut samples);
+    rows.extend(ble(dir.path(), &mut samples));
     if cluster {
-        rows.extend(ble_end_to_end(dir.path()));
+        rows.extend(ble_end_to_end(dir.path(), &mut samples));
     }
     let text = rows.join("\n") + "\n";
     print!("{text}");
     if let Some(file) = rows_file {
         std::fs::write(file, text).unwrap();
+    }
+    if let Some(file) = samples_file {
+        std::fs::write(file, samples.tsv()).unwrap();
     }
 }
