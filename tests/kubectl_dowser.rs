@@ -1,6 +1,8 @@
 //! `kubectl dowser` (the plugin built from `kubectl-dowser/`) run by the real kubectl against a
 //! real API server: the tree of a Configuration with a broker, approving as an approver and
-//! as the agent, revoking.
+//! as the agent, revoking; and what approval is on the control plane: RBAC (who may approve),
+//! the API server refusing a forged approver, nothing offered before approval, and another
+//! device answering in the approved one's place losing its broker.
 
 mod common;
 
@@ -13,9 +15,9 @@ use common::{
     cluster::{Cluster, kubectl_output},
     controller::ControllerProcess,
     eventually,
-    plant::{Plant, device, modbus_config, running_brokers},
+    plant::{Plant, device, device_of, modbus_config, running_brokers},
 };
-use dowser::crd::{DeviceApproval, Instance};
+use dowser::crd::{Configuration, DeviceApproval, Instance};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -108,7 +110,91 @@ async fn kubectl_dowser_shows_the_tree_and_approves_and_revokes_as_whoever_runs_
     })
     .await;
     let name = instance.name_any();
-    let identity = instance.status.unwrap().identity.unwrap();
+    let identity = instance.status.clone().unwrap().identity.unwrap();
+
+    // Found, visible, waiting: kubectl shows it, no node offers it, nothing pending is lost.
+    let configs: Api<Configuration> = Api::namespaced(plant.client.clone(), "default");
+    eventually(60, "one pending approval in the status", || async {
+        (configs.get("gated").await.ok()?.status?.pending_approvals == Some(1)).then_some(())
+    })
+    .await;
+    let instances_table = cluster.kubectl_ok(&["get", "dwi", "-n", "default"]);
+    assert!(instances_table.lines().next().unwrap().contains("APPROVED"));
+    assert!(instances_table.contains("Pending"), "{instances_table}");
+    let configs_table = cluster.kubectl_ok(&["get", "dwc", "gated", "-n", "default"]);
+    let header: Vec<&str> = configs_table
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = configs_table
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "PENDING")
+        .expect("a PENDING column");
+    assert_eq!(row[column], "1", "{configs_table}");
+    let resource = dowser::naming::instance_resource("default", &name);
+    for node in ["node-a", "node-b", "node-c"] {
+        assert_eq!(
+            plant.allocatable(node, &resource).await,
+            None,
+            "{node} offers it"
+        );
+    }
+
+    // Only the approver role may approve or revoke; no component of dowser holds it.
+    let can = |who: &str, verb: &str| {
+        let out = cluster.kubectl(
+            &[
+                "auth",
+                "can-i",
+                verb,
+                "deviceapprovals.dowser.dev",
+                "-n",
+                "default",
+                "--as",
+                who,
+            ],
+            "",
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    assert!(can(approver_name, "create") && can(approver_name, "delete"));
+    for component in ["dowser-agent", "dowser-controller"] {
+        let who = format!("system:serviceaccount:dowser-system:{component}");
+        assert!(!can(&who, "create"), "{component} may not approve");
+        assert!(!can(&who, "delete"), "{component} may not revoke");
+    }
+    // The record of who approved cannot be forged: the API server refuses another name.
+    let forged = json!({
+        "apiVersion": "dowser.dev/v1alpha1",
+        "kind": "DeviceApproval",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"configurationName": "gated", "deviceId": instance.spec.device_id,
+                 "identity": identity, "approvedBy": "alice"},
+    });
+    let refused = kubectl_output(
+        Command::new(&cluster.kubectl).args([
+            "--kubeconfig",
+            approver.to_str().unwrap(),
+            "create",
+            "-f",
+            "-",
+        ]),
+        &forged.to_string(),
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && said.contains("spec.approvedBy must name the identity approving"),
+        "{said}"
+    );
 
     // Waiting: the tree says so and what to do.
     let pending = ok(&kubectl_dowser(cluster, &admin, &["tree", "gated"]));
@@ -302,5 +388,42 @@ async fn kubectl_dowser_shows_the_tree_and_approves_and_revokes_as_whoever_runs_
     );
     assert_eq!(list["items"][0]["spec"]["identity"], identity.as_str());
     assert_eq!(approvals.get(&name).await.unwrap().spec.identity, identity);
+    eventually(90, "the broker back", || async {
+        (running_brokers(&pods, "gated").await.len() == 1).then_some(())
+    })
+    .await;
+
+    // Another device answers at the same address: not the one approved. Its broker goes and
+    // no node offers it until someone approves it again.
+    let listen = sim.addr.to_string();
+    drop(sim);
+    let _impostor = device_of(&listen, "Evil Corp").await;
+    eventually(60, "IdentityChanged", || async {
+        let i = instances.get(&name).await.ok()?;
+        let c = i
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Approved")?;
+        (c.status == "False" && c.reason == "IdentityChanged").then_some(())
+    })
+    .await;
+    eventually(60, "the broker gone", || async {
+        running_brokers(&pods, "gated")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    eventually(60, "no node offers the impostor", || async {
+        for node in ["node-a", "node-b", "node-c"] {
+            let offered = plant.allocatable(node, &resource).await;
+            if offered.as_deref().is_some_and(|n| n != "0") {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
     drop(controller);
 }

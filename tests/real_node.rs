@@ -536,7 +536,8 @@ fn rollout(node: &RealNode) {
 }
 
 /// The headline: the README's Helm install on a real node, a PLC on the plant network, and
-/// a broker container that reads it; then the PLC goes away and so does its broker.
+/// a broker container that reads it; an external handler beside the agent gets one too; then
+/// the PLC goes away and so do the brokers.
 #[test]
 fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device() {
     let (node, _turn) = node();
@@ -600,6 +601,8 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
             env.iter().map(|e| e.split('=').next()).collect::<Vec<_>>()
         );
     }
+    // While the agent's sweep comes round: a handler in its own pod, beside the agent.
+    an_external_handler_in_its_own_pod_gets_a_broker_that_reads_the_plc(node, &plant);
     // The agent removes it (its sweep runs every minute).
     wait_for(
         &format!("{forgotten} removed from the Node"),
@@ -625,6 +628,7 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
         },
     );
     wait_pods_gone(node, "the broker pod gone", "plc-helm");
+    wait_pods_gone(node, "the external handler's broker gone", "plc-external");
     // The real kubelet, once the plugin has stopped, offers none of the device (allocatable 0)
     // while it keeps the resource in its capacity for a while (5 minutes in its device
     // manager) before it reports 0 there too.
@@ -660,6 +664,7 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
         "delete",
         "configuration.dowser.dev",
         "plc-helm",
+        "plc-external",
         "-n",
         "default",
     ]);
@@ -667,20 +672,41 @@ fn helm_install_runs_a_broker_that_reads_the_plc_and_removes_it_with_the_device(
     node.clean();
 }
 
-/// An external handler on the real node: the chart runs dowser's Modbus handler in a pod of
-/// its own (the agent's built-in one disabled), the agent finds it through the registration
-/// socket in the hostPath directory both share, and a broker reads the PLC. The handler's
-/// pod is then deleted: its DaemonSet starts another, which registers again, and within the
-/// grace period nothing else changes: the Instance and the broker stay.
-#[test]
-fn an_external_handler_in_its_own_pod_gets_a_broker_that_reads_the_plc() {
-    let (node, _turn) = node();
-    node.clean();
-    let install = readme_block("helm install").trim_end().to_string()
-        + " --set handlers.modbus.enabled=false --set-json \
-           'externalHandlers=[{\"name\":\"plant-modbus\",\"builtIn\":\"modbus\",\"shared\":true}]'";
-    node.run_readme_block(&install);
-    rollout(node);
+/// An external handler on the real node, beside the installed agent: the chart, upgraded
+/// with `externalHandlers`, runs dowser's Modbus handler in a pod of its own; the agent finds
+/// it through the registration socket in the hostPath directory both share, and a broker of
+/// a Configuration selecting it reads the PLC. The handler's pod is then deleted: its
+/// DaemonSet starts another, which registers again, and within the grace period nothing else
+/// changes: the Instance and the broker stay.
+fn an_external_handler_in_its_own_pod_gets_a_broker_that_reads_the_plc(
+    node: &RealNode,
+    plant: &Plant,
+) {
+    let upgraded = Command::new(node.var("HELM"))
+        .args([
+            "upgrade",
+            "dowser",
+            "deploy/helm/dowser",
+            "-n",
+            NAMESPACE,
+            "--reuse-values",
+        ])
+        .args([
+            "--set-json",
+            r#"externalHandlers=[{"name":"plant-modbus","builtIn":"modbus","shared":true}]"#,
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .current_dir(repo())
+        .env("KUBECONFIG", node.var("KUBECONFIG"))
+        .output()
+        .expect("run helm");
+    assert!(
+        upgraded.status.success(),
+        "helm upgrade with an external handler: {}",
+        String::from_utf8_lossy(&upgraded.stderr)
+    );
     node.kubectl_ok(&[
         "-n",
         NAMESPACE,
@@ -689,8 +715,7 @@ fn an_external_handler_in_its_own_pod_gets_a_broker_that_reads_the_plc() {
         "daemonset/dowser-handler-plant-modbus",
         "--timeout=180s",
     ]);
-    let plant = Plant::start(node.host_ip(), &REGISTERS);
-    let modbus = configuration("plc-external", &plant);
+    let modbus = configuration("plc-external", plant);
     let details_start = modbus.find("    modbus:\n").unwrap();
     let details_end = modbus.find("  capacity:").unwrap();
     let details: String = modbus[details_start..details_end]
@@ -703,7 +728,7 @@ fn an_external_handler_in_its_own_pod_gets_a_broker_that_reads_the_plc() {
         &modbus[..details_start],
         &modbus[details_end..]
     );
-    let (instance, broker) = broker_of(node, "plc-external", &plant, &yaml);
+    let (instance, broker) = broker_of(node, "plc-external", plant, &yaml);
     let found = instance_of(node, "plc-external").unwrap();
     assert_eq!(found["spec"]["shared"], true, "as the handler registered");
 
@@ -747,17 +772,6 @@ fn an_external_handler_in_its_own_pod_gets_a_broker_that_reads_the_plc() {
     let after = instance_of(node, "plc-external").unwrap();
     assert_eq!(after["metadata"]["name"], instance.as_str());
     assert_eq!(running_broker(node, "plc-external").unwrap(), broker);
-
-    node.kubectl_ok(&[
-        "delete",
-        "configuration.dowser.dev",
-        "plc-external",
-        "-n",
-        "default",
-    ]);
-    wait_pods_gone(node, "the broker pod gone", "plc-external");
-    node.run_readme_block("helm uninstall dowser -n dowser-system");
-    node.clean();
 }
 
 /// The slot claims of an Instance (`status.slots`).

@@ -246,3 +246,17 @@ pub fn phase(p: &Pod) -> String {
         .and_then(|s| s.phase.clone())
         .unwrap_or_default()
 }
+
+/// A simulated Modbus device at `listen` whose unit 1 says it is made by `vendor`. The
+/// address may be one a device just left: its socket closes once its task has stopped.
+pub async fn device_of(listen: &str, vendor: &str) -> dowser_sim::modbus::RunningListener {
+    use dowser_sim::modbus::{ListenerConfig, UnitConfig, serve};
+    let config = ListenerConfig::device(
+        listen.parse().unwrap(),
+        vec![UnitConfig::identified(1, vendor, "PLC-100", "1.2")],
+    );
+    super::eventually(10, &format!("a device listening on {listen}"), || async {
+        serve(&config).await.ok().map(|mut l| l.remove(0))
+    })
+    .await
+}
