@@ -987,7 +987,7 @@ impl Drop for HandlerProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_handler_registers_discovers_and_gets_its_brokers_scheduled() {
     let _serial = common::serial().await;
-    let plant = Plant::start().await;
+    let mut plant = Plant::start().await;
     let scratch = tempfile::tempdir().unwrap();
     let controller = ControllerProcess::start(&plant.cluster, scratch.path());
     let sim = device("127.0.0.1:0").await;
@@ -1077,5 +1077,56 @@ async fn an_external_handler_registers_discovers_and_gets_its_brokers_scheduled(
         (r.len() == 1 && r[0].spec.as_ref()?.node_name.as_deref() == Some("node-b")).then_some(())
     })
     .await;
+
+    // On node-c, a handler of another name that registers once and never again. The agent
+    // restarts: it dials the handler from what it remembered, keeps the Instance as it was
+    // and hears of a new device.
+    let (devices, watched) = tokio::sync::watch::channel(vec!["cam-1".to_string()]);
+    let node_c = common::agent::handlers_dir(&plant.kubelets[2]);
+    common::once_handler::serve(&node_c, "cams", watched).await;
+    plant
+        .apply(json!({
+            "apiVersion": "dowser.dev/v1alpha1",
+            "kind": "Configuration",
+            "metadata": {"name": "cams", "namespace": "default"},
+            "spec": {
+                "discovery": {"external": {"name": "cams"}},
+                "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": "node-c"}},
+                "offlineGracePeriodSeconds": 4,
+            },
+        }))
+        .await;
+    let before = eventually(60, "cam-1's Instance on node-c", || async {
+        let list = instances(&plant.client, "cams").await;
+        (list.len() == 1 && common::plant::nodes_of(&list[0]) == ["node-c"])
+            .then(|| list[0].clone())
+    })
+    .await;
+    assert!(!before.spec.shared, "as the handler registered");
+    assert_eq!(before.spec.device_id, "cam-1");
+    // What the handler said a broker gets: its properties, device nodes and mounts.
+    assert_eq!(before.spec.properties["CAMERA"], "cam-1");
+    assert_eq!(before.spec.devices[0].host_path, "/dev/cam-1");
+    assert_eq!(before.spec.devices[0].permissions, "rw");
+    assert_eq!(before.spec.mounts[0].host_path, "/var/lib/cams/cam-1");
+    assert!(before.spec.mounts[0].read_only);
+    plant.agents[2].kill9();
+    plant.agents[2] = common::agent::Agent::start(&plant.cluster, &plant.kubelets[2]);
+    devices.send(vec!["cam-1".into(), "cam-2".into()]).unwrap();
+    eventually(60, "cam-2's Instance from the restarted agent", || async {
+        (instances(&plant.client, "cams").await.len() == 2).then_some(())
+    })
+    .await;
+    let after = Api::<dowser::crd::Instance>::namespaced(plant.client.clone(), "default")
+        .get(&before.name_any())
+        .await
+        .unwrap();
+    assert_eq!(after.uid(), before.uid());
+    assert_eq!(after.spec, before.spec);
+    let log = plant.agents[2].log();
+    assert!(
+        log.contains("dialing the discovery handlers registered before this start"),
+        "{log}"
+    );
     drop(controller);
 }

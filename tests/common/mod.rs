@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod controller;
+pub mod once_handler;
 pub mod outage;
 pub mod plant;
 pub mod readme;
