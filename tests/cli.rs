@@ -1,5 +1,10 @@
 //! `dowser discover` end to end, as a process, against dowser-sim devices.
 
+#[path = "cli/convert.rs"]
+mod convert;
+#[path = "cli/progress.rs"]
+mod progress;
+
 use std::{
     net::SocketAddr,
     path::Path,

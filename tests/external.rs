@@ -3,6 +3,9 @@
 //! this process, handlers as processes (`dowser handler`) or as servers here that misbehave
 //! on purpose. The agent's side must stay up and say what is wrong whatever a handler does.
 
+#[path = "external/python.rs"]
+mod python;
+
 use std::{
     path::{Path, PathBuf},
     pin::Pin,
