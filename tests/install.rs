@@ -7,9 +7,8 @@
 mod common;
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use common::{
@@ -19,26 +18,9 @@ use common::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// The directory with kubectl and helm (`DOWSER_K8S_BIN`, else the cached build).
+/// The directory with kubectl and helm.
 fn bin_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(find_bin_dir).clone()
-}
-
-fn find_bin_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("DOWSER_K8S_BIN") {
-        return dir.into();
-    }
-    let out = Command::new(repo().join("tests/cluster/build-binaries.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run tests/cluster/build-binaries.sh");
-    assert!(
-        out.status.success(),
-        "tests/cluster/build-binaries.sh failed: kubectl and helm are needed"
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout.lines().last().expect("a bin directory").into()
+    common::cluster::k8s_bin_dir()
 }
 
 /// Runs a tool and returns stdout, or panics with stderr.
@@ -103,21 +85,12 @@ fn helm_template_with(values: &str, sets: &[&str]) -> Result<Vec<Value>, String>
 
 /// Runs helm with `stdin` as its standard input.
 fn helm_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(bin_dir().join("helm"))
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("helm");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::cluster::kubectl_output(
+        Command::new(bin_dir().join("helm"))
+            .args(args)
+            .current_dir(repo()),
+        stdin,
+    )
 }
 
 fn chart(sets: &[&str]) -> Vec<Value> {

@@ -93,28 +93,9 @@ fn promtool() -> PathBuf {
     .clone()
 }
 
-/// helm: in `DOWSER_K8S_BIN`, else in the cached build of `tests/cluster/build-binaries.sh`.
+/// helm, from the Kubernetes binaries the tests use.
 fn helm() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = match std::env::var_os("DOWSER_K8S_BIN") {
-            Some(d) => PathBuf::from(d),
-            None => {
-                let out = Command::new(repo().join("tests/cluster/build-binaries.sh"))
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .expect("run tests/cluster/build-binaries.sh");
-                assert!(
-                    out.status.success(),
-                    "tests/cluster/build-binaries.sh failed: helm is needed"
-                );
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                PathBuf::from(stdout.lines().last().expect("a bin directory"))
-            }
-        };
-        dir.join("helm")
-    })
-    .clone()
+    common::cluster::k8s_bin_dir().join("helm")
 }
 
 fn run(program: &Path, args: &[&str]) -> Output {

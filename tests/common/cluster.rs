@@ -364,7 +364,29 @@ impl Cluster {
     }
 }
 
-/// Runs a kubectl `command` with `stdin` as its input and collects its output.
+/// The directory with kubectl and helm: `DOWSER_K8S_BIN`, else the cached build of
+/// `tests/cluster/build-binaries.sh` (built if missing).
+pub fn k8s_bin_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("DOWSER_K8S_BIN") {
+            return dir.into();
+        }
+        let out = Command::new(repo().join("tests/cluster/build-binaries.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run tests/cluster/build-binaries.sh");
+        assert!(
+            out.status.success(),
+            "tests/cluster/build-binaries.sh failed: kubectl and helm are needed"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout.lines().last().expect("a bin directory").into()
+    })
+    .clone()
+}
+
+/// Runs a `command` (kubectl, helm) with `stdin` as its input and collects its output.
 pub fn kubectl_output(command: &mut Command, stdin: &str) -> Output {
     let mut child = command
         .stdin(Stdio::piped())
