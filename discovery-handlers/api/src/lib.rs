@@ -17,6 +17,6 @@ pub mod validation;
 pub use device::{Device, DeviceSpec, Mount, Outcome, Snapshot};
 pub use filter::{CompiledFilter, Filter, compile_optional};
 pub use handler::{AnyHandler, DiscoveryError, DiscoveryHandler, SnapshotStream};
-pub use progress::Progress;
+pub use progress::{Progress, Verdict};
 pub use properties::{Properties, UserPassword};
 pub use validation::FieldError;

@@ -3,11 +3,18 @@
 //! A polled handler that sweeps many targets (a Modbus TCP /16 at the default connection rate
 //! takes minutes) reports each round through the [`Progress`] of its [`Properties`]
 //! ([`Properties::progress`]): [`Progress::round`] with the number of targets it is about to
-//! try, then [`Round::tried`] as targets are done. Whoever starts discovery and wants to show
-//! it (`dowser discover` on a terminal) gives the handler an enabled handle
-//! ([`Properties::with_progress`]) and reads [`Progress::state`] whenever it draws. Without
-//! one the handle is disabled and reporting costs a branch. A handler that reports nothing
-//! works as before: its rounds simply have no state.
+//! try, then [`Round::target`] with the [`Verdict`] on each target as it is done: nothing
+//! answered, it answered but could not be used, a filter of the details left it out, or it is
+//! a device. Whoever starts discovery and wants to show it (`dowser discover` on a terminal)
+//! gives the handler an enabled handle ([`Properties::with_progress`]) and reads
+//! [`Progress::state`] whenever it draws; the agent reads the state of each finished round to
+//! say in the Configuration's status why devices are or are not found on its node
+//! (`kubectl dowser why`). Without an enabled handle reporting costs a branch. A handler that
+//! reports nothing works as before: its rounds simply have no state.
+//!
+//! An event-driven handler has no rounds of its own: it reports each time it makes a
+//! snapshot, judging every target it knows of at that moment (the services, advertisements
+//! or ports it sees).
 //!
 //! The accounting is here and nowhere else; how it is drawn is the caller's business.
 //!
@@ -16,6 +23,7 @@
 //! [`Properties::with_progress`]: crate::Properties::with_progress
 
 use std::{
+    collections::BTreeMap,
     fmt,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -34,22 +42,49 @@ struct Counts {
     round: u64,
     total: u64,
     tried: u64,
+    answered: u64,
+    failed: u64,
+    dropped: BTreeMap<&'static str, u64>,
     found: u64,
     started: Instant,
     finished: Option<Instant>,
 }
 
-impl Progress {
-    /// A handle that counts what the handler reports, for the caller to read.
-    pub fn enabled() -> Self {
-        Self(Some(Arc::new(Mutex::new(Counts {
-            round: 0,
-            total: 0,
+impl Counts {
+    fn new(round: u64, total: u64) -> Self {
+        Self {
+            round,
+            total,
             tried: 0,
+            answered: 0,
+            failed: 0,
+            dropped: BTreeMap::new(),
             found: 0,
             started: Instant::now(),
             finished: None,
-        }))))
+        }
+    }
+}
+
+/// What became of one target a round tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing answered: no listener, a timeout, no such unit, a line that cannot be opened.
+    Silent,
+    /// It answered but could not be used: not the protocol, an exception, a malformed or
+    /// truncated answer, credentials refused.
+    Failed,
+    /// It answered, and the filter of the details named here (its field name, such as
+    /// `vendor` or `instanceNames`) left it out.
+    Dropped(&'static str),
+    /// It answered and gave this many devices (0: it answered with nothing to add, such as a
+    /// discovery server whose servers are tried as targets of their own).
+    Found(usize),
+}
+impl Progress {
+    /// A handle that counts what the handler reports, for the caller to read.
+    pub fn enabled() -> Self {
+        Self(Some(Arc::new(Mutex::new(Counts::new(0, 0)))))
     }
 
     /// A handle that drops every report (what a handler gets when nobody shows progress).
@@ -73,14 +108,7 @@ impl Progress {
             };
         };
         let mut c = lock(shared);
-        *c = Counts {
-            round: c.round + 1,
-            total: count(targets),
-            tried: 0,
-            found: 0,
-            started: Instant::now(),
-            finished: None,
-        };
+        *c = Counts::new(c.round + 1, count(targets));
         Round {
             shared: Some(shared.clone()),
             number: c.round,
@@ -99,6 +127,9 @@ impl Progress {
             round: c.round,
             total: c.total,
             tried: c.tried,
+            answered: c.answered,
+            failed: c.failed,
+            dropped: c.dropped.clone(),
             found: c.found,
             elapsed: until.saturating_duration_since(c.started),
             finished: c.finished.is_some(),
@@ -121,14 +152,39 @@ pub struct Round {
 }
 
 impl Round {
-    /// `targets` more targets were tried (or given up on: a line that cannot be opened, a
-    /// host that does not resolve) and `found` devices were found at them. More tried than
-    /// announced raises the total: the total is never below what was tried.
-    pub fn tried(&self, targets: usize, found: usize) {
+    /// A target was tried (or given up on: a line that cannot be opened, a host that does
+    /// not resolve), with what became of it. More tried than announced raises the total: the
+    /// total is never below what was tried.
+    pub fn target(&self, verdict: Verdict) {
+        self.targets(1, verdict);
+    }
+
+    /// `targets` targets were tried, each with the same verdict ([`Round::target`]);
+    /// `Found(n)` counts `n` devices in all.
+    pub fn targets(&self, targets: usize, verdict: Verdict) {
+        let n = count(targets);
+        if n == 0 {
+            return;
+        }
         self.update(|c| {
-            c.tried = c.tried.saturating_add(count(targets));
+            c.tried = c.tried.saturating_add(n);
             c.total = c.total.max(c.tried);
-            c.found = c.found.saturating_add(count(found));
+            match verdict {
+                Verdict::Silent => {}
+                Verdict::Failed => {
+                    c.answered = c.answered.saturating_add(n);
+                    c.failed = c.failed.saturating_add(n);
+                }
+                Verdict::Dropped(filter) => {
+                    c.answered = c.answered.saturating_add(n);
+                    let d = c.dropped.entry(filter).or_default();
+                    *d = d.saturating_add(n);
+                }
+                Verdict::Found(devices) => {
+                    c.answered = c.answered.saturating_add(n);
+                    c.found = c.found.saturating_add(count(devices));
+                }
+            }
         });
     }
 
@@ -158,7 +214,7 @@ impl Drop for Round {
 }
 
 /// A round as counted at one moment ([`Progress::state`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
     /// 1 for the first round of the handle, 2 for the next, ...
     pub round: u64,
@@ -166,6 +222,12 @@ pub struct State {
     pub total: u64,
     /// Targets tried (or given up on) so far.
     pub tried: u64,
+    /// Targets that answered: those that failed, were dropped or were found.
+    pub answered: u64,
+    /// Targets that answered but could not be used ([`Verdict::Failed`]).
+    pub failed: u64,
+    /// Targets left out by each filter of the details, by the filter's field name.
+    pub dropped: BTreeMap<&'static str, u64>,
     /// Devices found so far, before the round's last word (the snapshot) on them.
     pub found: u64,
     /// Time since the round started; when it finished, the time it took.
@@ -175,6 +237,11 @@ pub struct State {
 }
 
 impl State {
+    /// Targets that did not answer.
+    pub fn silent(&self) -> u64 {
+        self.tried.saturating_sub(self.answered)
+    }
+
     /// Targets still to try.
     pub fn remaining(&self) -> u64 {
         self.total.saturating_sub(self.tried)
@@ -215,7 +282,7 @@ mod tests {
         let progress = Progress::default();
         assert!(!progress.is_enabled());
         let round = progress.round(10);
-        round.tried(3, 1);
+        round.target(Verdict::Found(1));
         round.add_targets(5);
         assert_eq!(progress.state(), None);
         assert_eq!(format!("{progress:?}"), "Progress(false)");
@@ -230,14 +297,15 @@ mod tests {
     fn targets_tried_of_total_and_devices_found() {
         let progress = Progress::enabled();
         let round = progress.round(300);
-        round.tried(1, 0);
-        round.tried(1, 2);
-        round.tried(10, 0);
+        round.target(Verdict::Silent);
+        round.target(Verdict::Found(2));
+        round.targets(10, Verdict::Silent);
         let s = progress.state().unwrap();
         assert_eq!(
             (s.round, s.total, s.tried, s.found, s.finished),
             (1, 300, 12, 2, false)
         );
+        assert_eq!((s.answered, s.silent()), (1, 11));
         assert_eq!(s.remaining(), 288);
         round.finish();
         let s = progress.state().unwrap();
@@ -255,7 +323,11 @@ mod tests {
             for _ in 0..8 {
                 scope.spawn(|| {
                     for i in 0..1000 {
-                        round.tried(1, usize::from(i % 100 == 0));
+                        round.target(if i % 100 == 0 {
+                            Verdict::Found(1)
+                        } else {
+                            Verdict::Silent
+                        });
                     }
                 });
             }
@@ -269,32 +341,55 @@ mod tests {
     fn a_new_round_starts_from_zero_and_ignores_the_last_one() {
         let progress = Progress::enabled();
         let first = progress.round(10);
-        first.tried(10, 3);
+        first.targets(3, Verdict::Found(1));
         let second = progress.round(4);
         // A task of the first round that reports late, or finishes it, changes nothing.
-        first.tried(5, 5);
+        first.targets(5, Verdict::Found(1));
         drop(first);
         let s = progress.state().unwrap();
         assert_eq!(
             (s.round, s.total, s.tried, s.found, s.finished),
             (2, 4, 0, 0, false)
         );
-        second.tried(1, 1);
+        assert_eq!((s.answered, s.failed, s.dropped.len()), (0, 0, 0));
+        second.target(Verdict::Found(1));
         drop(second);
         let s = progress.state().unwrap();
         assert_eq!((s.tried, s.found, s.finished), (1, 1, true));
     }
 
     #[test]
+    fn each_verdict_is_counted_where_a_user_looks_for_it() {
+        let progress = Progress::enabled();
+        let round = progress.round(10);
+        round.targets(4, Verdict::Silent);
+        round.target(Verdict::Failed);
+        round.target(Verdict::Dropped("vendor"));
+        round.targets(2, Verdict::Dropped("product"));
+        round.target(Verdict::Dropped("vendor"));
+        round.target(Verdict::Found(0));
+        round.target(Verdict::Found(3));
+        round.targets(0, Verdict::Failed);
+        let s = progress.state().unwrap();
+        assert_eq!((s.tried, s.answered, s.silent()), (11, 7, 4));
+        assert_eq!((s.failed, s.found), (1, 3));
+        assert_eq!(
+            s.dropped.into_iter().collect::<Vec<_>>(),
+            [("product", 2), ("vendor", 2)]
+        );
+        assert_eq!(s.total, 11, "more tried than announced");
+    }
+
+    #[test]
     fn targets_learnt_during_the_round_raise_the_total() {
         let progress = Progress::enabled();
         let round = progress.round(2);
-        round.tried(2, 0);
+        round.targets(2, Verdict::Silent);
         round.add_targets(3);
         let s = progress.state().unwrap();
         assert_eq!((s.total, s.tried, s.remaining()), (5, 2, 3));
         // More tried than announced: the total follows, progress never passes 100 %.
-        round.tried(7, 0);
+        round.targets(7, Verdict::Silent);
         let s = progress.state().unwrap();
         assert_eq!((s.total, s.tried, s.remaining()), (9, 9, 0));
     }
@@ -305,6 +400,9 @@ mod tests {
             round: 1,
             total: 400,
             tried,
+            answered: 0,
+            failed: 0,
+            dropped: BTreeMap::new(),
             found: 0,
             elapsed: Duration::from_millis(elapsed_ms),
             finished,

@@ -183,7 +183,11 @@ mod tests {
         assert_eq!(shown, plain);
         assert_eq!(shown.names().collect::<Vec<_>>(), ["MODE"]);
         // The handler's clone reports to the caller's handle.
-        shown.clone().progress().round(3).tried(1, 0);
+        shown
+            .clone()
+            .progress()
+            .round(3)
+            .target(crate::Verdict::Silent);
         assert_eq!(progress.state().unwrap().tried, 1);
     }
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    DiscoveryError, Outcome, Progress, Snapshot,
+    DiscoveryError, Outcome, Progress, Snapshot, Verdict,
     details::{BacnetDetails, bacnet::parse_address},
 };
 use futures::StreamExt;
@@ -74,23 +74,28 @@ impl Scanner {
     pub async fn round(self: &Arc<Self>) -> Result<Snapshot, DiscoveryError> {
         let started = Instant::now();
         let progress = self.progress.round(0);
-        let found = self.who_is().await?;
-        progress.add_targets(found.len());
+        let (found, dropped) = self.who_is().await?;
+        progress.add_targets(found.len() + dropped.len());
+        for filter in dropped.into_values() {
+            progress.target(Verdict::Dropped(filter));
+        }
         let described: Vec<Outcome> = futures::stream::iter(found)
             .map(|f| {
                 let this = self.clone();
                 async move { this.describe(f).await }
             })
             .buffer_unordered(self.concurrency)
-            .inspect(|o| progress.tried(1, usize::from(matches!(o, Outcome::Device(_)))))
+            .inspect(|(verdict, _)| progress.target(*verdict))
+            .map(|(_, outcome)| outcome)
             .collect()
             .await;
         Ok(Snapshot::of(described).with_round(started.elapsed()))
     }
 
     /// Sends the Who-Is everywhere configured and collects the I-Am answers, one per
-    /// device instance (the first address it answered from).
-    async fn who_is(&self) -> Result<Vec<Found>, DiscoveryError> {
+    /// device instance (the first address it answered from); and the instances that
+    /// answered but are left out by their I-Am, with the field that leaves each out.
+    async fn who_is(&self) -> Result<(Vec<Found>, BTreeMap<u32, &'static str>), DiscoveryError> {
         let socket = listener(self.port).map_err(|e| {
             DiscoveryError::Unavailable(format!(
                 "cannot listen on UDP port {} for I-Am answers: {e}",
@@ -120,6 +125,7 @@ impl Scanner {
         }
         let deadline = tokio::time::Instant::now() + self.window;
         let mut found: BTreeMap<u32, Found> = BTreeMap::new();
+        let mut dropped: BTreeMap<u32, &'static str> = BTreeMap::new();
         let mut buf = [0u8; 1500];
         loop {
             let Ok(Ok((n, from))) =
@@ -134,8 +140,13 @@ impl Scanner {
                 remote,
                 forwarded_from,
             }) = codec::parse(&buf[..n])
-                && self.selection.keeps_i_am(instance, vendor_id)
             {
+                if let Some(filter) = self.selection.i_am_dropped_by(instance, vendor_id) {
+                    if dropped.len() < MAX_DEVICES {
+                        dropped.insert(instance, filter);
+                    }
+                    continue;
+                }
                 found.entry(instance).or_insert(Found {
                     instance,
                     vendor_id,
@@ -148,16 +159,17 @@ impl Scanner {
                 }
             }
         }
-        Ok(found.into_values().collect())
+        Ok((found.into_values().collect(), dropped))
     }
 
-    /// Reads a device's identity; the object name (required of every device) first.
-    async fn describe(&self, mut f: Found) -> Outcome {
+    /// Reads a device's identity; the object name (required of every device) first. With
+    /// the verdict on the device.
+    async fn describe(&self, mut f: Found) -> (Verdict, Outcome) {
         let Some(address) = f.address else {
-            return Outcome::Nothing;
+            return (Verdict::Failed, Outcome::Nothing);
         };
         let Ok(socket) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
-            return Outcome::Nothing;
+            return (Verdict::Failed, Outcome::Nothing);
         };
         for (i, property) in IDENTITY.iter().enumerate() {
             match self.read(&socket, address, &f, *property, i as u8).await {
@@ -166,18 +178,19 @@ impl Scanner {
                 }
                 Some(None) => {}
                 None if *property == Property::ObjectName => {
-                    return Outcome::Problem(format!(
+                    let problem = format!(
                         "BACnet device {} at {address} answers Who-Is but not ReadProperty",
                         f.instance
-                    ));
+                    );
+                    return (Verdict::Failed, Outcome::Problem(problem));
                 }
                 None => {}
             }
         }
-        if !self.selection.keeps_identity(&f) {
-            return Outcome::Nothing;
+        if let Some(filter) = self.selection.identity_dropped_by(&f) {
+            return (Verdict::Dropped(filter), Outcome::Nothing);
         }
-        Outcome::Device(select::device(&f))
+        (Verdict::Found(1), Outcome::Device(select::device(&f)))
     }
 
     /// One ReadProperty: `Some(Some(text))` answered, `Some(None)` refused (an optional

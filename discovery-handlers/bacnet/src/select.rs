@@ -50,18 +50,41 @@ impl Selection {
     /// Whether what I-Am says passes (devices outside the range that answered anyway, as
     /// some answer every Who-Is, are left out here).
     pub fn keeps_i_am(&self, instance: u32, vendor_id: u32) -> bool {
-        self.range
+        self.i_am_dropped_by(instance, vendor_id).is_none()
+    }
+
+    /// The details' field that leaves out a device by its I-Am; `None` when it passes.
+    pub fn i_am_dropped_by(&self, instance: u32, vendor_id: u32) -> Option<&'static str> {
+        if !self
+            .range
             .is_none_or(|(lo, hi)| (lo..=hi).contains(&instance))
-            && (self.vendor_ids.is_empty() || self.vendor_ids.contains(&vendor_id))
+        {
+            Some("instanceRange")
+        } else if !(self.vendor_ids.is_empty() || self.vendor_ids.contains(&vendor_id)) {
+            Some("vendorIds")
+        } else {
+            None
+        }
     }
 
     /// Whether the identity read passes.
     pub fn keeps_identity(&self, f: &Found) -> bool {
+        self.identity_dropped_by(f).is_none()
+    }
+
+    /// The details' field of the first filter that leaves out a device by the identity
+    /// read; `None` when it passes.
+    pub fn identity_dropped_by(&self, f: &Found) -> Option<&'static str> {
         let get = |p| f.identity.get(&p).map(String::as_str);
-        self.vendor_names.accepts(get(Property::VendorName))
-            && self.model_names.accepts(get(Property::ModelName))
-            && self.object_names.accepts(get(Property::ObjectName))
-            && self.locations.accepts(get(Property::Location))
+        [
+            ("vendorNames", &self.vendor_names, Property::VendorName),
+            ("modelNames", &self.model_names, Property::ModelName),
+            ("objectNames", &self.object_names, Property::ObjectName),
+            ("locations", &self.locations, Property::Location),
+        ]
+        .into_iter()
+        .find(|(_, filter, property)| !filter.accepts(get(*property)))
+        .map(|(field, _, _)| field)
     }
 }
 

@@ -16,7 +16,8 @@ use btleplug::{
     platform::{Adapter, Manager, PeripheralId},
 };
 use dowser_discovery_api::{
-    DiscoveryError, DiscoveryHandler, Properties, Snapshot, SnapshotStream, details::BleDetails,
+    DiscoveryError, DiscoveryHandler, Progress, Properties, Snapshot, SnapshotStream,
+    details::BleDetails,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -42,7 +43,7 @@ impl DiscoveryHandler for BleHandler {
     /// Yields a snapshot when scanning starts and whenever a device comes or goes or
     /// changes (the agent takes it as the state until the next one); an error when BlueZ or the adapter cannot be used (retried every
     /// [`RETRY`]).
-    fn discover(&self, details: BleDetails, _properties: Properties) -> SnapshotStream {
+    fn discover(&self, details: BleDetails, properties: Properties) -> SnapshotStream {
         let filter = match BleFilter::new(&details) {
             Ok(f) => f,
             Err(e) => {
@@ -51,9 +52,10 @@ impl DiscoveryHandler for BleHandler {
             }
         };
         let (tx, rx) = mpsc::channel(8);
+        let progress = properties.progress().clone();
         tokio::spawn(async move {
             loop {
-                let e = scan(&details, &filter, &tx).await;
+                let e = scan(&details, &filter, &progress, &tx).await;
                 if tx.is_closed() {
                     return;
                 }
@@ -72,7 +74,12 @@ impl DiscoveryHandler for BleHandler {
 type Sender = mpsc::Sender<Result<Snapshot, DiscoveryError>>;
 
 /// One scanning session, until it fails (or nobody listens any more).
-async fn scan(details: &BleDetails, filter: &BleFilter, tx: &Sender) -> DiscoveryError {
+async fn scan(
+    details: &BleDetails,
+    filter: &BleFilter,
+    progress: &Progress,
+    tx: &Sender,
+) -> DiscoveryError {
     let (name, adapter) = match adapter(details.adapter.as_deref()).await {
         Ok(a) => a,
         Err(e) => return e,
@@ -91,6 +98,7 @@ async fn scan(details: &BleDetails, filter: &BleFilter, tx: &Sender) -> Discover
         return unavailable("cannot start scanning", e);
     }
     let mut presence = Presence::new(details, filter.clone());
+    presence.tally(progress, std::time::Instant::now());
     if tx.send(Ok(presence.snapshot())).await.is_err() {
         return DiscoveryError::Failed("nobody listens".into());
     }
@@ -135,7 +143,11 @@ async fn scan(details: &BleDetails, filter: &BleFilter, tx: &Sender) -> Discover
                 false
             },
         };
-        if changed && tx.send(Ok(presence.snapshot())).await.is_err() {
+        if !changed {
+            continue;
+        }
+        presence.tally(progress, std::time::Instant::now());
+        if tx.send(Ok(presence.snapshot())).await.is_err() {
             return DiscoveryError::Failed("nobody listens".into());
         }
     }

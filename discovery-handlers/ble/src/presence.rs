@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dowser_discovery_api::{CompiledFilter, Device, Snapshot, details::BleDetails, env};
+use dowser_discovery_api::{
+    CompiledFilter, Device, Progress, Snapshot, Verdict, details::BleDetails, env,
+};
 
 /// What BlueZ currently knows of a device.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,11 +63,25 @@ impl BleFilter {
     /// Whether a device is wanted: its name and address pass, and it advertises one of the
     /// listed services and one of the listed manufacturer ids (when listed).
     pub fn accepts(&self, advert: &Advert) -> bool {
-        self.names.accepts(advert.name.as_deref())
-            && self.addresses.accepts(Some(&advert.address))
-            && (self.services.is_empty() || !self.services.is_disjoint(&advert.services))
-            && (self.manufacturer_ids.is_empty()
-                || !self.manufacturer_ids.is_disjoint(&advert.manufacturer_ids))
+        self.dropped_by(advert).is_none()
+    }
+
+    /// The details' field of the first filter that leaves a device out; `None` when it
+    /// passes.
+    pub fn dropped_by(&self, advert: &Advert) -> Option<&'static str> {
+        if !self.names.accepts(advert.name.as_deref()) {
+            Some("names")
+        } else if !self.addresses.accepts(Some(&advert.address)) {
+            Some("addresses")
+        } else if !self.services.is_empty() && self.services.is_disjoint(&advert.services) {
+            Some("serviceUuids")
+        } else if !self.manufacturer_ids.is_empty()
+            && self.manufacturer_ids.is_disjoint(&advert.manufacturer_ids)
+        {
+            Some("manufacturerIds")
+        } else {
+            None
+        }
     }
 }
 
@@ -76,7 +92,13 @@ pub struct Presence {
     min_rssi: Option<i32>,
     filter: BleFilter,
     heard: BTreeMap<String, (Device, Instant)>,
+    /// Devices heard within the window but left out, with the field that left each out (for
+    /// the counts of [`Presence::tally`]); at most [`MAX_DROPPED`].
+    dropped: BTreeMap<String, (&'static str, Instant)>,
 }
+
+/// Most devices left out that are remembered for the counts.
+pub const MAX_DROPPED: usize = 1024;
 
 impl Presence {
     pub fn new(details: &BleDetails, filter: BleFilter) -> Self {
@@ -85,6 +107,14 @@ impl Presence {
             min_rssi: details.min_rssi,
             filter,
             heard: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+        }
+    }
+
+    /// Remembers, for the counts, that a device was left out by `field`.
+    fn drop_by(&mut self, address: &str, field: &'static str, now: Instant) {
+        if self.dropped.len() < MAX_DROPPED || self.dropped.contains_key(address) {
+            self.dropped.insert(address.to_string(), (field, now));
         }
     }
 
@@ -97,13 +127,18 @@ impl Presence {
         };
         if self.min_rssi.is_some_and(|min| i32::from(rssi) < min) {
             // Too weak to count; a device heard strongly before stays until the window ends.
+            if !self.heard.contains_key(&advert.address) {
+                self.drop_by(&advert.address, "minRssi", now);
+            }
             return false;
         }
-        if !self.filter.accepts(advert) {
+        if let Some(field) = self.filter.dropped_by(advert) {
             // What BlueZ knows of a device grows (a name from a scan response): a device may
             // stop matching.
+            self.drop_by(&advert.address, field, now);
             return self.heard.remove(&advert.address).is_some();
         }
+        self.dropped.remove(&advert.address);
         let device = device(advert);
         match self
             .heard
@@ -116,6 +151,7 @@ impl Presence {
 
     /// BlueZ forgot a device. Returns whether it was present.
     pub fn forget(&mut self, address: &str) -> bool {
+        self.dropped.remove(address);
         self.heard.remove(address).is_some()
     }
 
@@ -125,7 +161,24 @@ impl Presence {
         let window = self.window;
         self.heard
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < window);
+        self.dropped
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < window);
         self.heard.len() != before
+    }
+
+    /// Reports the devices heard within the window as a round: each found or left out.
+    pub fn tally(&self, progress: &Progress, now: Instant) {
+        let dropped: Vec<&'static str> = self
+            .dropped
+            .values()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < self.window)
+            .map(|(field, _)| *field)
+            .collect();
+        let round = progress.round(self.heard.len() + dropped.len());
+        round.targets(self.heard.len(), Verdict::Found(1));
+        for field in dropped {
+            round.target(Verdict::Dropped(field));
+        }
     }
 
     /// When the next device would leave if it is not heard again.
@@ -200,6 +253,44 @@ mod tests {
         let d = details(f);
         let filter = BleFilter::new(&d).unwrap();
         Presence::new(&d, filter)
+    }
+
+    #[test]
+    fn devices_left_out_are_counted_by_the_filter_that_left_them_out_within_the_window() {
+        let mut p = presence(|d| {
+            d.names = Some(Filter {
+                include: vec!["ENV-.*".into()],
+                exclude: vec![],
+            });
+            d.min_rssi = Some(-80);
+            d.presence_window_seconds = 10;
+        });
+        let t0 = Instant::now();
+        assert!(p.heard(&sensor(), t0));
+        let printer = Advert {
+            address: "C0:FF:EE:00:00:02".into(),
+            name: Some("PRINTER".into()),
+            ..sensor()
+        };
+        let far = Advert {
+            address: "C0:FF:EE:00:00:03".into(),
+            rssi: Some(-95),
+            ..sensor()
+        };
+        // Left out: no new snapshot for that, only counts.
+        assert!(!p.heard(&printer, t0));
+        assert!(!p.heard(&far, t0));
+        let progress = Progress::enabled();
+        p.tally(&progress, t0);
+        let counts = progress.state().unwrap();
+        assert_eq!((counts.tried, counts.answered, counts.found), (3, 3, 1));
+        assert_eq!(
+            counts.dropped.into_iter().collect::<Vec<_>>(),
+            [("minRssi", 1), ("names", 1)]
+        );
+        // Not heard again within the window: no longer counted.
+        p.tally(&progress, t0 + Duration::from_secs(11));
+        assert_eq!(progress.state().unwrap().tried, 1);
     }
 
     fn ids(p: &Presence) -> Vec<String> {

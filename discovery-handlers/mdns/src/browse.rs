@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use dowser_discovery_api::{DiscoveryError, Snapshot, details::MdnsDetails};
+use dowser_discovery_api::{DiscoveryError, Progress, Snapshot, details::MdnsDetails};
 use futures::{Stream, StreamExt, stream::BoxStream};
 use mdns_sd::{DaemonEvent, IfKind, IfPredicate, ResolvedService, ServiceDaemon, ServiceEvent};
 use tokio::sync::watch;
@@ -59,6 +59,7 @@ impl Drop for Daemon {
 pub fn snapshots(
     details: MdnsDetails,
     selection: Selection,
+    progress: Progress,
 ) -> Result<BoxStream<'static, Result<Snapshot, DiscoveryError>>, DiscoveryError> {
     let unavailable = |e: mdns_sd::Error| DiscoveryError::Unavailable(format!("mDNS: {e}"));
     let daemon = ServiceDaemon::new().map_err(unavailable)?;
@@ -100,12 +101,14 @@ pub fn snapshots(
         );
     }
     let services = Services::new(selection);
+    services.tally(&progress);
     let (tx, rx) = watch::channel(Ok(services.snapshot()));
     tokio::spawn(follow(
         daemon,
         futures::stream::select_all(inputs),
         services,
         tx,
+        progress,
     ));
     Ok(handout(rx).boxed())
 }
@@ -117,6 +120,7 @@ async fn follow(
     mut inputs: impl Stream<Item = Input> + Unpin,
     mut services: Services,
     tx: watch::Sender<Result<Snapshot, String>>,
+    progress: Progress,
 ) {
     let mut full_warned = false;
     loop {
@@ -147,6 +151,7 @@ async fn follow(
         };
         match change {
             Change::Changed => {
+                services.tally(&progress);
                 let _ = tx.send_replace(Ok(services.snapshot()));
             }
             Change::Full if !full_warned => {

@@ -40,7 +40,8 @@ pub struct MdnsHandler;
 impl DiscoveryHandler for MdnsHandler {
     type Details = MdnsDetails;
 
-    fn discover(&self, details: MdnsDetails, _properties: Properties) -> SnapshotStream {
+    fn discover(&self, details: MdnsDetails, properties: Properties) -> SnapshotStream {
+        let progress = properties.progress().clone();
         let selection = match Selection::new(&details) {
             Ok(s) => s,
             Err(e) => {
@@ -52,7 +53,8 @@ impl DiscoveryHandler for MdnsHandler {
         // caller's runtime. Should the daemon fail or stop, the stream says so and starts
         // a new one after a pause: it never ends.
         futures::stream::unfold(Phase::Start(None), move |mut phase| {
-            let (details, selection) = (details.clone(), selection.clone());
+            let (details, selection, progress) =
+                (details.clone(), selection.clone(), progress.clone());
             async move {
                 loop {
                     phase = match phase {
@@ -60,7 +62,11 @@ impl DiscoveryHandler for MdnsHandler {
                             if let Some(pause) = pause {
                                 tokio::time::sleep(pause).await;
                             }
-                            match browse::snapshots(details.clone(), selection.clone()) {
+                            match browse::snapshots(
+                                details.clone(),
+                                selection.clone(),
+                                progress.clone(),
+                            ) {
                                 Ok(snapshots) => Phase::Running(snapshots),
                                 Err(e) => return Some((Err(e), Phase::Start(Some(RESTART_AFTER)))),
                             }

@@ -3,7 +3,9 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use dowser_discovery_api::{CompiledFilter, Device, Snapshot, details::MdnsDetails, env};
+use dowser_discovery_api::{
+    CompiledFilter, Device, Progress, Snapshot, Verdict, details::MdnsDetails, env,
+};
 
 /// Most TXT records of one service handed to a broker; the rest are left out.
 pub const MAX_TXT_VARIABLES: usize = 64;
@@ -78,16 +80,23 @@ impl Selection {
     /// Whether the Configuration wants this service: its instance name passes, and it has
     /// every TXT key filtered on, with a value that passes.
     pub fn accepts(&self, service: &Service) -> bool {
+        self.dropped_by(service).is_none()
+    }
+
+    /// The details' field of the first filter that leaves a service out; `None` when it
+    /// passes.
+    pub fn dropped_by(&self, service: &Service) -> Option<&'static str> {
         if !self.instance_names.accepts(Some(service.instance_name())) {
-            return false;
+            return Some("instanceNames");
         }
         let records = service.txt_records();
-        self.txt.iter().all(|(key, filter)| {
+        let txt_ok = self.txt.iter().all(|(key, filter)| {
             records
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(key))
                 .is_some_and(|(_, v)| filter.accepts(v.map(text).as_deref()))
-        })
+        });
+        (!txt_ok).then_some("txtRecords")
     }
 
     /// The device for a service the Configuration wants, `None` for one it does not.
@@ -155,6 +164,9 @@ pub const MAX_SERVICES: usize = 1024;
 pub struct Services {
     selection: Selection,
     devices: BTreeMap<String, Device>,
+    /// Services seen but left out, with the field of the filter that left each out (for
+    /// the counts of [`Services::tally`]); as bounded as the devices.
+    dropped: BTreeMap<String, &'static str>,
     limit: usize,
 }
 
@@ -177,15 +189,18 @@ impl Services {
         Self {
             selection,
             devices: BTreeMap::new(),
+            dropped: BTreeMap::new(),
             limit,
         }
     }
 
     /// A service was resolved, or resolved again with new records. One that no longer
-    /// passes the filters (its TXT records changed) leaves.
+    /// passes the filters (its TXT records changed) leaves. A service left out changes the
+    /// counts only: the snapshot goes out again, with the same devices.
     pub fn resolved(&mut self, service: &Service) -> Change {
         match self.selection.device(service) {
             Some(device) => {
+                self.dropped.remove(&device.id);
                 let full = self.devices.len() >= self.limit;
                 match self.devices.get_mut(&device.id) {
                     Some(known) if *known == device => Change::Unchanged,
@@ -200,15 +215,42 @@ impl Services {
                     }
                 }
             }
-            None => self.removed(&service.full_name),
+            None => {
+                let field = self
+                    .selection
+                    .dropped_by(service)
+                    .unwrap_or("instanceNames");
+                let left = self.devices.remove(&service.full_name).is_some();
+                let known = self.dropped.get(&service.full_name) == Some(&field);
+                if !known && self.dropped.len() < self.limit {
+                    self.dropped.insert(service.full_name.clone(), field);
+                    return Change::Changed;
+                }
+                if left {
+                    Change::Changed
+                } else {
+                    Change::Unchanged
+                }
+            }
         }
     }
 
     /// A service said goodbye, or its records expired.
     pub fn removed(&mut self, full_name: &str) -> Change {
+        let dropped = self.dropped.remove(full_name).is_some();
         match self.devices.remove(full_name) {
             Some(_) => Change::Changed,
+            None if dropped => Change::Changed,
             None => Change::Unchanged,
+        }
+    }
+
+    /// Reports the services known now as a round: each found or left out by a filter.
+    pub fn tally(&self, progress: &Progress) {
+        let round = progress.round(self.devices.len() + self.dropped.len());
+        round.targets(self.devices.len(), Verdict::Found(1));
+        for field in self.dropped.values() {
+            round.target(Verdict::Dropped(field));
         }
     }
 
@@ -472,8 +514,29 @@ mod tests {
         let acme = service("a", &[("vendor", Some("Acme"))]);
         assert_eq!(services.resolved(&acme), Change::Changed);
         assert_eq!(services.resolved(&acme), Change::Unchanged);
+        // A service left out changes only the counts, once.
+        assert_eq!(services.resolved(&service("b", &[])), Change::Changed);
         assert_eq!(services.resolved(&service("b", &[])), Change::Unchanged);
         assert_eq!(services.snapshot().len(), 1);
+        let progress = Progress::enabled();
+        services.tally(&progress);
+        let counts = progress.state().unwrap();
+        assert_eq!((counts.tried, counts.answered, counts.found), (2, 2, 1));
+        assert_eq!(
+            counts.dropped.into_iter().collect::<Vec<_>>(),
+            [("txtRecords", 1)]
+        );
+        let mut named = d.clone();
+        named.instance_names = Some(Filter {
+            include: vec!["a".into()],
+            exclude: vec![],
+        });
+        assert_eq!(
+            Selection::new(&named)
+                .unwrap()
+                .dropped_by(&service("b", &[])),
+            Some("instanceNames")
+        );
         // Its TXT records change so that the filter drops it.
         let other = service("a", &[("vendor", Some("Other"))]);
         assert_eq!(services.resolved(&other), Change::Changed);
@@ -489,6 +552,13 @@ mod tests {
         assert_eq!(services.removed(&acme.full_name), Change::Changed);
         assert_eq!(services.removed(&acme.full_name), Change::Unchanged);
         assert!(services.snapshot().is_empty());
+        // A service left out that says goodbye leaves the counts.
+        assert_eq!(
+            services.removed(&service("b", &[]).full_name),
+            Change::Changed
+        );
+        services.tally(&progress);
+        assert_eq!(progress.state().unwrap().tried, 0);
     }
 
     #[test]

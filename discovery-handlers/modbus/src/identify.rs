@@ -51,14 +51,16 @@ pub enum UnitOutcome {
     /// The unit answered, but says it is not there (a gateway's 0x0A/0x0B), or the probe
     /// failed.
     Absent,
-    /// No usable answer in time, or a broken answer: the connection must not be reused.
-    Broken,
+    /// No usable answer: the connection must not be reused. `silent` when nothing came in
+    /// time; else the answer was broken (not Modbus, malformed, the connection dropped).
+    Broken { silent: bool },
 }
 
 enum Answer<T> {
     Ok(T),
     Exception(ExceptionCode),
-    Broken,
+    /// Nothing usable; `true` when nothing came in time.
+    Broken(bool),
 }
 
 fn is_gateway_miss(code: ExceptionCode) -> bool {
@@ -75,7 +77,8 @@ where
     match timeout(request_timeout, fut).await {
         Ok(Ok(Ok(v))) => Answer::Ok(v),
         Ok(Ok(Err(code))) => Answer::Exception(code),
-        Ok(Err(_)) | Err(_) => Answer::Broken,
+        Ok(Err(_)) => Answer::Broken(false),
+        Err(_) => Answer::Broken(true),
     }
 }
 
@@ -93,7 +96,7 @@ async fn read_identity(ctx: &mut Context, request_timeout: Duration) -> Answer<I
         {
             Answer::Ok(r) => r,
             Answer::Exception(c) => return Answer::Exception(c),
-            Answer::Broken => return Answer::Broken,
+            Answer::Broken(silent) => return Answer::Broken(silent),
         };
         for obj in &rsp.device_id_objects {
             identity.objects.insert(obj.id, clean(&obj.value));
@@ -144,7 +147,7 @@ impl<T> Answer<T> {
         match self {
             Answer::Ok(_) => Answer::Ok(()),
             Answer::Exception(c) => Answer::Exception(c),
-            Answer::Broken => Answer::Broken,
+            Answer::Broken(silent) => Answer::Broken(silent),
         }
     }
 }
@@ -171,8 +174,8 @@ pub async fn probe_unit(
         Answer::Exception(c) if is_gateway_miss(c) => return UnitOutcome::Absent,
         Answer::Exception(_) if probe.is_none() => return UnitOutcome::Present(None),
         Answer::Exception(_) => {}
-        Answer::Broken if probe.is_none() => return UnitOutcome::Broken,
-        Answer::Broken => broken = true,
+        Answer::Broken(silent) if probe.is_none() => return UnitOutcome::Broken { silent },
+        Answer::Broken(_) => broken = true,
     }
     let probe = probe.expect("handled above");
     if broken {
@@ -181,14 +184,14 @@ pub async fn probe_unit(
         let _ = ctx.disconnect().await;
         match reconnect().await {
             Some(fresh) => *ctx = fresh,
-            None => return UnitOutcome::Broken,
+            None => return UnitOutcome::Broken { silent: true },
         }
         ctx.set_slave(Slave(unit));
     }
     match read_probe(ctx, probe, request_timeout).await {
         Answer::Ok(()) => UnitOutcome::Present(None),
         Answer::Exception(_) => UnitOutcome::Absent,
-        Answer::Broken => UnitOutcome::Broken,
+        Answer::Broken(silent) => UnitOutcome::Broken { silent },
     }
 }
 
@@ -208,10 +211,18 @@ impl IdentityFilter {
         }
     }
 
-    pub(crate) fn accepts(&self, identity: &Identity) -> bool {
-        self.vendor.accepts(identity.vendor_name())
-            && self.product.accepts(identity.product_code())
-            && self.revision.accepts(identity.revision())
+    /// The details' field of the first filter that leaves the identity out; `None` when
+    /// every filter keeps it.
+    pub(crate) fn dropped_by(&self, identity: &Identity) -> Option<&'static str> {
+        if !self.vendor.accepts(identity.vendor_name()) {
+            Some("vendorNames")
+        } else if !self.product.accepts(identity.product_code()) {
+            Some("productCodes")
+        } else if !self.revision.accepts(identity.revision()) {
+            Some("revisions")
+        } else {
+            None
+        }
     }
 }
 

@@ -87,7 +87,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_tcp_sweep_reports_every_endpoint_tried_and_the_devices_found() {
+    async fn a_tcp_sweep_reports_every_target_tried_and_the_devices_found() {
         let plc = serve(&ListenerConfig::device(
             "127.0.0.1:0".parse().unwrap(),
             vec![
@@ -130,13 +130,15 @@ mod tests {
                 done.found,
                 done.finished
             ),
-            (1, 41, 41, 2, true)
+            // 40 silent endpoints, and the PLC's two unit ids.
+            (1, 42, 42, 2, true)
         );
+        assert_eq!((done.answered, done.silent()), (2, 40));
         // At 50 connections per second the sweep takes most of a second: it was seen going.
         assert!(
             midway
                 .iter()
-                .any(|s| !s.finished && s.total == 41 && s.tried > 0 && s.tried < 41),
+                .any(|s| !s.finished && s.total == 42 && s.tried > 0 && s.tried < 42),
             "{midway:?}"
         );
         assert!(midway.windows(2).all(|w| w[0].tried <= w[1].tried));

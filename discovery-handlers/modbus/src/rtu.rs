@@ -13,7 +13,7 @@ use dowser_discovery_api::{
         ModbusDetails,
         modbus::{Parity, RtuDetails, SerialLine},
     },
-    progress::Round,
+    progress::{Round, Verdict},
 };
 use tokio_modbus::client::{Client, Context, rtu};
 use tokio_serial::{DataBits, SerialPortBuilderExt, StopBits};
@@ -93,7 +93,8 @@ pub async fn scan(
             LineScan::Scanned(_, tried) => *tried,
             _ => 0,
         };
-        round.tried(units - tried, 0);
+        // Units of a line that could not be opened (or was lost) are silent.
+        round.targets(units - tried, Verdict::Silent);
         scanned
     });
     let results = futures::future::join_all(scans).await;
@@ -140,7 +141,6 @@ async fn scan_line(
     let mut tried = 0;
     for unit in details.unit_id_list() {
         tried += 1;
-        let before = devices.len();
         let outcome = probe_unit(
             &mut ctx,
             unit,
@@ -155,7 +155,9 @@ async fn scan_line(
         match outcome {
             UnitOutcome::Present(identity) => {
                 let identity = identity.unwrap_or_default();
-                if filter.accepts(&identity) {
+                if let Some(filter) = filter.dropped_by(&identity) {
+                    round.target(Verdict::Dropped(filter));
+                } else {
                     let mut properties = BTreeMap::from([
                         ("MODBUS_TRANSPORT".to_string(), "rtu".to_string()),
                         ("MODBUS_SERIAL_PORT".to_string(), line.path.clone()),
@@ -179,10 +181,17 @@ async fn scan_line(
                         }],
                         mounts: vec![],
                     });
+                    round.target(Verdict::Found(1));
                 }
             }
-            UnitOutcome::Absent => {}
-            UnitOutcome::Broken => {
+            // A unit id nobody answers on a serial line is silence, not an exception.
+            UnitOutcome::Absent => round.target(Verdict::Found(0)),
+            UnitOutcome::Broken { silent } => {
+                let broken = if silent {
+                    Verdict::Silent
+                } else {
+                    Verdict::Failed
+                };
                 // A late reply must not be read as the next unit's answer: close the line
                 // (the port is opened exclusively) and open it again after a silence.
                 let _ = ctx.disconnect().await;
@@ -191,13 +200,13 @@ async fn scan_line(
                     Ok(c) => ctx = c,
                     Err(e) => {
                         debug!(line = %line.path, error = %e, "cannot reopen serial line");
-                        round.tried(1, 0);
+                        round.target(broken);
                         break;
                     }
                 }
+                round.target(broken);
             }
         }
-        round.tried(1, devices.len() - before);
         tokio::time::sleep(gap).await;
     }
     LineScan::Scanned(devices, tried)

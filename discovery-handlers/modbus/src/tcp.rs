@@ -8,11 +8,12 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    Device, Progress, Snapshot,
+    Device, Progress, Snapshot, Verdict,
     details::{
         ModbusDetails,
         modbus::{Host, RegisterProbe},
     },
+    progress::Round,
 };
 use futures::StreamExt;
 use tokio::{net::TcpStream, sync::Mutex, time::Instant};
@@ -95,10 +96,10 @@ pub(crate) async fn scan(details: &ModbusDetails, progress: &Progress) -> Snapsh
     let devices: Vec<Device> = futures::stream::iter(endpoints)
         .map(|ep| {
             let settings = settings.clone();
-            async move { probe_endpoint(ep, &settings).await }
+            let round = &round;
+            async move { probe_endpoint(ep, &settings, round).await }
         })
         .buffer_unordered(details.concurrency.max(1) as usize)
-        .inspect(|found| round.tried(1, found.len()))
         .flat_map(futures::stream::iter)
         .collect()
         .await;
@@ -137,17 +138,26 @@ async fn connect(addr: SocketAddr, settings: &Settings) -> Option<Context> {
     Some(tcp::attach(stream))
 }
 
-async fn probe_endpoint(ep: Endpoint, settings: &Settings) -> Vec<Device> {
+/// Probes each unit id at an endpoint for its devices, judging on `round` (for `kubectl
+/// dowser why`) the endpoint when it does not resolve or take a connection (silent), else
+/// each unit id at it: a device, left out by a filter, "no such unit" from a gateway (found,
+/// with no device), no reply in time (silent), or a broken answer (failed: not Modbus,
+/// malformed, the connection dropped).
+async fn probe_endpoint(ep: Endpoint, settings: &Settings, round: &Round) -> Vec<Device> {
     let Some(addr) = resolve(&ep.host, ep.port, settings.connect_timeout).await else {
         trace!(host = %ep.host, "does not resolve");
+        round.target(Verdict::Silent);
         return vec![];
     };
     let Some(mut ctx) = connect(addr, settings).await else {
         trace!(%addr, "closed");
+        round.target(Verdict::Silent);
         return vec![];
     };
+    // The endpoint took a connection: its unit ids are the targets.
+    round.add_targets(settings.units.len().saturating_sub(1));
     let mut devices = Vec::new();
-    for &unit in &settings.units {
+    for (i, &unit) in settings.units.iter().enumerate() {
         let outcome = probe_unit(
             &mut ctx,
             unit,
@@ -157,20 +167,31 @@ async fn probe_endpoint(ep: Endpoint, settings: &Settings) -> Vec<Device> {
         )
         .await;
         match outcome {
-            UnitOutcome::Present(identity) => {
-                if let Some(d) = device(&ep, unit, identity, settings) {
+            UnitOutcome::Present(identity) => match device(&ep, unit, identity, settings) {
+                Ok(d) => {
                     devices.push(d);
+                    round.target(Verdict::Found(1));
                 }
-            }
-            UnitOutcome::Absent => {}
-            UnitOutcome::Broken => {
+                Err(filter) => round.target(Verdict::Dropped(filter)),
+            },
+            UnitOutcome::Absent => round.target(Verdict::Found(0)),
+            UnitOutcome::Broken { silent } => {
+                round.target(if silent {
+                    Verdict::Silent
+                } else {
+                    Verdict::Failed
+                });
                 // A unit that does not answer may sit beside units that do (a device that
                 // ignores other unit ids, a gateway): go on with the next unit id, but on a
                 // new connection. The old connection may still deliver a late reply: never reuse it.
                 let _ = ctx.disconnect().await;
                 match connect(addr, settings).await {
                     Some(fresh) => ctx = fresh,
-                    None => break,
+                    None => {
+                        // The endpoint went away: the unit ids left are not tried.
+                        round.targets(settings.units.len() - i - 1, Verdict::Silent);
+                        break;
+                    }
                 }
             }
         }
@@ -178,15 +199,16 @@ async fn probe_endpoint(ep: Endpoint, settings: &Settings) -> Vec<Device> {
     devices
 }
 
+/// The device of a unit; the filter that leaves it out when one does.
 fn device(
     ep: &Endpoint,
     unit: u8,
     identity: Option<Identity>,
     settings: &Settings,
-) -> Option<Device> {
+) -> Result<Device, &'static str> {
     let identity = identity.unwrap_or_default();
-    if !settings.filter.accepts(&identity) {
-        return None;
+    if let Some(filter) = settings.filter.dropped_by(&identity) {
+        return Err(filter);
     }
     let host = match &ep.host {
         Host::Ip(ip) => ip.to_string(),
@@ -203,7 +225,7 @@ fn device(
         ("MODBUS_UNIT_ID".to_string(), unit.to_string()),
     ]);
     add_identity(&identity, &mut properties);
-    Some(Device {
+    Ok(Device {
         id: format!("modbus+tcp://{host_in_url}:{}/{unit}", ep.port),
         properties,
         ..Device::default()

@@ -137,14 +137,50 @@ async fn hostile_devices_cost_a_timeout_and_good_ones_are_still_found() {
     }
     let mut targets = vec![target(good.addr)];
     targets.extend(hostile.iter().map(|h| target(h.addr)));
+    // Nothing listens here.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    targets.push(target(closed.local_addr().unwrap()));
+    drop(closed);
     // The scan must end (a hostile device costs timeouts, never a hang).
-    let snap = tokio::time::timeout(Duration::from_secs(60), scan(&details(targets, &["1-3"])))
-        .await
-        .expect("the scan ends");
+    let (snap, counts) = tokio::time::timeout(
+        Duration::from_secs(60),
+        counted_round(details(targets, &["1-3"])),
+    )
+    .await
+    .expect("the scan ends");
     assert_eq!(
         ids(snap.devices()),
         [format!("modbus+tcp://127.0.0.1:{}/1", good.addr.port())]
     );
+    // What `kubectl dowser why` shows: the closed port is one silent target; each unit id
+    // at a port that took the connection is a target of its own. The good device's unit 1
+    // is found, its units 2 and 3 say nothing (silent, as a device without them); garbage
+    // and dropped connections fail; a silent or too slow device is silent.
+    assert_eq!(counts.tried, 1 + 5 * 3, "{counts:?}");
+    assert_eq!(counts.found, 1, "{counts:?}");
+    assert!(counts.dropped.is_empty(), "{counts:?}");
+    assert!(counts.failed >= 2, "garbage and resets fail: {counts:?}");
+    assert_eq!(
+        counts.silent() + counts.failed + 1,
+        counts.tried,
+        "every other target is silent or failed: {counts:?}"
+    );
+}
+
+/// One round of the handler as the agent runs it, with the counts it reported.
+async fn counted_round(
+    details: ModbusDetails,
+) -> (
+    dowser_discovery_api::Snapshot,
+    dowser_discovery_api::progress::State,
+) {
+    use dowser_discovery_api::{DiscoveryHandler, Progress, Properties};
+    use futures::StreamExt;
+    let progress = Progress::enabled();
+    let mut stream = dowser_modbus::ModbusHandler
+        .discover(details, Properties::new().with_progress(progress.clone()));
+    let snapshot = stream.next().await.unwrap().unwrap();
+    (snapshot, progress.state().unwrap())
 }
 
 #[tokio::test]
@@ -233,9 +269,15 @@ async fn filters_on_identification() {
         include: vec![],
         exclude: vec!["2\\..*".into()],
     });
-    let snap = scan(&f).await;
+    let (snap, counts) = counted_round(f).await;
     assert_eq!(snap.len(), 1);
     assert_eq!(snap.devices()[0].properties["MODBUS_UNIT_ID"], "1");
+    // Each unit left out is counted under the filter that left it out.
+    assert_eq!((counts.tried, counts.answered, counts.found), (3, 3, 1));
+    assert_eq!(
+        counts.dropped.into_iter().collect::<Vec<_>>(),
+        [("revisions", 1), ("vendorNames", 1)]
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    DiscoveryError, Outcome, Progress, Properties, Snapshot, details::OnvifDetails,
+    DiscoveryError, Outcome, Progress, Properties, Snapshot, Verdict, details::OnvifDetails,
 };
 use futures::StreamExt;
 use tokio::net::UdpSocket;
@@ -66,20 +66,28 @@ impl Scanner {
     pub async fn round(self: &Arc<Self>) -> Result<Snapshot, DiscoveryError> {
         let started = Instant::now();
         let progress = self.progress.round(0);
-        let cameras: Vec<Match> = self
+        let answers: Vec<Match> = self
             .probe()
             .await?
             .into_iter()
-            .filter(|m| self.selection.keeps_match(m))
+            .filter(select::is_camera)
             .collect();
-        progress.add_targets(cameras.len());
+        progress.add_targets(answers.len());
+        let mut cameras = Vec::with_capacity(answers.len());
+        for m in answers {
+            match self.selection.match_dropped_by(&m) {
+                Some(filter) => progress.target(Verdict::Dropped(filter)),
+                None => cameras.push(m),
+            }
+        }
         let described: Vec<Outcome> = futures::stream::iter(cameras)
             .map(|m| {
                 let this = self.clone();
                 async move { this.describe(&m).await }
             })
             .buffer_unordered(self.concurrency)
-            .inspect(|o| progress.tried(1, usize::from(matches!(o, Outcome::Device(_)))))
+            .inspect(|(verdict, _)| progress.target(*verdict))
+            .map(|(_, outcome)| outcome)
             .collect()
             .await;
         Ok(Snapshot::of(described).with_round(started.elapsed()))
@@ -135,15 +143,17 @@ impl Scanner {
         Ok(found.into_values().collect())
     }
 
-    /// Describes one camera over SOAP, on the first of its device services that answers.
-    async fn describe(&self, m: &Match) -> Outcome {
+    /// Describes one camera over SOAP, on the first of its device services that answers;
+    /// with the verdict on the camera.
+    async fn describe(&self, m: &Match) -> (Verdict, Outcome) {
         for service in select::device_services(m) {
             match self.call_all(service).await {
                 Ok((info, media)) => {
-                    if !self.selection.keeps_information(&info) {
-                        return Outcome::Nothing;
+                    if let Some(filter) = self.selection.information_dropped_by(&info) {
+                        return (Verdict::Dropped(filter), Outcome::Nothing);
                     }
-                    return Outcome::Device(select::device(m, service, &info, media.as_deref()));
+                    let device = select::device(m, service, &info, media.as_deref());
+                    return (Verdict::Found(1), Outcome::Device(device));
                 }
                 Err(Failure::NotAuthorized) => {
                     let why = if self.login.is_some() {
@@ -151,15 +161,14 @@ impl Scanner {
                     } else {
                         "demands credentials: set USERNAME and PASSWORD in the Configuration's properties"
                     };
-                    return Outcome::Problem(format!(
-                        "ONVIF camera {} at {service} {why}",
-                        m.endpoint
-                    ));
+                    let problem = format!("ONVIF camera {} at {service} {why}", m.endpoint);
+                    return (Verdict::Failed, Outcome::Problem(problem));
                 }
                 Err(e) => tracing::debug!(camera = %m.endpoint, %service, "not described: {e:?}"),
             }
         }
-        Outcome::Nothing
+        // It answered the probe, but none of its device services answered as ONVIF does.
+        (Verdict::Failed, Outcome::Nothing)
     }
 
     async fn call_all(

@@ -34,23 +34,56 @@ impl Selection {
     /// Whether a camera passes what WS-Discovery alone decides: a camera, a scope that
     /// passes (or no scopes and a filter without `include`), an address that passes.
     pub fn keeps_match(&self, m: &Match) -> bool {
+        is_camera(m) && self.match_dropped_by(m).is_none()
+    }
+
+    /// The details' field of the first filter that leaves out a camera by its probe
+    /// answer; `None` when it passes.
+    pub fn match_dropped_by(&self, m: &Match) -> Option<&'static str> {
         let scope_ok = if m.scopes.is_empty() {
             self.scopes.accepts(None)
         } else {
             m.scopes.iter().any(|s| self.scopes.accepts(Some(s)))
         };
-        let host = device_services(m)
-            .first()
-            .and_then(|u| split_http_url(u))
-            .map(|(h, _, _)| h);
-        m.is_camera() && scope_ok && host.is_some() && self.ip_addresses.accepts(host.as_deref())
+        if !scope_ok {
+            Some("scopes")
+        } else if !self.ip_addresses.accepts(host(m).as_deref()) {
+            Some("ipAddresses")
+        } else {
+            None
+        }
     }
 
     /// Whether what GetDeviceInformation said passes.
     pub fn keeps_information(&self, info: &DeviceInformation) -> bool {
-        self.manufacturers.accepts(Some(&info.manufacturer))
-            && self.models.accepts(Some(&info.model))
+        self.information_dropped_by(info).is_none()
     }
+
+    /// The details' field of the first filter that leaves out a camera by what
+    /// GetDeviceInformation said; `None` when it passes.
+    pub fn information_dropped_by(&self, info: &DeviceInformation) -> Option<&'static str> {
+        if !self.manufacturers.accepts(Some(&info.manufacturer)) {
+            Some("manufacturers")
+        } else if !self.models.accepts(Some(&info.model)) {
+            Some("models")
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether a probe answer is a camera dowser can describe: a network video transmitter
+/// with a device service URL dowser can call.
+pub fn is_camera(m: &Match) -> bool {
+    m.is_camera() && host(m).is_some()
+}
+
+/// The host of the camera's first device service URL.
+fn host(m: &Match) -> Option<String> {
+    device_services(m)
+        .first()
+        .and_then(|u| split_http_url(u))
+        .map(|(h, _, _)| h.to_string())
 }
 
 /// The camera's device service URLs dowser can call (`http://`), IPv4 ones first.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use dowser_discovery_api::{
-    DiscoveryError, Outcome, Progress, Properties, Snapshot, details::OpcuaDetails,
+    DiscoveryError, Outcome, Progress, Properties, Snapshot, Verdict, details::OpcuaDetails,
     details::opcua::SecurityMode,
 };
 use futures::StreamExt;
@@ -108,30 +108,38 @@ impl Scanner {
 
         // FindServers on every discovery URL, in the configured order (the first URL that
         // reports a server is the one its description is taken from).
-        let found: Vec<(String, Vec<Application>)> = futures::stream::iter(self.urls.clone())
-            .map(|url| {
-                let this = self.clone();
-                async move {
-                    match this.find_servers(&url).await {
-                        Ok(apps) => (url, apps),
-                        Err(e) => {
-                            tracing::debug!(%url, "FindServers failed: {e}");
-                            (url, Vec::new())
+        let found: Vec<(String, Vec<Application>, Verdict)> =
+            futures::stream::iter(self.urls.clone())
+                .map(|url| {
+                    let this = self.clone();
+                    async move {
+                        match this.find_servers(&url).await {
+                            Ok(apps) => (url, apps, Verdict::Found(0)),
+                            Err((verdict, e)) => {
+                                tracing::debug!(%url, "FindServers failed: {e}");
+                                (url, Vec::new(), verdict)
+                            }
                         }
                     }
-                }
-            })
-            .buffered(self.concurrency)
-            .inspect(|_| progress.tried(1, 0))
-            .collect()
-            .await;
+                })
+                .buffered(self.concurrency)
+                .inspect(|(_, _, verdict)| progress.target(*verdict))
+                .collect()
+                .await;
 
         let mut seen = BTreeSet::new();
         let mut candidates = Vec::new();
-        for (url, apps) in found {
+        for (url, apps, _) in found {
             let answered = select::split_url(&url).map(|(h, _, _)| h.to_string());
             for mut app in apps {
-                if !self.selection.keeps_application(&app) || !seen.insert(app.uri.clone()) {
+                // Clients and discovery servers are not devices, nor targets; a server listed
+                // twice is one target.
+                if !select::is_server(&app) || !seen.insert(app.uri.clone()) {
+                    continue;
+                }
+                if let Some(filter) = self.selection.application_dropped_by(&app) {
+                    progress.add_targets(1);
+                    progress.target(Verdict::Dropped(filter));
                     continue;
                 }
                 if app.discovery_urls.is_empty() {
@@ -148,30 +156,41 @@ impl Scanner {
                 async move { this.describe(app, answered.as_deref(), &resolver).await }
             })
             .buffer_unordered(self.concurrency)
-            .inspect(|o| progress.tried(1, usize::from(matches!(o, Outcome::Device(_)))))
+            .inspect(|(verdict, _)| progress.target(*verdict))
+            .map(|(_, outcome)| outcome)
             .collect()
             .await;
         Snapshot::of(described).with_round(started.elapsed())
     }
 
-    async fn find_servers(&self, url: &str) -> Result<Vec<Application>, String> {
+    async fn find_servers(&self, url: &str) -> Result<Vec<Application>, (Verdict, String)> {
         let call = self.client.find_servers(url, None, None);
         let servers = tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                (
+                    Verdict::Silent,
+                    format!("no answer within {:?}", self.timeout),
+                )
+            })?
+            .map_err(|e| (failure(&e), e.to_string()))?;
         Ok(servers.iter().map(application).collect())
     }
 
     async fn get_endpoints(
         &self,
         url: &str,
-    ) -> Result<Vec<(Endpoint, EndpointDescription)>, String> {
+    ) -> Result<Vec<(Endpoint, EndpointDescription)>, (Verdict, String)> {
         let call = self.client.get_server_endpoints_from_url(url);
         let endpoints = tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                (
+                    Verdict::Silent,
+                    format!("no answer within {:?}", self.timeout),
+                )
+            })?
+            .map_err(|e| (failure(&e), e.to_string()))?;
         Ok(endpoints
             .into_iter()
             .filter_map(|d| Some((endpoint(&d)?, d)))
@@ -179,13 +198,15 @@ impl Scanner {
     }
 
     /// GetEndpoints on the server's discovery URLs (the first that answers), then the
-    /// device if the server offers what the Configuration requires.
+    /// device if the server offers what the Configuration requires; with the verdict on the
+    /// server (the last failure's when none answers).
     async fn describe(
         &self,
         app: Application,
         answered: Option<&str>,
         resolver: &Resolver,
-    ) -> Outcome {
+    ) -> (Verdict, Outcome) {
+        let mut verdict = Verdict::Silent;
         for reported in app
             .discovery_urls
             .iter()
@@ -194,8 +215,9 @@ impl Scanner {
             let url = resolver.mend(reported, answered).await;
             let endpoints = match self.get_endpoints(&url).await {
                 Ok(e) => e,
-                Err(e) => {
+                Err((failed, e)) => {
                     tracing::debug!(server = %app.uri, %url, "GetEndpoints failed: {e}");
+                    verdict = failed;
                     continue;
                 }
             };
@@ -209,11 +231,15 @@ impl Scanner {
                 raw.push(d);
             }
             let Some(best) = self.selection.best(&mended) else {
-                return Outcome::Nothing;
+                let verdict = match self.selection.endpoints_dropped_by(&mended) {
+                    Some(filter) => Verdict::Dropped(filter),
+                    None => Verdict::Failed,
+                };
+                return (verdict, Outcome::Nothing);
             };
             let device = select::device(&app, &url, &mended, best);
             let Some(credentials) = &self.credentials else {
-                return Outcome::Device(device);
+                return (Verdict::Found(1), Outcome::Device(device));
             };
             let offered: Vec<_> = mended
                 .iter()
@@ -222,19 +248,28 @@ impl Scanner {
                 .collect();
             let chosen = match select::session_endpoint(&offered, &credentials.session) {
                 Ok(i) => raw.swap_remove(i),
-                Err(why) => return Outcome::Problem(format!("{} at {url} {why}", app.uri)),
+                Err(why) => {
+                    let problem = format!("{} at {url} {why}", app.uri);
+                    return (Verdict::Failed, Outcome::Problem(problem));
+                }
             };
             return match session::read_nameplate(&self.client, credentials, chosen, self.timeout)
                 .await
             {
-                Ok(nameplate) if self.selection.keeps_nameplate(&nameplate) => {
-                    Outcome::Device(select::with_nameplate(device, &nameplate))
-                }
-                Ok(_) => Outcome::Nothing,
-                Err(why) => Outcome::Problem(format!("{} at {url}: {why}", app.uri)),
+                Ok(nameplate) => match self.selection.nameplate_dropped_by(&nameplate) {
+                    None => (
+                        Verdict::Found(1),
+                        Outcome::Device(select::with_nameplate(device, &nameplate)),
+                    ),
+                    Some(filter) => (Verdict::Dropped(filter), Outcome::Nothing),
+                },
+                Err(why) => (
+                    Verdict::Failed,
+                    Outcome::Problem(format!("{} at {url}: {why}", app.uri)),
+                ),
             };
         }
-        Outcome::Nothing
+        (verdict, Outcome::Nothing)
     }
 }
 
@@ -283,6 +318,20 @@ impl Resolver {
             }
             _ => url.to_string(),
         }
+    }
+}
+
+/// The verdict on a target whose request failed: silent when no connection could be made
+/// (the client's TCP connect error, `BadCommunicationError` "Could not connect to host" in
+/// async-opcua-client's `transport/tcp.rs`); failed when something answered but not as an
+/// OPC UA server does (a broken message, a rejected hello, a service fault).
+fn failure(e: &opcua::types::Error) -> Verdict {
+    let not_connected = e.status() == opcua::types::StatusCode::BadCommunicationError
+        && e.to_string().contains("Could not connect");
+    if not_connected {
+        Verdict::Silent
+    } else {
+        Verdict::Failed
     }
 }
 

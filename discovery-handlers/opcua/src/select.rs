@@ -87,6 +87,12 @@ fn mode_rank(mode: SecurityMode) -> u8 {
     }
 }
 
+/// Whether an application is a server a device can be (not a client, not a discovery server
+/// that lists others), with the URI a device is named by.
+pub fn is_server(app: &Application) -> bool {
+    app.kind.is_device() && !app.uri.is_empty()
+}
+
 /// The filters of a Configuration, compiled once.
 #[derive(Debug, Default)]
 pub struct Selection {
@@ -103,17 +109,59 @@ pub struct Selection {
 impl Selection {
     /// Whether a server passes the filters that FindServers alone can decide.
     pub fn keeps_application(&self, app: &Application) -> bool {
-        app.kind.is_device()
-            && !app.uri.is_empty()
-            && self.names.accepts(Some(&app.name))
-            && self.uris.accepts(Some(&app.uri))
-            && self.product_uris.accepts(Some(&app.product_uri))
+        is_server(app) && self.application_dropped_by(app).is_none()
+    }
+
+    /// The details' field of the first filter on FindServers' description that leaves a
+    /// server out; `None` when every one keeps it.
+    pub fn application_dropped_by(&self, app: &Application) -> Option<&'static str> {
+        if !self.names.accepts(Some(&app.name)) {
+            Some("applicationNames")
+        } else if !self.uris.accepts(Some(&app.uri)) {
+            Some("applicationUris")
+        } else if !self.product_uris.accepts(Some(&app.product_uri)) {
+            Some("productUris")
+        } else {
+            None
+        }
     }
 
     /// Whether a server's nameplate passes the filters on it.
     pub fn keeps_nameplate(&self, nameplate: &Nameplate) -> bool {
-        self.manufacturers.accepts(Some(&nameplate.manufacturer))
-            && self.products.accepts(Some(&nameplate.product))
+        self.nameplate_dropped_by(nameplate).is_none()
+    }
+
+    /// The details' field of the first filter on the nameplate that leaves a server out.
+    pub fn nameplate_dropped_by(&self, nameplate: &Nameplate) -> Option<&'static str> {
+        if !self.manufacturers.accepts(Some(&nameplate.manufacturer)) {
+            Some("manufacturerNames")
+        } else if !self.products.accepts(Some(&nameplate.product)) {
+            Some("productNames")
+        } else {
+            None
+        }
+    }
+
+    /// Why no endpoint of a server is acceptable ([`Selection::best`] found none): the
+    /// details' field that none offers, or `None` when the server offers no `opc.tcp`
+    /// endpoint at all.
+    pub fn endpoints_dropped_by(&self, endpoints: &[Endpoint]) -> Option<&'static str> {
+        let tcp: Vec<&Endpoint> = endpoints
+            .iter()
+            .filter(|e| e.url.starts_with("opc.tcp://"))
+            .collect();
+        if tcp.is_empty() {
+            return None;
+        }
+        let policy_ok = |e: &&&Endpoint| {
+            self.policy
+                .is_none_or(|p| policy_name(&e.policy_uri) == policy_name_of(p))
+        };
+        if !tcp.iter().any(|e| policy_ok(&e)) {
+            Some("securityPolicy")
+        } else {
+            Some("securityMode")
+        }
     }
 
     /// Whether an endpoint offers the required security policy and mode.

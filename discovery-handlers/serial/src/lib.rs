@@ -34,7 +34,7 @@ impl DiscoveryHandler for SerialHandler {
 
     /// Yields a snapshot at once, then whenever the matching ports change (noticed by a
     /// uevent, or by the listing every [`RESCAN`]).
-    fn discover(&self, details: SerialDetails, _properties: Properties) -> SnapshotStream {
+    fn discover(&self, details: SerialDetails, properties: Properties) -> SnapshotStream {
         let filter = match PortFilter::new(&details) {
             Ok(f) => f,
             Err(e) => {
@@ -42,8 +42,12 @@ impl DiscoveryHandler for SerialHandler {
                 return futures::stream::once(async move { Err(e) }).boxed();
             }
         };
+        let progress = properties.progress().clone();
         dowser_udev::watch(Arc::new(move || {
-            ports::usb_serial_ports().map(|ports| select::snapshot(&ports, &filter))
+            ports::usb_serial_ports().map(|ports| {
+                select::tally(&ports, &filter, &progress);
+                select::snapshot(&ports, &filter)
+            })
         }))
     }
 }

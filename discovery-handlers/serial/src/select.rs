@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use dowser_discovery_api::{
-    CompiledFilter, Device, DeviceSpec, Snapshot, details::SerialDetails, env,
+    CompiledFilter, Device, DeviceSpec, Progress, Snapshot, Verdict, details::SerialDetails, env,
 };
 
 /// A USB serial port as the node shows it.
@@ -66,12 +66,27 @@ impl PortFilter {
     }
 
     pub fn accepts(&self, port: &UsbSerialPort) -> bool {
-        (self.vendor_ids.is_empty() || self.vendor_ids.contains(&port.vid))
-            && (self.product_ids.is_empty() || self.product_ids.contains(&port.pid))
-            && self.serial_numbers.accepts(port.serial_number.as_deref())
-            && self.manufacturers.accepts(port.manufacturer.as_deref())
-            && self.products.accepts(port.product.as_deref())
-            && self.port_names.accepts(Some(&port.port_name))
+        self.dropped_by(port).is_none()
+    }
+
+    /// The details' field of the first filter that leaves a port out; `None` when it
+    /// passes.
+    pub fn dropped_by(&self, port: &UsbSerialPort) -> Option<&'static str> {
+        if !(self.vendor_ids.is_empty() || self.vendor_ids.contains(&port.vid)) {
+            Some("vendorIds")
+        } else if !(self.product_ids.is_empty() || self.product_ids.contains(&port.pid)) {
+            Some("productIds")
+        } else if !self.serial_numbers.accepts(port.serial_number.as_deref()) {
+            Some("serialNumbers")
+        } else if !self.manufacturers.accepts(port.manufacturer.as_deref()) {
+            Some("manufacturers")
+        } else if !self.products.accepts(port.product.as_deref()) {
+            Some("products")
+        } else if !self.port_names.accepts(Some(&port.port_name)) {
+            Some("portNames")
+        } else {
+            None
+        }
     }
 }
 
@@ -140,6 +155,18 @@ pub fn devices(ports: &[UsbSerialPort], filter: &PortFilter) -> Vec<Device> {
 /// A snapshot of the devices of a set of ports.
 pub fn snapshot(ports: &[UsbSerialPort], filter: &PortFilter) -> Snapshot {
     Snapshot::new(devices(ports, filter))
+}
+
+/// Reports one look at the ports as a round: each USB serial port is a target, found or
+/// left out by a filter.
+pub fn tally(ports: &[UsbSerialPort], filter: &PortFilter, progress: &Progress) {
+    let round = progress.round(ports.len());
+    for port in ports {
+        round.target(match filter.dropped_by(port) {
+            Some(field) => Verdict::Dropped(field),
+            None => Verdict::Found(1),
+        });
+    }
 }
 
 fn device(id: String, port: &UsbSerialPort) -> Device {

@@ -30,7 +30,7 @@ impl DiscoveryHandler for UdevHandler {
     type Details = UdevDetails;
 
     /// Yields a snapshot at once, then whenever the kept devices change.
-    fn discover(&self, details: UdevDetails, _properties: Properties) -> SnapshotStream {
+    fn discover(&self, details: UdevDetails, properties: Properties) -> SnapshotStream {
         let selection = match select::Selection::new(&details) {
             Ok(s) => s,
             Err(e) => {
@@ -40,19 +40,22 @@ impl DiscoveryHandler for UdevHandler {
         };
         // The udev database's place is read once per start, not every listing.
         let reader = sysfs::Reader::default();
-        watch(Arc::new(move || scan(&reader, &selection)))
+        let progress = properties.progress().clone();
+        watch(Arc::new(move || scan(&reader, &selection, &progress)))
     }
 }
 
-/// One look at the node's devices.
+/// One look at the node's devices, reported as a round on `progress`.
 pub fn scan(
     reader: &sysfs::Reader,
     selection: &select::Selection,
+    progress: &dowser_discovery_api::Progress,
 ) -> Result<dowser_discovery_api::Snapshot, DiscoveryError> {
     let devices = reader.devices(
         &selection.subsystems,
         &selection.attribute_names(),
         &selection.parent_attribute_names(),
     )?;
+    selection.tally(&devices, progress);
     Ok(selection.snapshot(&devices))
 }

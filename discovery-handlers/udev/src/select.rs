@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dowser_discovery_api::{
-    CompiledFilter, Device, DeviceSpec, Snapshot,
+    CompiledFilter, Device, DeviceSpec, Progress, Snapshot, Verdict,
     details::{UdevDetails, udev::GroupBy},
     env::printable_value,
 };
@@ -73,6 +73,25 @@ impl Selection {
 
     /// Whether a device passes every filter.
     pub fn keeps(&self, d: &SysDevice) -> bool {
+        self.dropped_by(d).is_none()
+    }
+
+    /// Reports one look at the devices as a round: each device with a node is a target,
+    /// found or left out by a filter.
+    pub fn tally(&self, devices: &[SysDevice], progress: &Progress) {
+        let with_node: Vec<&SysDevice> = devices.iter().filter(|d| d.devnode.is_some()).collect();
+        let round = progress.round(with_node.len());
+        for d in with_node {
+            round.target(match self.dropped_by(d) {
+                Some(field) => Verdict::Dropped(field),
+                None => Verdict::Found(1),
+            });
+        }
+    }
+
+    /// The details' field of the first filter that leaves a device out; `None` when it
+    /// passes.
+    pub fn dropped_by(&self, d: &SysDevice) -> Option<&'static str> {
         let drivers: Vec<&str> = d
             .driver
             .iter()
@@ -84,20 +103,31 @@ impl Selection {
         } else {
             drivers.iter().any(|v| self.drivers.accepts(Some(v)))
         };
-        self.device_nodes.accepts(d.devnode.as_deref())
-            && driver_ok
-            && self
-                .attributes
-                .iter()
-                .all(|(n, f)| f.accepts(d.attributes.get(n).map(String::as_str)))
-            && self
-                .parent_attributes
-                .iter()
-                .all(|(n, f)| f.accepts(nearest_attribute(d, n)))
-            && self
-                .properties
-                .iter()
-                .all(|(n, f)| f.accepts(d.properties.get(n).map(String::as_str)))
+        if !self.device_nodes.accepts(d.devnode.as_deref()) {
+            Some("deviceNodes")
+        } else if !driver_ok {
+            Some("drivers")
+        } else if !self
+            .attributes
+            .iter()
+            .all(|(n, f)| f.accepts(d.attributes.get(n).map(String::as_str)))
+        {
+            Some("attributes")
+        } else if !self
+            .parent_attributes
+            .iter()
+            .all(|(n, f)| f.accepts(nearest_attribute(d, n)))
+        {
+            Some("parentAttributes")
+        } else if !self
+            .properties
+            .iter()
+            .all(|(n, f)| f.accepts(d.properties.get(n).map(String::as_str)))
+        {
+            Some("properties")
+        } else {
+            None
+        }
     }
 
     /// The snapshot of the kept devices, grouped.
