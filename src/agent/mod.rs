@@ -8,6 +8,7 @@ mod metrics;
 pub mod node_status;
 mod plugins;
 pub mod presence;
+pub mod rounds;
 pub mod selector;
 pub mod slots;
 mod worker;

@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dowser_discovery_api::{Device, DiscoveryError, Properties, Snapshot, details::Selected};
+use dowser_discovery_api::{
+    Device, DiscoveryError, Progress, Properties, Snapshot, details::Selected,
+};
 use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Secret},
@@ -27,10 +29,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{instances::NodeInstances, metrics::Metrics, presence::Presence};
+use super::{instances::NodeInstances, metrics::Metrics, presence::Presence, rounds::Rounds};
 use crate::{
     apiserver,
-    crd::{CONFIGURATION_LABEL, Configuration, Instance, NodeDiscoveryStatus},
+    crd::{CONFIGURATION_LABEL, Configuration, DiscoveryRound, Instance, NodeDiscoveryStatus},
     device_instance::{InstanceId, instance},
     handlers,
 };
@@ -181,17 +183,24 @@ struct Worker {
     /// Devices gone whose Instance this node failed to leave (the API server was away), with
     /// that Instance's name: retried on every scan until the write goes through.
     unleft: BTreeMap<String, String>,
+    /// The counts of the handler's rounds, and when they are written.
+    rounds: Rounds,
+    /// When the health written last changed.
+    changed_at: Option<Time>,
+    /// Where the running handler reports its rounds.
+    progress: Progress,
 }
 
 impl Worker {
     fn new(shared: Arc<Shared>, config: Arc<Configuration>, shared_devices: bool) -> Self {
         // What this node reported before a restart stands until the properties resolve: if
         // they cannot, the brokers here keep running as they are.
-        let properties_version = config
+        let entry = config
             .status
             .as_ref()
-            .and_then(|s| s.nodes.iter().find(|n| n.node == shared.node))
-            .and_then(|n| n.properties_version.clone());
+            .and_then(|s| s.nodes.iter().find(|n| n.node == shared.node));
+        let properties_version = entry.and_then(|n| n.properties_version.clone());
+        let rounds = Rounds::resume(entry.and_then(|n| n.last_round.clone()), Instant::now());
         Self {
             namespace: config.namespace().unwrap_or_default(),
             name: config.name_any(),
@@ -206,6 +215,9 @@ impl Worker {
             properties_version,
             properties_failed: false,
             unleft: BTreeMap::new(),
+            rounds,
+            progress: Progress::enabled(),
+            changed_at: None,
         }
     }
 
@@ -275,6 +287,9 @@ impl Worker {
                 };
             }
         };
+        self.progress = Progress::enabled();
+        self.rounds.restarted();
+        let properties = properties.with_progress(self.progress.clone());
         let mut stream = match handlers::discover(selected, properties) {
             Ok(s) => s,
             Err(e) => {
@@ -320,6 +335,10 @@ impl Worker {
             snapshot.len(),
             snapshot.round(),
         );
+        if let Some(state) = self.progress.state() {
+            self.rounds
+                .observed(&state, snapshot.round(), Time(Timestamp::now()));
+        }
         self.problems = snapshot.problems().to_vec();
         let changed = self.presence.observe(&snapshot, Instant::now());
         for device in &changed {
@@ -385,10 +404,18 @@ impl Worker {
         }
     }
 
-    /// Writes this node's health to the Configuration, unless it is what was written last.
+    /// Writes this node's health to the Configuration, unless it is what was written last
+    /// and the counts of the rounds are not due ([`Rounds`]).
     async fn report_if_changed(&mut self, health: Health) {
-        if self.last_health.as_ref() != Some(&health) {
-            report(&self.shared, &self.config, &health).await;
+        let now = Instant::now();
+        let changed = self.last_health.as_ref() != Some(&health);
+        if changed || self.rounds.due(now) {
+            if changed || self.changed_at.is_none() {
+                self.changed_at = Some(Time(Timestamp::now()));
+            }
+            let round = self.rounds.to_write(now);
+            let at = self.changed_at.clone();
+            report(&self.shared, &self.config, &health, at, round).await;
             self.last_health = Some(health);
         }
     }
@@ -532,14 +559,21 @@ async fn apply_node_status(
 }
 
 /// Writes this node's entry of `status.nodes` in the Configuration.
-async fn report(shared: &Shared, config: &Configuration, health: &Health) {
+async fn report(
+    shared: &Shared,
+    config: &Configuration,
+    health: &Health,
+    last_change: Option<Time>,
+    last_round: Option<DiscoveryRound>,
+) {
     let entry = NodeDiscoveryStatus {
         node: shared.node.clone(),
         devices: u32::try_from(health.devices).unwrap_or(u32::MAX),
         error: health.error.clone(),
         problems: health.problems.clone(),
         properties_version: health.properties_version.clone(),
-        last_change: Some(Time(Timestamp::now())),
+        last_change: last_change.or_else(|| Some(Time(Timestamp::now()))),
+        last_round,
     };
     if let Err(e) = apply_node_status(shared, config, Some(entry)).await {
         warn!(error = %e, "cannot write discovery health");
@@ -554,7 +588,7 @@ pub async fn report_refusal(shared: &Shared, config: &Configuration, why: &str) 
         problems: Vec::new(),
         properties_version: None,
     };
-    report(shared, config, &health).await;
+    report(shared, config, &health, None, None).await;
 }
 
 /// Removes this node's entry of `status.nodes` in the Configuration.

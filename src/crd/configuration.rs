@@ -319,4 +319,83 @@ pub struct NodeDiscoveryStatus {
     /// an unchanged node costs the API server nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<Time>,
+    /// What discovery did on this node in its latest round that was written: the targets
+    /// it tried, which answered, which a filter left out, which failed
+    /// (`kubectl dowser why`). Written with any other change of this entry, after the first
+    /// round each time discovery starts (a new spec, a changed Secret), and otherwise at
+    /// most every 5 minutes while only these counts change. Absent for a handler that
+    /// reports no counts (an external handler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_round: Option<DiscoveryRound>,
+}
+
+/// The counts of one discovery round on one node. A target is what the handler tries: a
+/// Modbus TCP host and port, a unit on an RTU line, an OPC UA discovery URL or server, a
+/// camera or BACnet device that answered a probe; for event-driven handlers (mDNS, BLE,
+/// USB serial, udev), each service, advertiser, port or device they know of when the
+/// round's snapshot was made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryRound {
+    /// When a round first gave these counts (later rounds that give the same counts leave
+    /// them, and this time, as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
+    /// How long the round took, in milliseconds (handlers that work in rounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u32>,
+    /// Targets tried.
+    #[serde(default)]
+    pub tried: u32,
+    /// Targets that answered (the rest were silent: nothing listening, no reply in time).
+    #[serde(default)]
+    pub answered: u32,
+    /// Devices found.
+    #[serde(default)]
+    pub found: u32,
+    /// Targets that answered but could not be used: not the protocol, a malformed answer,
+    /// refused credentials (the node's `problems` name those a user must act on).
+    #[serde(default)]
+    pub failed: u32,
+    /// Targets that answered but were left out, by the field of the discovery details whose
+    /// filter left them out (such as `vendorNames: 3`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u32>,
+}
+
+impl DiscoveryRound {
+    /// What the round says, in words a user acts on (`kubectl dowser why`, `dowser
+    /// discover`): the devices found, else why none: nothing to try, nothing answered, or
+    /// what became of the targets that answered.
+    pub fn verdict(&self) -> String {
+        let plural =
+            |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut reasons: Vec<String> = self
+            .dropped
+            .iter()
+            .map(|(field, n)| format!("{n} left out by {field}"))
+            .collect();
+        if self.failed > 0 {
+            reasons.push(format!("{} answered but could not be used", self.failed));
+        }
+        let targets = plural(self.tried, "target", "targets");
+        if self.found > 0 {
+            let mut parts = vec![format!("{} found", plural(self.found, "device", "devices"))];
+            parts.extend(reasons);
+            parts.join("; ")
+        } else if self.tried == 0 {
+            "nothing to try: the handler saw no target (no address, line, service or device)"
+                .to_string()
+        } else if self.answered == 0 {
+            format!("none of {targets} answered: nothing listening, or no reply in time")
+        } else if reasons.is_empty() {
+            format!("{} of {targets} answered, none is a device", self.answered)
+        } else {
+            format!(
+                "{} of {targets} answered, none kept: {}",
+                self.answered,
+                reasons.join(", ")
+            )
+        }
+    }
 }
