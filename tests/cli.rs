@@ -137,6 +137,30 @@ async fn json_output_lists_instances_resources_and_env() {
     assert_eq!(attributes["namespace"]["string"], "plant");
     assert_eq!(attributes["instance"]["string"], name);
     assert!(stderr.contains("plc-line3 found 2 devices"));
+    // Found, so nothing more to say of units 2 (silent) and 3.
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_configuration_that_finds_nothing_says_why() {
+    let device = sim(vec![
+        UnitConfig::identified(1, "Acme", "PLC-100", "1.2"),
+        UnitConfig::identified(3, "Acme", "IO-8", "2.0"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let picky = modbus_config(device.addr).replace(
+        "      requestTimeoutMs: 300",
+        "      requestTimeoutMs: 300\n      vendorNames: {include: [Other]}",
+    );
+    let file = write_config(dir.path(), "c.yaml", &picky);
+    let (list, stderr) = discover_json(file, &[]).await;
+    assert!(list.is_empty());
+    assert!(
+        stderr.contains("plc-line3 found 0 devices in")
+            && stderr.contains("  2 of 3 targets answered, none kept: 2 left out by vendorNames"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use kube::ResourceExt;
 
 use crate::{
-    crd::Configuration,
+    crd::{Configuration, DiscoveryRound},
     device_instance::{DeviceInstance, instance_for},
     handlers, validate,
 };
@@ -122,7 +122,7 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<i32> {
     let mut all = Vec::new();
     for (config, props) in configs.iter().zip(resolved) {
         let started = Instant::now();
-        let snapshot = once(config, props, args.timeout).await?;
+        let (snapshot, counts) = once(config, props, args.timeout).await?;
         eprintln!(
             "{} found {} device{} in {:.2} s",
             config.metadata.name.as_deref().unwrap_or(""),
@@ -130,6 +130,9 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<i32> {
             if snapshot.len() == 1 { "" } else { "s" },
             started.elapsed().as_secs_f64()
         );
+        if let Some(why) = counts.as_ref().and_then(why) {
+            eprintln!("  {why}");
+        }
         for problem in snapshot.problems() {
             eprintln!("  problem: {problem}");
         }
@@ -260,7 +263,19 @@ fn find_external(config: &Configuration) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn once(config: &Configuration, props: Properties, timeout: u64) -> anyhow::Result<Snapshot> {
+/// What a round's counts add to the number of devices found: why none were, or what else
+/// the round left out (`None` when there is nothing to add).
+fn why(counts: &DiscoveryRound) -> Option<String> {
+    let more = counts.found == 0 || counts.failed > 0 || !counts.dropped.is_empty();
+    more.then(|| counts.verdict())
+}
+
+/// One round; with its counts when the handler reports them.
+async fn once(
+    config: &Configuration,
+    props: Properties,
+    timeout: u64,
+) -> anyhow::Result<(Snapshot, Option<DiscoveryRound>)> {
     find_external(config)?;
     let handler = selected(config);
     let mut indicator = Indicator::new(config, true);
@@ -279,7 +294,10 @@ async fn once(config: &Configuration, props: Properties, timeout: u64) -> anyhow
     match next {
         Err(_) => anyhow::bail!("discovery did not finish within {timeout} s (--timeout)"),
         Ok(None) => anyhow::bail!("the {} handler stopped without a result", handler.name()),
-        Ok(Some(result)) => Ok(result?),
+        Ok(Some(result)) => {
+            let snapshot = result?;
+            Ok((snapshot, indicator.counts()))
+        }
     }
 }
 
@@ -318,6 +336,9 @@ async fn watch(
                 }
                 let now = time_of_day();
                 eprintln!("[{now}] {} device(s)", snapshot.len());
+                if let Some(why) = indicator.counts().as_ref().and_then(why) {
+                    eprintln!("  {why}");
+                }
                 for problem in snapshot.problems() {
                     eprintln!("  problem: {problem}");
                 }
@@ -418,7 +439,10 @@ fn render(previews: &[DeviceInstance], output: Output) -> anyhow::Result<String>
 /// ([`dowser_discovery_api::progress`]), then the targets tried of the total, the devices
 /// found so far, the time elapsed and the time left at the rate so far.
 struct Indicator {
+    /// Always counting: the counts of a round say why devices are or are not found.
     progress: Progress,
+    /// Whether the line is drawn (stderr is a terminal).
+    drawn: bool,
     label: String,
     /// Spin while no round is reported (one round awaited); else show rounds only.
     spin: bool,
@@ -435,11 +459,8 @@ impl Indicator {
         // indicatif's rule for drawing on stderr, asked once.
         let drawn = !indicatif::ProgressDrawTarget::stderr().is_hidden();
         Self {
-            progress: if drawn {
-                Progress::enabled()
-            } else {
-                Progress::disabled()
-            },
+            progress: Progress::enabled(),
+            drawn,
             label: format!(
                 "{} {}",
                 selected(config).name(),
@@ -456,8 +477,14 @@ impl Indicator {
         self.progress.clone()
     }
 
+    /// The counts of the latest round, when the handler reports them.
+    fn counts(&self) -> Option<DiscoveryRound> {
+        let state = self.progress.state()?;
+        Some(crate::agent::rounds::counts(&state, None, None))
+    }
+
     fn update(&mut self) {
-        if !self.progress.is_enabled() {
+        if !self.drawn {
             return;
         }
         let running = self.progress.state().filter(|s| !s.finished);
@@ -562,6 +589,9 @@ mod tests {
             round: 1,
             total,
             tried,
+            answered: found,
+            failed: 0,
+            dropped: Default::default(),
             found,
             elapsed: Duration::from_millis(elapsed_ms),
             finished: false,
