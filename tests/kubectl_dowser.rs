@@ -1,5 +1,6 @@
 //! `kubectl dowser` (the plugin built from `kubectl-dowser/`) run by the real kubectl against a
-//! real API server: the tree of a Configuration with a broker, approving as an approver and
+//! real API server: why each node finds a Configuration's devices or not (the counts real
+//! agents report), the tree of a Configuration with a broker, approving as an approver and
 //! as the agent, revoking; and what approval is on the control plane: RBAC (who may approve),
 //! the API server refusing a forged approver, nothing offered before approval, and another
 //! device answering in the approved one's place losing its broker.
@@ -15,7 +16,7 @@ use common::{
     cluster::{Cluster, kubectl_output},
     controller::ControllerProcess,
     eventually,
-    plant::{Plant, device, device_of, modbus_config, running_brokers},
+    plant::{Plant, device, device_of, modbus_config, modbus_configuration, running_brokers},
 };
 use dowser::crd::{Configuration, DeviceApproval, Instance};
 use k8s_openapi::api::core::v1::Pod;
@@ -195,6 +196,106 @@ async fn kubectl_dowser_shows_the_tree_and_approves_and_revokes_as_whoever_runs_
             && said.contains("spec.approvedBy must name the identity approving"),
         "{said}"
     );
+
+    // Why: a Configuration whose filter leaves the PLC out, beside an address where nothing
+    // listens. Each node's agent reports its round; the plugin says why nothing is found.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut picky = modbus_configuration("picky", &[sim.addr.port(), closed_port], 300);
+    picky["spec"]["discovery"]["modbus"]["vendorNames"] = json!({"include": ["Other.*"]});
+    plant.apply(picky).await;
+    eventually(60, "each node's counts of a round of picky", || async {
+        let status = configs.get("picky").await.ok()?.status?;
+        let counted = status
+            .nodes
+            .iter()
+            .filter(|n| n.last_round.is_some())
+            .count();
+        (counted == 3).then_some(())
+    })
+    .await;
+    let why = ok(&kubectl_dowser(cluster, &admin, &["why", "picky"]));
+    let mut lines = why.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NODE", "DEVICES", "TRIED", "ANSWERED", "DROPPED", "FAILED", "SINCE", "WHY"
+        ],
+        "{why}"
+    );
+    for node in ["node-a", "node-b", "node-c"] {
+        let line = lines.next().unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            cells[..6],
+            [node, "0", "2", "1", "vendorNames=1", "0"],
+            "{why}"
+        );
+        assert!(
+            line.ends_with("1 of 2 targets answered, none kept: 1 left out by vendorNames"),
+            "{why}"
+        );
+    }
+    // The device that is kept says so; wide adds what was silent; -A adds the namespace.
+    let gated_why = ok(&kubectl_dowser(
+        cluster,
+        &admin,
+        &["why", "gated", "-o", "wide"],
+    ));
+    assert!(
+        gated_why.lines().next().unwrap().contains("SILENT"),
+        "{gated_why}"
+    );
+    assert_eq!(
+        gated_why.matches("1 device found").count(),
+        3,
+        "{gated_why}"
+    );
+    let everywhere = ok(&kubectl_dowser(cluster, &admin, &["why", "-A"]));
+    assert!(
+        everywhere.starts_with("NAMESPACE") && everywhere.contains("CONFIGURATION"),
+        "{everywhere}"
+    );
+    assert_eq!(everywhere.lines().count(), 1 + 6, "{everywhere}");
+    // The objects: the Configuration with every node's counts.
+    let listed: serde_json::Value = serde_json::from_str(&ok(&kubectl_dowser(
+        cluster,
+        &admin,
+        &["why", "picky", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(listed["kind"], "List");
+    assert_eq!(listed["items"][0]["kind"], "Configuration");
+    assert_eq!(
+        listed["items"][0]["status"]["nodes"][0]["lastRound"]["dropped"]["vendorNames"],
+        1
+    );
+    // Someone who may read Configurations but not Nodes sees every report, and is told
+    // what is left out.
+    let partial = kubectl_dowser(cluster, &approver, &["why", "picky"]);
+    assert!(ok(&partial).contains("vendorNames=1"));
+    assert!(
+        String::from_utf8_lossy(&partial.stderr)
+            .contains("warning: nodes without a report left out"),
+        "{}",
+        String::from_utf8_lossy(&partial.stderr)
+    );
+    // A filter the user widens: the next round's counts are in the status at once.
+    let mut widened = modbus_configuration("picky", &[sim.addr.port(), closed_port], 300);
+    widened["spec"]["discovery"]["modbus"]["vendorNames"] = json!({"include": ["Acme"]});
+    plant.apply(widened).await;
+    eventually(60, "picky finds the PLC on every node", || async {
+        let out = kubectl_dowser(cluster, &admin, &["why", "picky"]);
+        (String::from_utf8_lossy(&out.stdout)
+            .matches("1 device found")
+            .count()
+            == 3)
+            .then_some(())
+    })
+    .await;
+    configs.delete("picky", &Default::default()).await.unwrap();
 
     // Waiting: the tree says so and what to do.
     let pending = ok(&kubectl_dowser(cluster, &admin, &["tree", "gated"]));

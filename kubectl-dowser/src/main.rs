@@ -4,14 +4,17 @@
 //! - `tree [CONFIG]`: a Configuration, its Instances, the nodes that see each, their slots
 //!   and holders, and the broker Pods, Jobs and Services, in one screen;
 //! - `approve INSTANCE...`: a DeviceApproval for each device, as whoever runs it;
-//! - `revoke INSTANCE...`: their DeviceApprovals deleted.
+//! - `revoke INSTANCE...`: their DeviceApprovals deleted;
+//! - `why [CONFIG]`: per node, why devices are or are not found (the counts of each
+//!   agent's latest discovery round).
 //!
-//! The rules and the text are pure ([`tree`], [`approve`], [`output`]); this file reads and
-//! writes the cluster.
+//! The rules and the text are pure ([`tree`], [`approve`], [`why`], [`output`]); this file
+//! reads and writes the cluster.
 
 mod approve;
 mod output;
 mod tree;
+mod why;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
@@ -20,7 +23,7 @@ use dowser::{
     crd::{CONFIGURATION_LABEL, Configuration, DeviceApproval, Instance},
     naming,
 };
-use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::{authentication::v1::SelfSubjectReview, core::v1::Node};
 use kube::{
     Api, Client, Config, Resource, ResourceExt,
     api::{DeleteParams, ListParams, PostParams, Preconditions},
@@ -84,6 +87,16 @@ enum Command {
         #[arg(required = true, value_name = "INSTANCE")]
         instances: Vec<String>,
     },
+    /// Per node, why devices are or are not found: the targets the latest discovery round
+    /// tried, which answered, which a filter left out (by the field of the details), which
+    /// failed; nodes the nodeSelector selects where no agent reports; errors and problems.
+    Why {
+        /// The Configuration (default: every one in the namespace).
+        config: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -140,6 +153,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Revoke { instances } => revoke(&client, &namespace, &instances, cli.output).await,
+        Command::Why {
+            config,
+            all_namespaces,
+        } => {
+            let style = Style {
+                all_namespaces,
+                ..style
+            };
+            let scope = (!all_namespaces).then_some(namespace.as_str());
+            why(&client, scope, config.as_deref(), cli.output, style).await
+        }
     }
 }
 
@@ -223,18 +247,19 @@ where
     }
 }
 
-async fn tree(
+/// The Configuration named, or every one in scope; `None` when the one named cannot be
+/// read (said on stderr).
+async fn configurations(
     client: &Client,
+    command: &str,
     namespace: Option<&str>,
     config: Option<&str>,
-    format: Option<Format>,
-    style: Style,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Option<Vec<Configuration>>> {
     let configs: Api<Configuration> = api(client, namespace);
     let configurations = match config {
         Some(arg) => {
             let Some(name) = approve::configuration_name(arg) else {
-                anyhow::bail!("tree takes a Configuration, not {arg:?}");
+                anyhow::bail!("{command} takes a Configuration, not {arg:?}");
             };
             if namespace.is_none() {
                 anyhow::bail!(
@@ -246,7 +271,7 @@ async fn tree(
                 Ok(c) => vec![c],
                 Err(e) => {
                     eprintln!("{}", server_error(&e));
-                    return Ok(ExitCode::FAILURE);
+                    return Ok(None);
                 }
             }
         }
@@ -263,6 +288,21 @@ async fn tree(
             Some(ns) => eprintln!("No Configurations found in {ns} namespace."),
             None => eprintln!("No Configurations found."),
         }
+    }
+    Ok(Some(configurations))
+}
+
+async fn tree(
+    client: &Client,
+    namespace: Option<&str>,
+    config: Option<&str>,
+    format: Option<Format>,
+    style: Style,
+) -> anyhow::Result<ExitCode> {
+    let Some(configurations) = configurations(client, "tree", namespace, config).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if configurations.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     // One Configuration: what carries its label; several: what carries the label at all.
@@ -290,6 +330,49 @@ async fn tree(
         }
     };
     print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn why(
+    client: &Client,
+    namespace: Option<&str>,
+    config: Option<&str>,
+    format: Option<Format>,
+    style: Style,
+) -> anyhow::Result<ExitCode> {
+    let Some(configurations) = configurations(client, "why", namespace, config).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if configurations.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(f @ (Format::Json | Format::Yaml)) = format {
+        print!(
+            "{}",
+            output::print_list(&output::list(&configurations)?, f)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The Nodes show where the nodeSelector wants discovery but no agent reports; someone
+    // who may not list them still sees every report.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes = match nodes.list(&ListParams::default()).await {
+        Ok(l) => Some(l.items),
+        Err(e) if is_forbidden(&e) => {
+            eprintln!(
+                "warning: nodes without a report left out: {}",
+                server_error(&e)
+            );
+            None
+        }
+        Err(e) => return Err(anyhow::anyhow!(server_error(&e))),
+    };
+    let rows = why::rows(&configurations, nodes.as_deref());
+    let several = config.is_none();
+    print!(
+        "{}",
+        why::render(&rows, format == Some(Format::Wide), several, &style, now())
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -548,5 +631,11 @@ mod tests {
         assert_eq!(reason.as_deref(), Some("line 3"));
         assert!(Cli::try_parse_from(["kubectl-dowser", "approve"]).is_err());
         assert!(Cli::try_parse_from(["kubectl-dowser", "tree", "-o", "name"]).is_err());
+        let cli =
+            Cli::try_parse_from(["kubectl-dowser", "why", "plc-line3", "-o", "wide"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Why { config: Some(ref c), all_namespaces: false } if c == "plc-line3"
+        ));
     }
 }

@@ -118,6 +118,46 @@ pub fn list<T: Serialize>(items: &[T]) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// A table as kubectl prints one: upper-case headers, columns three spaces apart, each cell
+/// coloured by its health (padding stays outside the colour codes), no trailing spaces.
+pub fn table(headers: &[&str], rows: &[Vec<(String, Health)>], style: &Style) -> String {
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|(text, _)| text.chars().count())
+                .chain([headers[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<(String, String)>| {
+        let mut l = String::new();
+        for (i, (shown, text)) in cells.into_iter().enumerate() {
+            if i > 0 {
+                l.push_str("   ");
+            }
+            l.push_str(&shown);
+            l.push_str(&" ".repeat(widths[i].saturating_sub(text.chars().count())));
+        }
+        format!("{}\n", l.trim_end())
+    };
+    let mut out = line(
+        headers
+            .iter()
+            .map(|h| (h.to_string(), h.to_string()))
+            .collect(),
+    );
+    for row in rows {
+        out.push_str(&line(
+            row.iter()
+                .map(|(text, health)| (style.paint(text, *health), text.clone()))
+                .collect(),
+        ));
+    }
+    out
+}
+
 /// A `List` printed as JSON or YAML.
 pub fn print_list(list: &serde_json::Value, format: Format) -> anyhow::Result<String> {
     Ok(match format {
@@ -166,6 +206,35 @@ mod tests {
         assert_eq!(on.paint("Running", Health::Good), "\x1b[32mRunning\x1b[0m");
         assert_eq!(on.paint("ClusterIP", Health::Plain), "ClusterIP");
         assert_eq!(Style::default().paint("Failed", Health::Bad), "Failed");
+    }
+
+    #[test]
+    fn tables_align_columns_whatever_the_colour() {
+        let rows = vec![
+            vec![
+                ("node-a".to_string(), Health::Plain),
+                ("ok".to_string(), Health::Good),
+                ("1".to_string(), Health::Plain),
+            ],
+            vec![
+                ("b".to_string(), Health::Plain),
+                ("failing".to_string(), Health::Bad),
+                (String::new(), Health::Plain),
+            ],
+        ];
+        assert_eq!(
+            table(&["NODE", "STATE", "N"], &rows, &Style::default()),
+            "NODE     STATE     N\nnode-a   ok        1\nb        failing\n"
+        );
+        let on = Style {
+            colour: true,
+            ..Style::default()
+        };
+        let coloured = table(&["NODE", "STATE", "N"], &rows, &on);
+        assert!(
+            coloured.contains("node-a   \x1b[32mok\x1b[0m        1\n"),
+            "{coloured}"
+        );
     }
 
     #[test]
