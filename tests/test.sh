@@ -68,15 +68,43 @@ trap - EXIT
 grep PASS "$smoke_log" >&2 || true
 rm -f "$smoke_log"
 
-step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI"
-# One test binary after the other: run in two streams side by side the suite took 867 s
-# instead of 1,236, but under that load two tests failed (the fake kubelet's order of status
-# and PodResources, since fixed; the flapping device of tests/reliability.rs, whose absences
-# are since bounded by the clock). Streams return only after several clean runs with them.
+step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling on a real control plane with fake kubelets, validation catalogue, CLI; real nodes"
+# Built once, for every stream below.
+cargo test --workspace --no-run --quiet
+# Two streams. The real-node tests (tests/real_node.rs) mostly wait for the kubelet and
+# containerd: they run beside the tests that boot no more than one small control plane at
+# a time (everything but HEAVY), and the HEAVY binaries, each booting many control planes
+# with fake kubelets, run alone afterwards. A new test file joins the first stream.
+heavy="controller agent faults nodes reliability"
+real="real_node"
+light=$(cargo metadata --no-deps --format-version 1 | python3 -c '
+import json, sys
+skip = set(sys.argv[1].split())
+root = [p for p in json.load(sys.stdin)["packages"] if p["name"] == "dowser"][0]
+print(" ".join(sorted(t["name"] for t in root["targets"]
+                      if "test" in t["kind"] and t["name"] not in skip)))' "$heavy $real")
+as_tests() { for t in $1; do printf -- '--test %s ' "$t"; done; }
 set +e   # a failing test must still reach the summary below
-cargo test --workspace --no-fail-fast 2>&1 | tee "$cache/last-test.log"
-status=${PIPESTATUS[0]}
+real_log="$cache/last-test-real-node.log"
+cargo test --no-fail-fast -p dowser $(as_tests "$real") >"$real_log" 2>&1 &
+real_pid=$!
+{
+  cargo test --workspace --exclude dowser --no-fail-fast
+  echo "test stream exit $?"
+  cargo test -p dowser --no-fail-fast --lib --bins $(as_tests "$light")
+  echo "test stream exit $?"
+  cargo test -p dowser --no-fail-fast --doc
+  echo "test stream exit $?"
+} 2>&1 | tee "$cache/last-test.log"
+wait "$real_pid"
+echo "test stream exit $?" >>"$real_log"
+cat "$real_log"
+cargo test -p dowser --no-fail-fast $(as_tests "$heavy") 2>&1 | tee -a "$cache/last-test.log"
+echo "test stream exit ${PIPESTATUS[0]}" >>"$cache/last-test.log"
+cat "$real_log" >>"$cache/last-test.log"
 set -e
+status=0
+grep -q "^test stream exit [1-9]" "$cache/last-test.log" && status=1
 
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$cache/last-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$cache/last-test.log" | awk '{s+=$1} END {print s+0}')
