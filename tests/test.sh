@@ -73,21 +73,34 @@ step "tests: unit, protocol (dowser-sim, pymodbus, asyncua), CRDs and scheduling
 cargo test --workspace --no-run --quiet
 # Two streams. The real-node tests (tests/real_node.rs) mostly wait for the kubelet and
 # containerd: they run beside the tests that boot no more than one small control plane at
-# a time (everything but HEAVY), and the HEAVY binaries, each booting many control planes
-# with fake kubelets, run alone afterwards. A new test file joins the first stream.
-heavy="controller agent faults nodes reliability"
+# a time (everything below but HEAVY; a new test file joins them). Then the HEAVY binaries,
+# each booting one control plane with three fake kubelets and agents per test (its tests
+# one at a time, the next one's control plane booting meanwhile): two streams of two, then
+# tests/reliability.rs alone, whose flapping device is timed against its grace period.
+heavy_a="controller faults"
+heavy_b="agent nodes"
+alone="reliability"
 real="real_node"
 light=$(cargo metadata --no-deps --format-version 1 | python3 -c '
 import json, sys
 skip = set(sys.argv[1].split())
 root = [p for p in json.load(sys.stdin)["packages"] if p["name"] == "dowser"][0]
 print(" ".join(sorted(t["name"] for t in root["targets"]
-                      if "test" in t["kind"] and t["name"] not in skip)))' "$heavy $real")
+                      if "test" in t["kind"] and t["name"] not in skip)))' "$heavy_a $heavy_b $alone $real")
 as_tests() { for t in $1; do printf -- '--test %s ' "$t"; done; }
+log="$cache/last-test.log"
+beside="$cache/last-test-beside.log"
+# `cargo test` in the background, its output kept in $beside until it is printed.
+in_background() {
+  { cargo test -p dowser --no-fail-fast "$@"; echo "test stream exit $?"; } >"$beside" 2>&1 &
+  beside_pid=$!
+}
+background_done() {
+  wait "$beside_pid"
+  tee -a "$log" <"$beside"
+}
 set +e   # a failing test must still reach the summary below
-real_log="$cache/last-test-real-node.log"
-cargo test --no-fail-fast -p dowser $(as_tests "$real") >"$real_log" 2>&1 &
-real_pid=$!
+in_background $(as_tests "$real")
 {
   cargo test --workspace --exclude dowser --no-fail-fast
   echo "test stream exit $?"
@@ -95,19 +108,24 @@ real_pid=$!
   echo "test stream exit $?"
   cargo test -p dowser --no-fail-fast --doc
   echo "test stream exit $?"
-} 2>&1 | tee "$cache/last-test.log"
-wait "$real_pid"
-echo "test stream exit $?" >>"$real_log"
-cat "$real_log"
-cargo test -p dowser --no-fail-fast $(as_tests "$heavy") 2>&1 | tee -a "$cache/last-test.log"
-echo "test stream exit ${PIPESTATUS[0]}" >>"$cache/last-test.log"
-cat "$real_log" >>"$cache/last-test.log"
+} 2>&1 | tee "$log"
+background_done
+in_background $(as_tests "$heavy_a")
+{
+  cargo test -p dowser --no-fail-fast $(as_tests "$heavy_b")
+  echo "test stream exit $?"
+} 2>&1 | tee -a "$log"
+background_done
+{
+  cargo test -p dowser --no-fail-fast $(as_tests "$alone")
+  echo "test stream exit $?"
+} 2>&1 | tee -a "$log"
 set -e
 status=0
-grep -q "^test stream exit [1-9]" "$cache/last-test.log" && status=1
+grep -q "^test stream exit [1-9]" "$log" && status=1
 
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$cache/last-test.log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "$cache/last-test.log" | awk '{s+=$1} END {print s+0}')
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 printf '\ndowser tests finished in %ss\n' "$(( $(date +%s) - started ))" >&2
 echo "${passed} passed, ${failed} failed"
 exit "$status"

@@ -247,14 +247,14 @@ where
     }
 }
 
-/// The Configuration named, or every one in scope; `None` when the one named cannot be
-/// read (said on stderr).
+/// The Configuration named, or every one in scope; else the exit status, once stderr has
+/// said why: the one named cannot be read (failure), or there are none (success).
 async fn configurations(
     client: &Client,
     command: &str,
     namespace: Option<&str>,
     config: Option<&str>,
-) -> anyhow::Result<Option<Vec<Configuration>>> {
+) -> anyhow::Result<Result<Vec<Configuration>, ExitCode>> {
     let configs: Api<Configuration> = api(client, namespace);
     let configurations = match config {
         Some(arg) => {
@@ -271,7 +271,7 @@ async fn configurations(
                 Ok(c) => vec![c],
                 Err(e) => {
                     eprintln!("{}", server_error(&e));
-                    return Ok(None);
+                    return Ok(Err(ExitCode::FAILURE));
                 }
             }
         }
@@ -288,8 +288,9 @@ async fn configurations(
             Some(ns) => eprintln!("No Configurations found in {ns} namespace."),
             None => eprintln!("No Configurations found."),
         }
+        return Ok(Err(ExitCode::SUCCESS));
     }
-    Ok(Some(configurations))
+    Ok(Ok(configurations))
 }
 
 async fn tree(
@@ -299,12 +300,10 @@ async fn tree(
     format: Option<Format>,
     style: Style,
 ) -> anyhow::Result<ExitCode> {
-    let Some(configurations) = configurations(client, "tree", namespace, config).await? else {
-        return Ok(ExitCode::FAILURE);
+    let configurations = match configurations(client, "tree", namespace, config).await? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
     };
-    if configurations.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
     // One Configuration: what carries its label; several: what carries the label at all.
     let selector = match config {
         Some(_) => format!(
@@ -340,12 +339,10 @@ async fn why(
     format: Option<Format>,
     style: Style,
 ) -> anyhow::Result<ExitCode> {
-    let Some(configurations) = configurations(client, "why", namespace, config).await? else {
-        return Ok(ExitCode::FAILURE);
+    let configurations = match configurations(client, "why", namespace, config).await? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
     };
-    if configurations.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
     if let Some(f @ (Format::Json | Format::Yaml)) = format {
         print!(
             "{}",

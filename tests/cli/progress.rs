@@ -135,14 +135,19 @@ fn a_long_sweep_shows_progress_on_a_terminal_and_nothing_when_piped() {
     let stderr = text(&piped.stderr);
     assert!(piped.status.success(), "{stderr}");
     assert_eq!(text(&piped.stdout), "No devices found.\n");
-    // One line of result, nothing drawn: no progress, no spinner, no escape sequences.
+    // The result and why nothing was found, nothing drawn: no progress, no spinner, no
+    // escape sequences.
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr:?}");
+    assert_eq!(lines.len(), 2, "{stderr:?}");
     assert!(
         lines[0].starts_with("loopback-sweep found 0 devices in "),
         "{stderr:?}"
     );
-    for drawn in ["targets", "discovering", "ETA", "\x1b", "\r"] {
+    assert_eq!(
+        lines[1],
+        "  none of 250 targets answered: nothing listening, or no reply in time"
+    );
+    for drawn in ["/250 targets", "discovering", "ETA", "\x1b", "\r"] {
         assert!(!stderr.contains(drawn), "{drawn:?} in {stderr:?}");
     }
 
@@ -177,12 +182,15 @@ fn a_long_sweep_shows_progress_on_a_terminal_and_nothing_when_piped() {
         midway.unwrap()
     );
 
-    // A terminal that cannot redraw a line gets the result only, as a pipe does.
+    // A terminal that cannot redraw a line gets what a pipe gets.
     let (dumb, terminal) = on_terminal(dowser(&file, "dumb"));
     assert!(dumb.status.success(), "{terminal}");
     assert_eq!(dumb.stdout, piped.stdout);
+    let dumb_lines: Vec<&str> = terminal.lines().collect();
     assert!(
-        terminal.starts_with("loopback-sweep found 0 devices in ") && terminal.lines().count() == 1,
+        dumb_lines.len() == 2
+            && dumb_lines[0].starts_with("loopback-sweep found 0 devices in ")
+            && dumb_lines[1].trim_end() == lines[1],
         "{terminal:?}"
     );
 }
