@@ -77,8 +77,8 @@ cargo test --workspace --no-run --quiet
 # each booting one control plane with three fake kubelets and agents per test (its tests
 # one at a time, the next one's control plane booting meanwhile): two streams of two, then
 # tests/reliability.rs alone, whose flapping device is timed against its grace period.
-heavy_a="controller faults"
-heavy_b="agent nodes"
+heavy_a="controller nodes"
+heavy_b="agent faults"
 alone="reliability"
 real="real_node"
 light=$(cargo metadata --no-deps --format-version 1 | python3 -c '
