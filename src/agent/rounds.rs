@@ -56,7 +56,7 @@ impl Rounds {
     /// A round ended with these counts (`took`: how long, for handlers that work in rounds).
     /// `at` stays the time these counts were first seen while rounds give the same.
     pub fn observed(&mut self, state: &State, took: Option<Duration>, at: Time) {
-        let mut round = counts(state, took, Some(at));
+        let mut round = DiscoveryRound::of(state, took, Some(at));
         if let Some(latest) = &self.latest
             && same_counts(latest, &round)
         {
@@ -87,24 +87,6 @@ impl Rounds {
             self.started = false;
         }
         Some(latest)
-    }
-}
-
-/// The counts of a round as the status holds them.
-pub fn counts(state: &State, took: Option<Duration>, at: Option<Time>) -> DiscoveryRound {
-    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-    DiscoveryRound {
-        at,
-        duration_ms: took.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
-        tried: small(state.tried),
-        answered: small(state.answered),
-        found: small(state.found),
-        failed: small(state.failed),
-        dropped: state
-            .dropped
-            .iter()
-            .map(|(field, n)| (field.to_string(), small(*n)))
-            .collect(),
     }
 }
 

@@ -480,7 +480,7 @@ impl Indicator {
     /// The counts of the latest round, when the handler reports them.
     fn counts(&self) -> Option<DiscoveryRound> {
         let state = self.progress.state()?;
-        Some(crate::agent::rounds::counts(&state, None, None))
+        Some(DiscoveryRound::of(&state, None, None))
     }
 
     fn update(&mut self) {

@@ -364,6 +364,29 @@ pub struct DiscoveryRound {
 }
 
 impl DiscoveryRound {
+    /// The counts of a round as a handler reported them (`took`: how long it took, for
+    /// handlers that work in rounds; `at`: when).
+    pub fn of(
+        state: &dowser_discovery_api::progress::State,
+        took: Option<std::time::Duration>,
+        at: Option<Time>,
+    ) -> Self {
+        let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            at,
+            duration_ms: took.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            tried: small(state.tried),
+            answered: small(state.answered),
+            found: small(state.found),
+            failed: small(state.failed),
+            dropped: state
+                .dropped
+                .iter()
+                .map(|(field, n)| (field.to_string(), small(*n)))
+                .collect(),
+        }
+    }
+
     /// What the round says, in words a user acts on (`kubectl dowser why`, `dowser
     /// discover`): the devices found, else why none: nothing to try, nothing answered, or
     /// what became of the targets that answered.
